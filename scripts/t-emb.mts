@@ -1,0 +1,12 @@
+import { openDatabase } from '../src/store/index.js';
+import { createLogger } from '../src/platform/logger.js';
+import { systemClock } from '../src/platform/clock.js';
+const logger = createLogger('info');
+const t0 = Date.now();
+const db = await openDatabase({ config: { database: { kind: 'embedded', dataDir: '/tmp/embtest/pg', port: 0 }, databaseSchema: 'fhir_anchor', databasePoolMax: 5 }, logger, clock: systemClock });
+console.log('ready in', Date.now() - t0);
+const r = await db.store.resources.putVersion({ resourceType: 'Patient', id: 'p1', resource: { resourceType: 'Patient', name: [{ family: 'Ünïcode' }] } as any, dedupKey: 'v1' });
+console.log(r.status, r.version.versionId);
+console.log((await db.store.resources.putVersion({ resourceType: 'Patient', id: 'p1', resource: { resourceType: 'Patient' } as any, dedupKey: 'v1' })).status);
+await db.close();
+console.log('closed');

