@@ -1,0 +1,39 @@
+/**
+ * The admin bearer token. In production it comes from ADMIN_TOKEN (required by config validation).
+ * In embedded mode it is generated on first start, stored under DATA_DIR with mode 0600, and printed
+ * once to stderr (never through the logger, whose output may be shipped elsewhere).
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+
+export const ADMIN_TOKEN_FILE = 'admin-token';
+
+export async function resolveAdminToken(options: {
+  readonly configured: string | undefined;
+  readonly dataDir: string;
+  /** Where the one-time notice is written; defaults to stderr. */
+  readonly announce?: (text: string) => void;
+}): Promise<string> {
+  if (options.configured) {
+    return options.configured;
+  }
+  const file = path.join(options.dataDir, ADMIN_TOKEN_FILE);
+  if (existsSync(file)) {
+    const mode = (await stat(file)).mode & 0o777;
+    if (mode !== 0o600) await chmod(file, 0o600);
+    const token = (await readFile(file, 'utf8')).trim();
+    if (token.length >= 32) return token;
+  }
+  await mkdir(options.dataDir, { recursive: true });
+  const token = randomBytes(32).toString('base64url');
+  await writeFile(file, token + '\n', { mode: 0o600 });
+  await chmod(file, 0o600);
+  const announce = options.announce ?? ((text: string) => process.stderr.write(text));
+  announce(
+    `\nfhir-anchor: generated an admin token (shown once; stored in ${file}, mode 0600):\n\n  ${token}\n\n` +
+      `Use it as "Authorization: Bearer <token>" for /admin/*, or as the password for /admin/queues in a browser.\n\n`,
+  );
+  return token;
+}

@@ -1,0 +1,156 @@
+/**
+ * Composition root: builds every component from the typed config in dependency order and tears them
+ * down in reverse — drain HTTP, close workers, then queues, then the database pool, then the embedded
+ * PostgreSQL.
+ */
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { describeConfig, type Config } from './config/index.js';
+import { resolveAdminToken } from './config/secrets.js';
+import { systemClock, type Clock } from './platform/clock.js';
+import { createLogger, type Logger } from './platform/logger.js';
+import { createMetrics, type Metrics } from './platform/metrics.js';
+import { createQueueRegistry, type QueueBackendConfig, type QueueRegistry } from './queue/index.js';
+import { createApp } from './server/app.js';
+import type { HealthCheck } from './server/health.js';
+import { openDatabase, type Database } from './store/index.js';
+
+export interface Roles {
+  /** Serve HTTP. */
+  readonly api: boolean;
+  /** Run queue workers. */
+  readonly workers: boolean;
+}
+
+export interface RunningService {
+  /** Base URL the HTTP server listens on (when the api role runs). */
+  readonly url: string | undefined;
+  readonly adminToken: string;
+  readonly database: Database;
+  readonly queues: QueueRegistry;
+  readonly logger: Logger;
+  readonly metrics: Metrics;
+  /** Graceful shutdown; idempotent. */
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  readonly config: Config;
+  readonly roles: Roles;
+  readonly logger?: Logger;
+  readonly clock?: Clock;
+  /** Overrides for tests: a queue namespace distinct from the configured one. */
+  readonly queueNamespace?: string;
+}
+
+export async function startService(options: StartOptions): Promise<RunningService> {
+  const { config, roles } = options;
+  const logger = options.logger ?? createLogger(config.logLevel);
+  const clock = options.clock ?? systemClock;
+  const metrics = createMetrics();
+  logger.info({ config: describeConfig(config), roles }, 'starting fhir-anchor');
+
+  const adminToken = await resolveAdminToken({ configured: config.adminToken, dataDir: config.dataDir });
+  const database = await openDatabase({ config, logger, clock, applicationName: `fhir-anchor-${roles.api ? 'api' : ''}${roles.workers ? 'worker' : ''}` });
+
+  let queues: QueueRegistry;
+  try {
+    const queueConfig: QueueBackendConfig =
+      config.queue.backend === 'redis'
+        ? { backend: 'redis', url: config.queue.url, prefix: options.queueNamespace ?? config.queue.prefix }
+        : { backend: 'postgres', connectionString: database.connectionString, schema: options.queueNamespace ?? config.queue.schema };
+    queues = await createQueueRegistry({ config: queueConfig, logger, metrics });
+  } catch (err) {
+    await database.close();
+    throw err;
+  }
+
+  const healthChecks: HealthCheck[] = [
+    { name: 'database', check: () => database.store.ping() },
+    { name: 'queue', check: () => queues.ping() },
+  ];
+
+  let server: Server | undefined;
+  let url: string | undefined;
+  if (roles.api) {
+    const app = createApp({ config, logger, metrics, clock, store: database.store, queues, adminToken, healthChecks });
+    try {
+      server = await new Promise<Server>((resolve, reject) => {
+        const s = app.listen(config.http.port, config.http.host, (err?: Error) => (err ? reject(err) : resolve(s)));
+        s.on('error', reject);
+      });
+    } catch (err) {
+      await queues.close();
+      await database.close();
+      throw err;
+    }
+    // Slow-loris protection and bounded keep-alive; requests get a generous but finite time.
+    server.headersTimeout = 30_000;
+    server.requestTimeout = 120_000;
+    server.keepAliveTimeout = 5_000;
+    const address = server.address() as AddressInfo;
+    url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
+    logger.info({ url, publicBaseUrl: config.http.publicBaseUrl }, 'HTTP server listening');
+  }
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      logger.info('shutting down');
+      if (server) {
+        const s = server;
+        await new Promise<void>((resolve) => {
+          const cut = setTimeout(() => {
+            logger.warn({ timeoutMs: config.shutdownTimeoutMs }, 'HTTP drain timed out; closing remaining connections');
+            s.closeAllConnections();
+          }, config.shutdownTimeoutMs);
+          cut.unref();
+          s.close(() => {
+            clearTimeout(cut);
+            resolve();
+          });
+          s.closeIdleConnections();
+        });
+        logger.info('HTTP drained');
+      }
+      await queues.close();
+      logger.info('workers and queues closed');
+      await database.close();
+      logger.info('database closed; bye');
+    })();
+    return closing;
+  };
+
+  return { url, adminToken, database, queues, logger, metrics, close };
+}
+
+/**
+ * Runs until SIGINT/SIGTERM, then shuts down gracefully. HTTP connections still open after
+ * `shutdownTimeoutMs` are cut and shutdown continues (the embedded PostgreSQL is always stopped); a
+ * shutdown that hangs beyond that plus PostgreSQL's own stop time exits 1.
+ */
+export function handleSignals(service: RunningService, config: Config): void {
+  let signalled = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (signalled) {
+      service.logger.warn({ signal }, 'second signal: shutdown already in progress');
+      return;
+    }
+    signalled = true;
+    service.logger.info({ signal }, 'signal received');
+    const timer = setTimeout(() => {
+      service.logger.error({ timeoutMs: config.shutdownTimeoutMs }, 'graceful shutdown timed out; exiting');
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 35_000);
+    timer.unref();
+    service.close().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        service.logger.error({ err: err instanceof Error ? err.message : String(err) }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+}
