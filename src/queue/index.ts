@@ -106,7 +106,7 @@ export async function createQueueRegistry(options: {
   const newRedis = (role: 'queue' | 'worker'): Redis => {
     if (config.backend !== 'redis') throw new Error('not a redis backend');
     // Workers must retry forever (BullMQ requirement); producers fail fast so an HTTP request never hangs.
-    const conn = new Redis(config.url, role === 'worker' ? { maxRetriesPerRequest: null } : { maxRetriesPerRequest: 2, enableOfflineQueue: false });
+    const conn = new Redis(config.url, role === 'worker' ? { maxRetriesPerRequest: null } : { maxRetriesPerRequest: 2 });
     conn.on('error', (err) => logger.warn({ err: err.message, role }, 'redis connection error'));
     redisConnections.push(conn);
     return conn;

@@ -1,0 +1,70 @@
+/**
+ * Test environment: the real PostgreSQL and Redis servers (DATABASE_URL / REDIS_URL, defaulting to the
+ * local ones), each test in its own namespace — a random PostgreSQL schema or Redis key prefix — which
+ * the test removes afterwards. Shared databases are never dropped and Redis is never flushed.
+ */
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { loadConfig, type Config } from '../../src/config/index.js';
+import { createLogger } from '../../src/platform/logger.js';
+
+export const TEST_DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
+export const TEST_REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
+
+export const silentLogger = createLogger((process.env.TEST_LOG_LEVEL as 'info' | undefined) ?? 'silent');
+
+export function randomNamespace(prefix = 't'): string {
+  return `${prefix}_${randomUUID().replace(/-/g, '').slice(0, 16)}`;
+}
+
+/** Drops a schema this test created (never anything else). */
+export async function dropSchema(schema: string): Promise<void> {
+  if (!/^t[a-z]*_[0-9a-f]{16}$/.test(schema)) throw new Error(`refusing to drop non-test schema ${schema}`);
+  const client = new pg.Client({ connectionString: TEST_DATABASE_URL });
+  await client.connect();
+  try {
+    await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+  } finally {
+    await client.end();
+  }
+}
+
+/** Deletes the Redis keys under a prefix this test created (never FLUSHDB). */
+export async function deleteRedisPrefix(prefix: string): Promise<void> {
+  if (!/^t[a-z]*_[0-9a-f]{16}$/.test(prefix)) throw new Error(`refusing to delete non-test prefix ${prefix}`);
+  const redis = new Redis(TEST_REDIS_URL);
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.del(...keys);
+    } while (cursor !== '0');
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** A production-mode config against the test servers, in fresh namespaces. */
+export function testConfig(overrides: Record<string, string> = {}, queue: 'redis' | 'postgres' = 'redis'): Config {
+  return loadConfig({
+    DATABASE_URL: TEST_DATABASE_URL,
+    ...(queue === 'redis' ? { REDIS_URL: TEST_REDIS_URL } : {}),
+    DATABASE_SCHEMA: randomNamespace('t'),
+    QUEUE_PREFIX: randomNamespace('tq'),
+    QUEUE_SCHEMA: randomNamespace('tq'),
+    ADMIN_TOKEN: 'test-admin-token-0123456789abcdef0123456789',
+    PORT: '0',
+    LOG_LEVEL: 'silent',
+    DATA_DIR: `/tmp/fhir-anchor-test-${randomUUID()}`,
+    ...overrides,
+  });
+}
+
+/** Removes a config's namespaces. */
+export async function cleanupConfig(config: Config): Promise<void> {
+  await dropSchema(config.databaseSchema);
+  if (config.queue.backend === 'redis') await deleteRedisPrefix(config.queue.prefix);
+  else await dropSchema(config.queue.schema);
+}

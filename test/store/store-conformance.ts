@@ -1,0 +1,133 @@
+/**
+ * The store conformance suite: every Store adapter (the external PostgreSQL server and the embedded
+ * one) must pass it.
+ */
+import type { Resource } from '@medplum/fhirtypes';
+import { ManualClock } from '../../src/platform/clock.js';
+import type { Store } from '../../src/store/index.js';
+
+export interface StoreHarness {
+  readonly store: Store;
+  readonly clock: ManualClock;
+}
+
+const patient = (family: string): Resource => ({ resourceType: 'Patient', name: [{ family }] }) as Resource;
+
+export function storeConformance(name: string, setup: () => Promise<StoreHarness>, teardown: (h: StoreHarness) => Promise<void>): void {
+  describe(`Store conformance: ${name}`, () => {
+    let h: StoreHarness;
+    beforeAll(async () => {
+      h = await setup();
+    });
+    afterAll(async () => {
+      await teardown(h);
+    });
+
+    it('answers ping', async () => {
+      await expect(h.store.ping()).resolves.toBeUndefined();
+    });
+
+    it('keeps every version, serves the current one and the history newest first', async () => {
+      const r = h.store.resources;
+      h.clock.set(new Date('2026-01-01T00:00:00Z'));
+      const v1 = await r.putVersion({ resourceType: 'Patient', id: 'keep-all', resource: patient('Zoë Ærø 李') });
+      h.clock.advance(1000);
+      const v2 = await r.putVersion({ resourceType: 'Patient', id: 'keep-all', resource: patient('Second') });
+      expect(v1.status).toBe('created');
+      expect(v2.status).toBe('updated');
+      expect(v1.version.versionId).toBe('1');
+      expect(v2.version.versionId).toBe('2');
+      const current = await r.readCurrent('Patient', 'keep-all');
+      expect(current?.versionId).toBe('2');
+      expect(current?.resource?.meta).toEqual({ versionId: '2', lastUpdated: '2026-01-01T00:00:01.000Z' });
+      const first = await r.readVersion('Patient', 'keep-all', '1');
+      expect((first?.resource as { name: Array<{ family: string }> }).name[0]!.family).toBe('Zoë Ærø 李');
+      expect((await r.history('Patient', 'keep-all')).map((v) => v.versionId)).toEqual(['2', '1']);
+      expect((await r.history('Patient', 'keep-all', { count: 1, beforeVersion: 2 })).map((v) => v.versionId)).toEqual(['1']);
+    });
+
+    it('stores the same dedup key once', async () => {
+      const r = h.store.resources;
+      const a = await r.putVersion({ resourceType: 'Observation', id: 'dup', resource: { resourceType: 'Observation' } as Resource, dedupKey: 'src-v1' });
+      const b = await r.putVersion({ resourceType: 'Observation', id: 'dup', resource: { resourceType: 'Observation' } as Resource, dedupKey: 'src-v1' });
+      expect(a.status).toBe('created');
+      expect(b.status).toBe('duplicate');
+      expect(b.version.versionId).toBe(a.version.versionId);
+      expect(await r.history('Observation', 'dup')).toHaveLength(1);
+    });
+
+    it('never lets an older version arriving late replace a newer current one', async () => {
+      const r = h.store.resources;
+      const newer = await r.putVersion({ resourceType: 'Encounter', id: 'late', resource: { resourceType: 'Encounter', status: 'finished' } as Resource, dedupKey: '2', sourceTime: new Date('2026-02-02T00:00:00Z') });
+      const older = await r.putVersion({ resourceType: 'Encounter', id: 'late', resource: { resourceType: 'Encounter', status: 'in-progress' } as Resource, dedupKey: '1', sourceTime: new Date('2026-02-01T00:00:00Z') });
+      expect(newer.status).toBe('created');
+      expect(older.status).toBe('historical');
+      const current = await r.readCurrent('Encounter', 'late');
+      expect((current?.resource as { status: string }).status).toBe('finished');
+      expect(await r.history('Encounter', 'late')).toHaveLength(2);
+    });
+
+    it('records deletes as versions', async () => {
+      const r = h.store.resources;
+      await r.putVersion({ resourceType: 'Condition', id: 'gone', resource: { resourceType: 'Condition' } as Resource });
+      const del = await r.putVersion({ resourceType: 'Condition', id: 'gone', deleted: true });
+      expect(del.version.deleted).toBe(true);
+      expect(del.version.resource).toBeUndefined();
+      expect((await r.readCurrent('Condition', 'gone'))?.deleted).toBe(true);
+      expect(await r.history('Condition', 'gone')).toHaveLength(2);
+    });
+
+    it('gives dense, unique version numbers under concurrent writers', async () => {
+      const r = h.store.resources;
+      const results = await Promise.all(
+        Array.from({ length: 20 }, (_, i) => r.putVersion({ resourceType: 'Patient', id: 'concurrent', resource: patient(`n${i}`), dedupKey: `k${i}` })),
+      );
+      const versions = results.map((x) => Number(x.version.versionId)).sort((a, b) => a - b);
+      expect(versions).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    });
+
+    it('answers undefined for unknown resources and malformed version ids', async () => {
+      const r = h.store.resources;
+      expect(await r.readCurrent('Patient', 'nope')).toBeUndefined();
+      expect(await r.readVersion('Patient', 'keep-all', 'abc')).toBeUndefined();
+      expect(await r.readVersion('Patient', 'keep-all', "1' OR '1'='1")).toBeUndefined();
+    });
+
+    it('counts resources and versions by type', async () => {
+      const counts = await h.store.resources.countsByType();
+      const patients = counts.find((c) => c.resourceType === 'Patient');
+      expect(patients).toEqual({ resourceType: 'Patient', resources: 2, versions: 22 });
+    });
+
+    it('records inbox items durably and once per dedup key, keeping raw bytes', async () => {
+      const inbox = h.store.inbox;
+      const body = Buffer.from('{"resourceType":"Patient","name":[{"family":"Mü\u00dfig"}]}', 'utf8');
+      const a = await inbox.receive({ sourceId: 'ehr-1', kind: 'rest-hook', contentType: 'application/fhir+json', body, dedupKey: 'Patient/1/_history/3' });
+      const b = await inbox.receive({ sourceId: 'ehr-1', kind: 'rest-hook', contentType: 'application/fhir+json', body, dedupKey: 'Patient/1/_history/3' });
+      const c = await inbox.receive({ sourceId: 'ehr-2', kind: 'rest-hook', body, dedupKey: 'Patient/1/_history/3' });
+      expect(a.duplicate).toBe(false);
+      expect(b).toEqual({ id: a.id, duplicate: true });
+      expect(c.id).not.toBe(a.id);
+      const item = await inbox.get(a.id);
+      expect(item?.body.equals(body)).toBe(true);
+      expect(item?.bodySha256).toMatch(/^[0-9a-f]{64}$/);
+      expect(item?.state).toBe('pending');
+      expect(await inbox.get('not-a-uuid')).toBeUndefined();
+    });
+
+    it('tracks inbox stage and state, and lists unfinished items for replay', async () => {
+      const inbox = h.store.inbox;
+      const { id } = await inbox.receive({ sourceId: 'ehr-3', kind: 'bundle', body: Buffer.from('{}') });
+      await inbox.update(id, { stage: 'normalize', state: 'processing', attempt: true });
+      h.clock.advance(60_000);
+      const unfinished = await inbox.listUnfinished({ receivedBefore: h.clock.now(), limit: 1000 });
+      expect(unfinished.map((u) => u.id)).toContain(id);
+      await inbox.update(id, { stage: 'stored', state: 'done', outcome: { ok: true } });
+      const item = await inbox.get(id);
+      expect(item).toMatchObject({ stage: 'stored', state: 'done', attempts: 1, outcome: { ok: true } });
+      expect((await inbox.listUnfinished({ receivedBefore: h.clock.now(), limit: 1000 })).map((u) => u.id)).not.toContain(id);
+      const counts = await inbox.countsByStageAndState();
+      expect(counts).toContainEqual({ stage: 'stored', state: 'done', count: 1 });
+    });
+  });
+}
