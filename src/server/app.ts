@@ -130,8 +130,9 @@ export function createApp(deps: AppDeps): Express {
   // Admin surface.
   const admin = Router();
   admin.use(requireAdmin(deps.adminToken));
-  admin.use('/queues', createDashboardRouter(queues, '/admin/queues'));
+  // Our parser runs first so malformed or oversized bodies get an OperationOutcome here too.
   admin.use(jsonBody(config.http.bodyLimitBytes));
+  admin.use('/queues', createDashboardRouter(queues, '/admin/queues'));
   admin.get('/stats', async (_req, res) => {
     const [resources, inbox, queueCounts] = await Promise.all([
       store.resources.countsByType(),

@@ -68,3 +68,7 @@ export async function cleanupConfig(config: Config): Promise<void> {
   if (config.queue.backend === 'redis') await deleteRedisPrefix(config.queue.prefix);
   else await dropSchema(config.queue.schema);
 }
+
+/** Parses a JSON response body for assertions (tests inspect arbitrary shapes). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export const json = (res: Response): Promise<any> => res.json() as Promise<any>;

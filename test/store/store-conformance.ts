@@ -3,7 +3,7 @@
  * one) must pass it.
  */
 import type { Resource } from '@medplum/fhirtypes';
-import { ManualClock } from '../../src/platform/clock.js';
+import type { ManualClock } from '../../src/platform/clock.js';
 import type { Store } from '../../src/store/index.js';
 
 export interface StoreHarness {

@@ -1,0 +1,148 @@
+/**
+ * The HTTP surface of the foundation, against the real PostgreSQL and Redis (production mode) through
+ * the composition root.
+ */
+import fc from 'fast-check';
+import type { Config } from '../../src/config/index.js';
+import { startService, type RunningService } from '../../src/runtime.js';
+import { cleanupConfig, json, silentLogger, testConfig } from '../helpers/env.js';
+
+const ADMIN = 'test-admin-token-0123456789abcdef0123456789';
+
+describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on %s)', (queueBackend) => {
+  let config: Config;
+  let service: RunningService;
+  let base: string;
+
+  beforeAll(async () => {
+    config = testConfig({ BODY_LIMIT_BYTES: '4096' }, queueBackend);
+    service = await startService({ config, roles: { api: true, workers: true }, logger: silentLogger });
+    base = service.url!;
+  });
+
+  afterAll(async () => {
+    await service.close();
+    await cleanupConfig(config);
+  });
+
+  const get = (path: string, headers: Record<string, string> = {}) => fetch(base + path, { headers });
+
+  it('GET /healthz answers 200', async () => {
+    const res = await get('/healthz');
+    expect(res.status).toBe(200);
+    expect(await json(res)).toEqual({ status: 'ok' });
+  });
+
+  it('GET /readyz reports database and queue up', async () => {
+    const res = await get('/readyz');
+    expect(res.status).toBe(200);
+    const oo = await json(res);
+    expect(oo.resourceType).toBe('OperationOutcome');
+    expect(oo.issue.map((i: { expression: string[] }) => i.expression[0])).toEqual(['database', 'queue']);
+  });
+
+  it('GET /fhir/R4/metadata serves a truthful R4 CapabilityStatement', async () => {
+    const res = await get('/fhir/R4/metadata');
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^application\/fhir\+json/);
+    const cs = await json(res);
+    expect(cs).toMatchObject({ resourceType: 'CapabilityStatement', fhirVersion: '4.0.1', kind: 'instance', status: 'active' });
+    expect(cs.rest[0].mode).toBe('server');
+    // Nothing is claimed that this build does not implement.
+    for (const r of cs.rest[0].resource) expect(r.interaction?.length ?? 0).toBeGreaterThan(0);
+  });
+
+  it('GET /metrics exposes HTTP latency histograms and queue depths', async () => {
+    await get('/healthz');
+    const text = await (await get('/metrics')).text();
+    expect(text).toContain('fhir_anchor_http_request_duration_seconds_bucket{');
+    expect(text).toMatch(/fhir_anchor_queue_jobs\{queue="ingest",state="waiting"\} \d+/);
+    expect(text).toContain('fhir_anchor_job_duration_seconds');
+  });
+
+  it('GET /openapi.json and /docs serve the spec', async () => {
+    const spec = await json(await get('/openapi.json'));
+    expect(spec.openapi).toBe('3.1.0');
+    expect(Object.keys(spec.paths)).toEqual(expect.arrayContaining(['/healthz', '/readyz', '/admin/stats']));
+    const docs = await get('/docs');
+    expect(docs.status).toBe(200);
+    expect(await docs.text()).toContain('swagger-ui');
+    expect((await get('/docs/assets/swagger-ui-bundle.js')).status).toBe(200);
+  });
+
+  it('protects /admin with the admin token (Bearer or Basic password)', async () => {
+    const none = await get('/admin/stats');
+    expect(none.status).toBe(401);
+    expect(none.headers.get('www-authenticate')).toContain('Bearer');
+    expect((await json(none)).resourceType).toBe('OperationOutcome');
+    expect((await get('/admin/stats', { authorization: 'Bearer wrong' })).status).toBe(401);
+    expect((await get('/admin/stats', { authorization: `Bearer ${ADMIN}x` })).status).toBe(401);
+    const ok = await get('/admin/stats', { authorization: `Bearer ${ADMIN}` });
+    expect(ok.status).toBe(200);
+    const stats = await json(ok);
+    expect(stats).toMatchObject({ resources: [], inbox: [] });
+    expect(stats.queues.map((q: { queue: string }) => q.queue)).toEqual(['ingest', 'integrity']);
+    const basic = Buffer.from(`admin:${ADMIN}`).toString('base64');
+    const board = await get('/admin/queues', { authorization: `Basic ${basic}` });
+    expect(board.status).toBe(200);
+    expect(board.headers.get('content-type')).toMatch(/text\/html/);
+    expect((await get('/admin/queues')).status).toBe(401);
+  });
+
+  it('answers unknown routes with a 404 OperationOutcome', async () => {
+    for (const path of ['/nope', '/fhir/R4/Unknown/1', '/admin/nope']) {
+      const res = await get(path, { authorization: `Bearer ${ADMIN}` });
+      expect(res.status).toBe(404);
+      expect((await json(res)).issue[0].code).toBe('not-found');
+    }
+  });
+
+  it('answers malformed JSON with 400, oversized bodies with 413, bad charsets with 415', async () => {
+    const post = (body: string | Buffer, contentType: string) =>
+      fetch(base + '/fhir/R4/Patient', { method: 'POST', headers: { 'content-type': contentType }, body });
+    const malformed = await post('{"resourceType": "Patient",', 'application/fhir+json');
+    expect(malformed.status).toBe(400);
+    expect((await json(malformed)).issue[0].details.text).toBe('Request body is not valid JSON');
+    const big = await post(JSON.stringify({ resourceType: 'Patient', text: 'x'.repeat(10_000) }), 'application/json');
+    expect(big.status).toBe(413);
+    expect((await json(big)).issue[0].code).toBe('too-long');
+    const charset = await post('{}', 'application/json; charset=klingon');
+    expect(charset.status).toBe(415);
+  });
+
+  it('never answers 5xx or a stack trace to arbitrary requests (property)', async () => {
+    const paths = ['/healthz', '/readyz', '/metrics', '/fhir/R4/metadata', '/fhir/R4/Patient', '/admin/stats', '/admin/queues', '/nope', '/openapi.json'];
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...paths),
+        fc.constantFrom('GET', 'POST', 'PUT', 'DELETE', 'PATCH'),
+        fc.constantFrom('application/json', 'application/fhir+json', 'text/plain', 'application/octet-stream', 'application/x-www-form-urlencoded'),
+        fc.oneof(fc.uint8Array({ maxLength: 600 }), fc.string({ maxLength: 300 }).map((s) => Buffer.from(s, 'utf8'))),
+        fc.boolean(),
+        async (path, method, contentType, body, auth) => {
+          const res = await fetch(base + path, {
+            method,
+            headers: { 'content-type': contentType, ...(auth ? { authorization: `Bearer ${ADMIN}` } : {}) },
+            body: method === 'GET' ? undefined : body,
+          });
+          const text = await res.text();
+          expect(res.status).toBeLessThan(500);
+          expect(text).not.toMatch(/at .*\.(ts|js):\d+/);
+          if (res.status >= 400) expect(JSON.parse(text).resourceType).toBe('OperationOutcome');
+        },
+      ),
+      { numRuns: 120 },
+    );
+  });
+
+  it('reports a down database on /readyz with 503 and names it', async () => {
+    // Last test: close the pool underneath the running service.
+    await service.database.store.close();
+    const res = await get('/readyz');
+    expect(res.status).toBe(503);
+    expect(res.headers.get('retry-after')).toBe('5');
+    const oo = await json(res);
+    const down = oo.issue.filter((i: { severity: string }) => i.severity === 'error');
+    expect(down.map((i: { expression: string[] }) => i.expression[0])).toContain('database');
+  });
+});
