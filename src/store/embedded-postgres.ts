@@ -6,7 +6,7 @@
  * importing that class installs a process-wide exit hook that stops PostgreSQL on the first SIGINT or
  * SIGTERM, before our graceful shutdown has drained HTTP and workers (docs/decisions.md).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -161,7 +161,16 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions): P
 
   await mkdir(parent, { recursive: true });
   // The postgres user must be able to traverse to its data directory, but not read our secrets.
-  if (ids) await chmod(parent, 0o711);
+  if (ids) {
+    await chmod(parent, 0o711);
+    const probe = spawnSync('/bin/sh', ['-c', 'cd "$1"', 'sh', parent], { ...ids, stdio: 'ignore' });
+    if (probe.status !== 0) {
+      throw new EmbeddedPostgresError(
+        `the embedded PostgreSQL runs as the \`postgres\` OS user (PostgreSQL refuses to run as root), and that user cannot reach ${parent}. ` +
+          `Let it traverse every parent directory (e.g. chmod o+x on each), set DATA_DIR to a directory it can reach, or run fhir-anchor as a non-root user.`,
+      );
+    }
+  }
 
   if (!existsSync(path.join(dataDir, 'PG_VERSION'))) {
     logger.info({ dataDir }, 'initialising embedded PostgreSQL data directory');

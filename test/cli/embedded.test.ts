@@ -4,10 +4,10 @@
  * SIGTERM — or after a SIGKILL, on the next start.
  */
 import type { ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { spawnCli } from '../helpers/cli.js';
+import { runCli, spawnCli } from '../helpers/cli.js';
 import { json } from '../helpers/env.js';
 
 interface Started {
@@ -90,4 +90,19 @@ describe('embedded mode (no DATABASE_URL, no REDIS_URL)', () => {
     expect(await done).toBe(0);
     expect(alive(second.pgPid)).toBe(false);
   }, 120_000);
+
+  const asRoot = typeof process.getuid === 'function' && process.getuid() === 0;
+  (asRoot ? it : it.skip)('as root, explains clearly when the postgres OS user cannot reach DATA_DIR', async () => {
+    const locked = await mkdtemp(path.join(os.tmpdir(), 'fhir-anchor-locked-'));
+    await chmod(locked, 0o700);
+    try {
+      const r = await runCli(['serve'], { DATA_DIR: path.join(locked, 'data'), PORT: '0' });
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('cannot reach');
+      expect(r.stderr).toContain('postgres');
+      expect(r.stderr).not.toMatch(/at .*\.ts:\d+/);
+    } finally {
+      await rm(locked, { recursive: true, force: true });
+    }
+  });
 });
