@@ -11,6 +11,7 @@ import { systemClock, type Clock } from './platform/clock.js';
 import { createLogger, type Logger } from './platform/logger.js';
 import { createMetrics, type Metrics } from './platform/metrics.js';
 import { createQueueRegistry, type QueueBackendConfig, type QueueRegistry } from './queue/index.js';
+import { createIngestStage, type IngestStage } from './ingest/index.js';
 import { createApp } from './server/app.js';
 import type { HealthCheck } from './server/health.js';
 import { openDatabase, type Database } from './store/index.js';
@@ -23,6 +24,7 @@ export interface Roles {
 }
 
 export interface RunningService {
+  readonly ingest: IngestStage;
   /** Base URL the HTTP server listens on (when the api role runs). */
   readonly url: string | undefined;
   readonly adminToken: string;
@@ -59,10 +61,39 @@ export async function startService(options: StartOptions): Promise<RunningServic
       config.queue.backend === 'redis'
         ? { backend: 'redis', url: config.queue.url, prefix: options.queueNamespace ?? config.queue.prefix }
         : { backend: 'postgres', connectionString: database.connectionString, schema: options.queueNamespace ?? config.queue.schema };
-    queues = await createQueueRegistry({ config: queueConfig, logger, metrics });
+    queues = await createQueueRegistry({ config: queueConfig, logger, metrics, retry: config.jobRetry });
   } catch (err) {
     await database.close();
     throw err;
+  }
+
+  let ingest: IngestStage;
+  try {
+    ingest = await createIngestStage({
+      store: database.store,
+      queues,
+      clock,
+      logger,
+      publicBaseUrl: config.http.publicBaseUrl,
+      bodyLimitBytes: config.http.bodyLimitBytes,
+      linkIdentifierSystems: config.ingest.linkIdentifierSystems,
+      ...(config.ingest.sourcesFile ? { sourcesFile: config.ingest.sourcesFile } : {}),
+    });
+  } catch (err) {
+    await queues.close();
+    await database.close();
+    throw err;
+  }
+
+  let reconcileTimer: NodeJS.Timeout | undefined;
+  if (roles.workers) {
+    ingest.startWorkers(config.workerConcurrency);
+    if (config.ingest.reconcileIntervalMs > 0) {
+      reconcileTimer = setInterval(() => {
+        ingest.reconcile().catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'reconcile pass failed'));
+      }, config.ingest.reconcileIntervalMs);
+      reconcileTimer.unref();
+    }
   }
 
   const healthChecks: HealthCheck[] = [
@@ -73,7 +104,18 @@ export async function startService(options: StartOptions): Promise<RunningServic
   let server: Server | undefined;
   let url: string | undefined;
   if (roles.api) {
-    const app = createApp({ config, logger, metrics, clock, store: database.store, queues, adminToken, healthChecks });
+    const app = createApp({
+      config,
+      logger,
+      metrics,
+      clock,
+      store: database.store,
+      queues,
+      adminToken,
+      healthChecks,
+      stages: [{ path: '/hooks', router: ingest.hooksRouter }],
+      adminRoutes: [{ path: '/', router: ingest.adminRouter }],
+    });
     try {
       server = await new Promise<Server>((resolve, reject) => {
         const s = app.listen(config.http.port, config.http.host, (err?: Error) => (err ? reject(err) : resolve(s)));
@@ -97,6 +139,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
   const close = (): Promise<void> => {
     closing ??= (async () => {
       logger.info('shutting down');
+      if (reconcileTimer) clearInterval(reconcileTimer);
       if (server) {
         const s = server;
         await new Promise<void>((resolve) => {
@@ -121,7 +164,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
     return closing;
   };
 
-  return { url, adminToken, database, queues, logger, metrics, close };
+  return { url, adminToken, database, queues, ingest, logger, metrics, close };
 }
 
 /**

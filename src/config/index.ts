@@ -28,6 +28,11 @@ export const ENV_VARS = {
   WORKER_CONCURRENCY: 'Jobs each worker processes at once. Default 8.',
   SHUTDOWN_TIMEOUT_MS: 'How long graceful shutdown waits for in-flight work before forcing exit. Default 15000.',
   LOG_LEVEL: 'pino log level (fatal, error, warn, info, debug, trace, silent). Default info.',
+  SOURCES_FILE: 'JSON file of source EHR definitions loaded (created or replaced) at start-up. Optional.',
+  LINK_IDENTIFIER_SYSTEMS: 'Comma-separated identifier systems whose shared values link patients across sources (Patient.link). Default none.',
+  RECONCILE_INTERVAL_MS: 'How often workers re-enqueue inbox items whose jobs were lost (0 turns it off). Default 60000.',
+  JOB_ATTEMPTS: 'Attempts per queue job before it is dead-lettered (transient failures retry). Default 8.',
+  JOB_BACKOFF_MS: 'First retry delay in ms; doubles per attempt. Default 1000.',
 } as const;
 
 export type EnvVarName = keyof typeof ENV_VARS;
@@ -57,8 +62,14 @@ export interface Config {
   };
   readonly dataDir: string;
   readonly workerConcurrency: number;
+  readonly jobRetry: { readonly attempts: number; readonly backoffMs: number };
   readonly shutdownTimeoutMs: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  readonly ingest: {
+    readonly sourcesFile: string | undefined;
+    readonly linkIdentifierSystems: readonly string[];
+    readonly reconcileIntervalMs: number;
+  };
 }
 
 export class ConfigError extends Error {
@@ -106,6 +117,15 @@ const envSchema = z.object({
   WORKER_CONCURRENCY: int(1, 1000).default(8),
   SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(15_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  SOURCES_FILE: z.string().min(1).optional(),
+  LINK_IDENTIFIER_SYSTEMS: z
+    .string()
+    .transform((v) => v.split(',').map((x) => x.trim()).filter(Boolean))
+    .pipe(z.array(z.string().regex(/^[a-z][a-z0-9+.-]*:\S+$/i, 'each must be an identifier system URI')))
+    .optional(),
+  RECONCILE_INTERVAL_MS: int(0, 86_400_000).default(60_000),
+  JOB_ATTEMPTS: int(1, 100).default(8),
+  JOB_BACKOFF_MS: int(1, 3_600_000).default(1000),
 });
 
 /**
@@ -158,8 +178,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     dataDir,
     workerConcurrency: e.WORKER_CONCURRENCY,
+    jobRetry: { attempts: e.JOB_ATTEMPTS, backoffMs: e.JOB_BACKOFF_MS },
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     logLevel: e.LOG_LEVEL,
+    ingest: {
+      sourcesFile: e.SOURCES_FILE ? path.resolve(e.SOURCES_FILE) : undefined,
+      linkIdentifierSystems: e.LINK_IDENTIFIER_SYSTEMS ?? [],
+      reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
+    },
   };
 }
 

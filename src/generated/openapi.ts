@@ -188,6 +188,12 @@ export interface components {
             }[];
         };
         AdminStats: {
+            deadLetters: {
+                sourceId: string;
+                reason: string;
+                open: number;
+                total: number;
+            }[];
             resources: {
                 resourceType: string;
                 resources: number;

@@ -47,3 +47,17 @@ export interface LedgerAnchor {
   ping(): Promise<void>;
   close(): Promise<void>;
 }
+
+/**
+ * Raised by {@link LedgerAnchor.anchor} when a checkpoint contradicts what the anchor already holds:
+ * a different root at an anchored size, or a size below the largest anchored one (a log never shrinks).
+ * Retrying cannot fix it; it is evidence of a forked or rolled-back log.
+ */
+export class AnchorConflictError extends Error {
+  override readonly name = 'AnchorConflictError';
+}
+
+/** Raised by {@link LedgerAnchor.anchor} for a checkpoint that is malformed or not signed by the log. */
+export class AnchorInputError extends Error {
+  override readonly name = 'AnchorInputError';
+}

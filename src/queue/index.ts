@@ -92,8 +92,13 @@ export async function createQueueRegistry(options: {
   readonly config: QueueBackendConfig;
   readonly logger: Logger;
   readonly metrics?: Metrics;
+  /** Retry policy for transient failures (defaults: 8 attempts, exponential from 1000 ms). */
+  readonly retry?: { readonly attempts: number; readonly backoffMs: number };
 }): Promise<QueueRegistry> {
   const { config, logger, metrics } = options;
+  const defaultJobOptions: JobsOptions = options.retry
+    ? { ...DEFAULT_JOB_OPTIONS, attempts: options.retry.attempts, backoff: { type: 'exponential', delay: options.retry.backoffMs } }
+    : DEFAULT_JOB_OPTIONS;
   const queues = new Map<QueueName, Queue>();
   const workers: Worker[] = [];
   const redisConnections: Redis[] = [];
@@ -118,11 +123,11 @@ export async function createQueueRegistry(options: {
     if (!q) {
       if (config.backend === 'redis') {
         producerConnection ??= newRedis('queue');
-        q = new Queue(name, { connection: producerConnection, prefix: config.prefix, defaultJobOptions: DEFAULT_JOB_OPTIONS });
+        q = new Queue(name, { connection: producerConnection, prefix: config.prefix, defaultJobOptions });
       } else {
         q = new Queue(
           name,
-          { connection: { connectionString: config.connectionString, schema: config.schema, max: 4 }, defaultJobOptions: DEFAULT_JOB_OPTIONS },
+          { connection: { connectionString: config.connectionString, schema: config.schema, max: 4 }, defaultJobOptions },
           createPostgresBackend,
         ) as unknown as Queue;
       }

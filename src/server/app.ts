@@ -134,12 +134,13 @@ export function createApp(deps: AppDeps): Express {
   admin.use(jsonBody(config.http.bodyLimitBytes));
   admin.use('/queues', createDashboardRouter(queues, '/admin/queues'));
   admin.get('/stats', async (_req, res) => {
-    const [resources, inbox, queueCounts] = await Promise.all([
+    const [resources, inbox, deadLetters, queueCounts] = await Promise.all([
       store.resources.countsByType(),
       store.inbox.countsByStageAndState(),
+      store.deadLetters.countsByReason(),
       Promise.all(QUEUE_NAMES.map(async (q) => ({ queue: q, ...(await queues.counts(q)) }))),
     ]);
-    const body: components['schemas']['AdminStats'] = { resources, inbox, queues: queueCounts };
+    const body: components['schemas']['AdminStats'] = { resources, inbox, deadLetters, queues: queueCounts };
     res.json(body);
   });
   for (const r of deps.adminRoutes ?? []) admin.use(r.path, r.router);

@@ -5,8 +5,13 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
+import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatusStore } from './ingest-store.js';
 import { quoteIdent } from './sql.js';
 import type {
+  BackfillStore,
+  DeadLetterStore,
+  SourceStore,
+  SubscriptionStatusStore,
   HistoryOptions,
   InboxItem,
   InboxReceiveInput,
@@ -89,70 +94,111 @@ class PgResourceStore implements ResourceStore {
   ) {}
 
   async putVersion(input: PutVersionInput): Promise<PutVersionResult> {
-    const deleted = input.deleted ?? false;
-    if (!deleted && !input.resource) {
-      throw new Error('putVersion: a resource body is required unless deleted');
+    const [result] = await this.putVersions([input]);
+    return result!;
+  }
+
+  async putVersions(inputs: readonly PutVersionInput[]): Promise<PutVersionResult[]> {
+    for (const input of inputs) {
+      if (!(input.deleted ?? false) && !input.resource) {
+        throw new Error('putVersion: a resource body is required unless deleted');
+      }
     }
+    if (inputs.length === 0) return [];
     return inTransaction(this.pool, async (client) => {
-      // Lock (creating if needed) the head row: serialises writers of one resource.
+      // Lock (creating if needed) every head row, in a fixed order so concurrent batches cannot deadlock.
+      const keys = [...new Set(inputs.map((i) => `${i.resourceType}\u0000${i.id}`))].sort();
+      const types = keys.map((k) => k.split('\u0000')[0]!);
+      const ids = keys.map((k) => k.split('\u0000')[1]!);
       await client.query(
-        `INSERT INTO resource (resource_type, id, last_version) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING`,
-        [input.resourceType, input.id],
+        `INSERT INTO resource (resource_type, id, last_version)
+         SELECT t, i, 0 FROM unnest($1::text[], $2::text[]) AS u(t, i) ORDER BY t, i ON CONFLICT DO NOTHING`,
+        [types, ids],
       );
-      const head = (
-        await client.query<{ version_id: number | null; last_version: number; source_time: Date | null }>(
-          `SELECT version_id, last_version, source_time FROM resource WHERE resource_type = $1 AND id = $2 FOR UPDATE`,
-          [input.resourceType, input.id],
-        )
-      ).rows[0]!;
-
-      if (input.dedupKey !== undefined) {
-        const existing = await client.query<VersionRow>(
-          `SELECT ${VERSION_COLUMNS} FROM resource_history WHERE resource_type = $1 AND id = $2 AND dedup_key = $3`,
-          [input.resourceType, input.id, input.dedupKey],
-        );
-        if (existing.rows[0]) {
-          return { status: 'duplicate', version: toVersion(existing.rows[0]) };
-        }
-      }
-
-      const versionId = head.last_version + 1;
-      const lastUpdated = this.clock.now();
-      const content: Resource | null = deleted
-        ? null
-        : ({
-            ...input.resource,
-            resourceType: input.resourceType,
-            id: input.id,
-            meta: { ...input.resource!.meta, versionId: String(versionId), lastUpdated: lastUpdated.toISOString() },
-          } as Resource);
-      const sourceTime = input.sourceTime ?? null;
-      // A late, older version goes to history only; without source times, arrival order decides.
-      const becomesCurrent =
-        head.version_id === null || sourceTime === null || head.source_time === null || sourceTime.getTime() >= head.source_time.getTime();
-
-      const inserted = await client.query<VersionRow>(
-        `INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ${VERSION_COLUMNS}`,
-        [input.resourceType, input.id, versionId, lastUpdated, sourceTime, deleted, input.dedupKey ?? null, input.sourceId ?? null, content],
+      await client.query(
+        `SELECT 1 FROM resource r JOIN unnest($1::text[], $2::text[]) AS u(t, i) ON r.resource_type = u.t AND r.id = u.i
+         ORDER BY r.resource_type, r.id FOR UPDATE OF r`,
+        [types, ids],
       );
-      if (becomesCurrent) {
-        await client.query(
-          `UPDATE resource SET version_id = $3, last_version = $3, last_updated = $4, source_time = $5, deleted = $6, content = $7
-           WHERE resource_type = $1 AND id = $2`,
-          [input.resourceType, input.id, versionId, lastUpdated, sourceTime, deleted, content],
-        );
-      } else {
-        await client.query(`UPDATE resource SET last_version = $3 WHERE resource_type = $1 AND id = $2`, [
-          input.resourceType,
-          input.id,
-          versionId,
-        ]);
-      }
-      const version = toVersion(inserted.rows[0]!);
-      const status = !becomesCurrent ? 'historical' : head.version_id === null ? 'created' : 'updated';
-      return { status, version };
+      const results: PutVersionResult[] = [];
+      for (const input of inputs) results.push(await this.applyLocked(client, input));
+      return results;
     });
+  }
+
+  /** Writes one version; the caller holds the head row lock. */
+  private async applyLocked(client: pg.PoolClient, input: PutVersionInput): Promise<PutVersionResult> {
+    const deleted = input.deleted ?? false;
+    const head = (
+      await client.query<{ version_id: number | null; last_version: number; source_time: Date | null }>(
+        `SELECT version_id, last_version, source_time FROM resource WHERE resource_type = $1 AND id = $2`,
+        [input.resourceType, input.id],
+      )
+    ).rows[0]!;
+
+    if (input.dedupKey !== undefined) {
+      const existing = await client.query<VersionRow>(
+        `SELECT ${VERSION_COLUMNS} FROM resource_history WHERE resource_type = $1 AND id = $2 AND dedup_key = $3`,
+        [input.resourceType, input.id, input.dedupKey],
+      );
+      if (existing.rows[0]) {
+        return { status: 'duplicate', version: toVersion(existing.rows[0]) };
+      }
+    }
+
+    const versionId = head.last_version + 1;
+    const lastUpdated = this.clock.now();
+    const content: Resource | null = deleted
+      ? null
+      : ({
+          ...input.resource,
+          resourceType: input.resourceType,
+          id: input.id,
+          meta: { ...input.resource!.meta, versionId: String(versionId), lastUpdated: lastUpdated.toISOString() },
+        } as Resource);
+    const sourceTime = input.sourceTime ?? null;
+    // A late, older version goes to history only; without source times, arrival order decides.
+    const becomesCurrent =
+      head.version_id === null || sourceTime === null || head.source_time === null || sourceTime.getTime() >= head.source_time.getTime();
+    const valid = input.validation ? input.validation.valid : null;
+    const validation = input.validation ? JSON.stringify(input.validation.outcome ?? null) : null;
+
+    const inserted = await client.query<VersionRow>(
+      `INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${VERSION_COLUMNS}`,
+      [input.resourceType, input.id, versionId, lastUpdated, sourceTime, deleted, input.dedupKey ?? null, input.sourceId ?? null, content, valid, validation],
+    );
+    if (becomesCurrent) {
+      await client.query(
+        `UPDATE resource SET version_id = $3, last_version = $3, last_updated = $4, source_time = $5, deleted = $6, content = $7, valid = $8
+         WHERE resource_type = $1 AND id = $2`,
+        [input.resourceType, input.id, versionId, lastUpdated, sourceTime, deleted, content, valid],
+      );
+    } else {
+      await client.query(`UPDATE resource SET last_version = $3 WHERE resource_type = $1 AND id = $2`, [input.resourceType, input.id, versionId]);
+    }
+    const version = toVersion(inserted.rows[0]!);
+    const status = !becomesCurrent ? 'historical' : head.version_id === null ? 'created' : 'updated';
+    return { status, version };
+  }
+
+  async findByIdentifier(resourceType: string, system: string, value: string, limit = 10): Promise<StoredVersion[]> {
+    const r = await this.pool.query<VersionRow>(
+      `SELECT ${VERSION_COLUMNS} FROM resource
+       WHERE resource_type = $1 AND NOT deleted AND version_id IS NOT NULL AND content @> $2::jsonb
+       ORDER BY id LIMIT $3`,
+      [resourceType, JSON.stringify({ identifier: [{ system, value }] }), limit],
+    );
+    return r.rows.map(toVersion);
+  }
+
+  async readValidation(resourceType: string, id: string, versionId: string): Promise<{ valid: boolean | null; outcome: unknown } | undefined> {
+    if (!/^[1-9]\d{0,14}$/.test(versionId)) return undefined;
+    const r = await this.pool.query<{ valid: boolean | null; validation: unknown }>(
+      `SELECT valid, validation FROM resource_history WHERE resource_type = $1 AND id = $2 AND version_id = $3`,
+      [resourceType, id, Number(versionId)],
+    );
+    return r.rows[0] ? { valid: r.rows[0].valid, outcome: r.rows[0].validation } : undefined;
   }
 
   async readCurrent(resourceType: string, id: string): Promise<StoredVersion | undefined> {
@@ -274,13 +320,27 @@ class PgInboxStore implements InboxStore {
     );
   }
 
-  async listUnfinished(options: { receivedBefore: Date; limit: number }): Promise<Array<Pick<InboxItem, 'id' | 'state' | 'stage'>>> {
+  async listUnfinished(options: { updatedBefore: Date; limit: number }): Promise<Array<Pick<InboxItem, 'id' | 'state' | 'stage'>>> {
     const r = await this.pool.query<{ id: string; state: InboxState; stage: string }>(
-      `SELECT id, state, stage FROM inbox WHERE state IN ('pending', 'processing', 'failed') AND received_at < $1
+      `SELECT id, state, stage FROM inbox WHERE state IN ('pending', 'processing', 'failed') AND updated_at < $1
        ORDER BY received_at LIMIT $2`,
-      [options.receivedBefore, options.limit],
+      [options.updatedBefore, options.limit],
     );
     return r.rows;
+  }
+
+  async sourceSummary(sourceId: string): Promise<{ lastReceived: Date | undefined; byState: Partial<Record<InboxState, number>> }> {
+    const r = await this.pool.query<{ state: InboxState; count: number; last: Date }>(
+      `SELECT state, count(*)::int AS count, max(received_at) AS last FROM inbox WHERE source_id = $1 GROUP BY state`,
+      [sourceId],
+    );
+    const byState: Partial<Record<InboxState, number>> = {};
+    let lastReceived: Date | undefined;
+    for (const row of r.rows) {
+      byState[row.state] = row.count;
+      if (!lastReceived || row.last > lastReceived) lastReceived = row.last;
+    }
+    return { lastReceived, byState };
   }
 
   async countsByStageAndState(): Promise<Array<{ stage: string; state: InboxState; count: number }>> {
@@ -294,6 +354,10 @@ class PgInboxStore implements InboxStore {
 export class PostgresStore implements Store {
   readonly resources: ResourceStore;
   readonly inbox: InboxStore;
+  readonly sources: SourceStore;
+  readonly subscriptions: SubscriptionStatusStore;
+  readonly deadLetters: DeadLetterStore;
+  readonly backfill: BackfillStore;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -301,6 +365,10 @@ export class PostgresStore implements Store {
   ) {
     this.resources = new PgResourceStore(pool, clock);
     this.inbox = new PgInboxStore(pool, clock);
+    this.sources = new PgSourceStore(pool, clock);
+    this.subscriptions = new PgSubscriptionStatusStore(pool, clock);
+    this.deadLetters = new PgDeadLetterStore(pool, clock);
+    this.backfill = new PgBackfillStore(pool, clock);
   }
 
   async ping(): Promise<void> {

@@ -29,6 +29,8 @@ export interface PutVersionInput {
   /** The source's lastUpdated: a version older than the current one is kept in history only. */
   readonly sourceTime?: Date;
   readonly sourceId?: string;
+  /** Result of validation against base R4 and the target profile (stored with the version). */
+  readonly validation?: { readonly valid: boolean; readonly outcome: unknown };
 }
 
 export type PutVersionResult =
@@ -47,6 +49,16 @@ export interface HistoryOptions {
 
 export interface ResourceStore {
   putVersion(input: PutVersionInput): Promise<PutVersionResult>;
+  /**
+   * Stores several versions in one transaction (resources are locked in a fixed order, so concurrent
+   * batches cannot deadlock). Results are in input order. Two inputs for the same resource are
+   * applied in input order.
+   */
+  putVersions(inputs: readonly PutVersionInput[]): Promise<PutVersionResult[]>;
+  /** Current, non-deleted resources of a type carrying identifier system|value (at most `limit`). */
+  findByIdentifier(resourceType: string, system: string, value: string, limit?: number): Promise<StoredVersion[]>;
+  /** Validation stored with a version, if any. */
+  readValidation(resourceType: string, id: string, versionId: string): Promise<{ valid: boolean | null; outcome: unknown } | undefined>;
   readCurrent(resourceType: string, id: string): Promise<StoredVersion | undefined>;
   readVersion(resourceType: string, id: string, versionId: string): Promise<StoredVersion | undefined>;
   /** Versions of one resource, newest first. */
@@ -91,14 +103,99 @@ export interface InboxStore {
   get(id: string): Promise<InboxItem | undefined>;
   /** Moves an item to a stage/state; `attempt` counts a processing attempt. */
   update(id: string, change: { stage?: string; state: InboxState; outcome?: unknown; attempt?: boolean }): Promise<void>;
-  /** Items not yet done or dead, oldest first, received before `receivedBefore` (for the reconciler). */
-  listUnfinished(options: { receivedBefore: Date; limit: number }): Promise<Array<Pick<InboxItem, 'id' | 'state' | 'stage'>>>;
+  /** Items not yet done or dead and not touched since `updatedBefore`, oldest first (for the reconciler). */
+  listUnfinished(options: { updatedBefore: Date; limit: number }): Promise<Array<Pick<InboxItem, 'id' | 'state' | 'stage'>>>;
   countsByStageAndState(): Promise<Array<{ stage: string; state: InboxState; count: number }>>;
+  /** Latest received time and counts of one source's items, by state. */
+  sourceSummary(sourceId: string): Promise<{ lastReceived: Date | undefined; byState: Partial<Record<InboxState, number>> }>;
+}
+
+/** A registered source's stored definition (validated by the ingest stage, opaque here). */
+export interface SourceRecord {
+  readonly id: string;
+  readonly definition: unknown;
+  readonly createdAt: Date;
+  readonly updatedAt: Date;
+}
+
+export interface SourceStore {
+  /** Creates or replaces; returns whether it was created. */
+  upsert(id: string, definition: unknown): Promise<{ created: boolean }>;
+  get(id: string): Promise<SourceRecord | undefined>;
+  list(): Promise<SourceRecord[]>;
+  delete(id: string): Promise<boolean>;
+}
+
+export interface SubscriptionGap {
+  readonly from: number;
+  readonly to: number;
+  readonly detectedAt: string;
+  readonly catchUp: string;
+}
+
+export interface SubscriptionStatusRecord {
+  readonly sourceId: string;
+  readonly subscription: string;
+  readonly topic: string | undefined;
+  readonly status: string | undefined;
+  readonly lastSeen: Date | undefined;
+  readonly lastHeartbeat: Date | undefined;
+  readonly lastEventNumber: number | undefined;
+  readonly gaps: readonly SubscriptionGap[];
+}
+
+export interface SubscriptionStatusStore {
+  /** Records a handshake/heartbeat/event: last seen (and heartbeat) time, status, topic. */
+  touch(input: { sourceId: string; subscription: string; topic?: string; status?: string; heartbeat?: boolean }): Promise<void>;
+  /**
+   * Records event numbers seen. Returns the gap (numbers missing between the last number seen and the
+   * lowest new one) if any; gaps are stored. Numbers at or below the last seen are ignored (replays).
+   */
+  recordEvents(input: { sourceId: string; subscription: string; eventNumbers: readonly number[]; catchUp: string }): Promise<SubscriptionGap | undefined>;
+  list(sourceId: string): Promise<SubscriptionStatusRecord[]>;
+}
+
+export interface DeadLetter {
+  readonly id: string;
+  readonly inboxId: string | undefined;
+  readonly sourceId: string;
+  readonly reason: string;
+  readonly entryIndex: number | undefined;
+  readonly outcome: unknown;
+  readonly createdAt: Date;
+  readonly replayedAt: Date | undefined;
+  readonly replayCount: number;
+}
+
+export interface DeadLetterStore {
+  /** Files a dead letter; the same open (inbox, entry, reason) is filed once. */
+  add(input: { inboxId?: string; sourceId: string; reason: string; entryIndex?: number; outcome: unknown }): Promise<string>;
+  get(id: string): Promise<DeadLetter | undefined>;
+  list(options: { sourceId?: string; open?: boolean; limit: number; before?: Date }): Promise<DeadLetter[]>;
+  markReplayed(id: string): Promise<void>;
+  countsByReason(): Promise<Array<{ sourceId: string; reason: string; open: number; total: number }>>;
+}
+
+export interface BackfillCursor {
+  readonly resourceType: string;
+  readonly nextUrl: string | undefined;
+  readonly done: boolean;
+  readonly count: number;
+}
+
+export interface BackfillStore {
+  get(sourceId: string): Promise<BackfillCursor[]>;
+  save(sourceId: string, cursor: BackfillCursor): Promise<void>;
+  reset(sourceId: string): Promise<void>;
 }
 
 export interface Store {
   readonly resources: ResourceStore;
   readonly inbox: InboxStore;
+  readonly sources: SourceStore;
+  readonly subscriptions: SubscriptionStatusStore;
+  readonly deadLetters: DeadLetterStore;
+  readonly backfill: BackfillStore;
   /** Throws when the database does not answer. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -120,12 +120,12 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       const { id } = await inbox.receive({ sourceId: 'ehr-3', kind: 'bundle', body: Buffer.from('{}') });
       await inbox.update(id, { stage: 'normalize', state: 'processing', attempt: true });
       h.clock.advance(60_000);
-      const unfinished = await inbox.listUnfinished({ receivedBefore: h.clock.now(), limit: 1000 });
+      const unfinished = await inbox.listUnfinished({ updatedBefore: h.clock.now(), limit: 1000 });
       expect(unfinished.map((u) => u.id)).toContain(id);
       await inbox.update(id, { stage: 'stored', state: 'done', outcome: { ok: true } });
       const item = await inbox.get(id);
       expect(item).toMatchObject({ stage: 'stored', state: 'done', attempts: 1, outcome: { ok: true } });
-      expect((await inbox.listUnfinished({ receivedBefore: h.clock.now(), limit: 1000 })).map((u) => u.id)).not.toContain(id);
+      expect((await inbox.listUnfinished({ updatedBefore: h.clock.now(), limit: 1000 })).map((u) => u.id)).not.toContain(id);
       const counts = await inbox.countsByStageAndState();
       expect(counts).toContainEqual({ stage: 'stored', state: 'done', count: 1 });
     });

@@ -1,0 +1,287 @@
+/**
+ * Understands every notification style fhir-anchor accepts, as a pure function of the raw body:
+ *
+ * - classic R4 rest-hook: a bare resource (Medplum and many EHRs), or an empty body plus a header
+ *   naming a deleted resource (Medplum: `X-Medplum-Deleted-Resource: Type/id`);
+ * - Subscriptions R5 Backport IG for R4: Bundle `history` whose first entry is a SubscriptionStatus
+ *   `Parameters` (handshake, heartbeat, event-notification with full-resource / id-only / empty);
+ * - R4B (Bundle `history`, first entry a `SubscriptionStatus`) and R5 (Bundle `subscription-notification`);
+ * - transaction / batch / collection / searchset / history Bundles (e.g. Synthea output).
+ *
+ * Spec: https://hl7.org/fhir/uv/subscriptions-backport/ (notifications), http://hl7.org/fhir/R4/http.html#transaction
+ */
+import { createHash } from 'node:crypto';
+import type { OperationOutcome } from '@medplum/fhirtypes';
+import { outcome } from '../platform/errors.js';
+
+export type NotificationType = 'handshake' | 'heartbeat' | 'event-notification' | 'query-status' | 'query-event';
+export type PayloadContent = 'empty' | 'id-only' | 'full-resource';
+
+/** One thing a notification asks us to apply. */
+export type NotificationEntry =
+  /** A resource body (full-resource payloads, bare resources, bundle entries). */
+  | {
+      readonly kind: 'resource';
+      readonly index: number;
+      readonly resource: Record<string, unknown>;
+      readonly fullUrl?: string;
+      /** Conditional create: only store when nothing matches (`Bundle.entry.request.ifNoneExist`). */
+      readonly ifNoneExist?: string;
+    }
+  /** A reference we must fetch from the source (id-only payloads, focus of empty payloads). */
+  | { readonly kind: 'fetch'; readonly index: number; readonly reference: string }
+  /** A deletion. */
+  | { readonly kind: 'delete'; readonly index: number; readonly resourceType: string; readonly id: string };
+
+export interface SubscriptionStatusInfo {
+  readonly subscription: string;
+  readonly topic: string | undefined;
+  readonly status: string | undefined;
+  readonly type: NotificationType;
+  readonly eventsSinceStart: number | undefined;
+  /** Event numbers in this notification (event-notification only). */
+  readonly eventNumbers: readonly number[];
+  /** Focus references of the events, when the payload carries them. */
+  readonly focus: readonly string[];
+  /** What the notification carries: full resources, ids only, or nothing. */
+  readonly payload: PayloadContent;
+}
+
+export type NotificationStyle = 'rest-hook' | 'delete' | 'backport-r4' | 'r4b' | 'r5' | 'bundle';
+
+export interface ParsedNotification {
+  readonly style: NotificationStyle;
+  readonly status?: SubscriptionStatusInfo;
+  readonly bundleType?: string;
+  readonly entries: readonly NotificationEntry[];
+}
+
+export type ParseResult =
+  | { readonly ok: true; readonly notification: ParsedNotification }
+  | { readonly ok: false; readonly reason: 'empty' | 'unparseable' | 'not-fhir' | 'invalid-structure'; readonly outcome: OperationOutcome };
+
+export interface ParseContext {
+  /** `Type/id` from a delete header (e.g. `X-Medplum-Deleted-Resource`) or a `DELETE /hooks/{source}/{type}/{id}`. */
+  readonly deletedResource?: string;
+  /** Type and id from the URL of `PUT /hooks/{source}/{type}/{id}`. */
+  readonly path?: { readonly resourceType: string; readonly id: string };
+}
+
+/** A FHIR resource type name (the parser checks shape, the normalize stage checks the type exists). */
+const RESOURCE_TYPE = /^[A-Z][A-Za-z]{1,63}$/;
+const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
+/** Deepest JSON nesting we accept (a hostile body must not exhaust the stack later). */
+export const MAX_JSON_DEPTH = 64;
+
+function fail(reason: 'empty' | 'unparseable' | 'not-fhir' | 'invalid-structure', text: string, expression?: string): ParseResult {
+  return { ok: false, reason, outcome: outcome('error', reason === 'not-fhir' || reason === 'invalid-structure' ? 'structure' : 'invalid', text, expression) };
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function depthOf(value: unknown, limit: number): number {
+  // Iterative, so a deeply nested body cannot overflow the stack here either.
+  let max = 0;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (d > max) max = d;
+    if (max > limit) return max;
+    if (typeof v === 'object' && v !== null) for (const child of Object.values(v)) stack.push([child, d + 1]);
+  }
+  return max;
+}
+
+/** Parses a `Type/id` (relative or at the end of an absolute URL, optionally with `/_history/vid`). */
+export function parseReference(reference: string): { resourceType: string; id: string; versionId?: string } | undefined {
+  const m = /(?:^|\/)([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/([A-Za-z0-9\-.]{1,64}))?\/?$/.exec(reference.split('?')[0]!);
+  if (!m) return undefined;
+  return { resourceType: m[1]!, id: m[2]!, ...(m[3] ? { versionId: m[3] } : {}) };
+}
+
+function toNumber(v: unknown): number | undefined {
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return v;
+  if (typeof v === 'string' && /^\d{1,15}$/.test(v)) return Number(v);
+  return undefined;
+}
+
+function referenceOf(v: unknown): string | undefined {
+  return isObject(v) && typeof v.reference === 'string' ? v.reference : undefined;
+}
+
+/** Reads the backport R4 `Parameters` status (profile backport-subscription-status-r4). */
+function statusFromParameters(p: Record<string, unknown>): Omit<SubscriptionStatusInfo, 'payload'> | string {
+  const params = Array.isArray(p.parameter) ? p.parameter.filter(isObject) : [];
+  const get = (name: string) => params.find((x) => x.name === name);
+  const subscription = referenceOf(get('subscription')?.valueReference);
+  if (!subscription) return 'SubscriptionStatus parameter "subscription" (valueReference) is required';
+  const type = get('type')?.valueCode;
+  if (typeof type !== 'string' || !['handshake', 'heartbeat', 'event-notification', 'query-status', 'query-event'].includes(type)) {
+    return 'SubscriptionStatus parameter "type" must be handshake, heartbeat, event-notification, query-status or query-event';
+  }
+  const eventNumbers: number[] = [];
+  const focus: string[] = [];
+  for (const ev of params.filter((x) => x.name === 'notification-event')) {
+    const parts = Array.isArray(ev.part) ? ev.part.filter(isObject) : [];
+    const num = toNumber(parts.find((x) => x.name === 'event-number')?.valueString ?? parts.find((x) => x.name === 'event-number')?.valueInteger);
+    if (num === undefined) return 'notification-event.event-number must be a non-negative integer';
+    eventNumbers.push(num);
+    const f = referenceOf(parts.find((x) => x.name === 'focus')?.valueReference);
+    if (f) focus.push(f);
+  }
+  const topic = get('topic')?.valueCanonical ?? get('topic')?.valueUri;
+  const status = get('status')?.valueCode;
+  return {
+    subscription,
+    topic: typeof topic === 'string' ? topic : undefined,
+    status: typeof status === 'string' ? status : undefined,
+    type: type as NotificationType,
+    eventsSinceStart: toNumber(get('events-since-subscription-start')?.valueString ?? get('events-since-subscription-start')?.valueInteger64),
+    eventNumbers,
+    focus,
+  };
+}
+
+/** Reads an R4B/R5 `SubscriptionStatus` resource. */
+function statusFromResource(s: Record<string, unknown>): Omit<SubscriptionStatusInfo, 'payload'> | string {
+  const subscription = referenceOf(s.subscription);
+  if (!subscription) return 'SubscriptionStatus.subscription is required';
+  const type = s.type;
+  if (typeof type !== 'string' || !['handshake', 'heartbeat', 'event-notification', 'query-status', 'query-event'].includes(type)) {
+    return 'SubscriptionStatus.type must be handshake, heartbeat, event-notification, query-status or query-event';
+  }
+  const eventNumbers: number[] = [];
+  const focus: string[] = [];
+  for (const ev of Array.isArray(s.notificationEvent) ? s.notificationEvent.filter(isObject) : []) {
+    const num = toNumber(ev.eventNumber);
+    if (num === undefined) return 'SubscriptionStatus.notificationEvent.eventNumber must be a non-negative integer';
+    eventNumbers.push(num);
+    const f = referenceOf(ev.focus);
+    if (f) focus.push(f);
+  }
+  return {
+    subscription,
+    topic: typeof s.topic === 'string' ? s.topic : undefined,
+    status: typeof s.status === 'string' ? s.status : undefined,
+    type: type as NotificationType,
+    eventsSinceStart: toNumber(s.eventsSinceSubscriptionStart),
+    eventNumbers,
+    focus,
+  };
+}
+
+function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): NotificationEntry[] | string {
+  const raw = bundle.entry === undefined ? [] : bundle.entry;
+  if (!Array.isArray(raw)) return 'Bundle.entry must be an array';
+  const entries: NotificationEntry[] = [];
+  for (let index = skipFirst ? 1 : 0; index < raw.length; index++) {
+    const e = raw[index];
+    if (!isObject(e)) return `Bundle.entry[${index}] must be an object`;
+    const request = isObject(e.request) ? e.request : undefined;
+    const method = typeof request?.method === 'string' ? request.method : undefined;
+    const fullUrl = typeof e.fullUrl === 'string' ? e.fullUrl : undefined;
+    if (method === 'DELETE') {
+      const ref = typeof request?.url === 'string' ? parseReference(request.url) : undefined;
+      if (!ref) return `Bundle.entry[${index}].request.url must name the deleted resource as Type/id`;
+      entries.push({ kind: 'delete', index, resourceType: ref.resourceType, id: ref.id });
+      continue;
+    }
+    if (e.resource !== undefined) {
+      if (!isObject(e.resource)) return `Bundle.entry[${index}].resource must be an object`;
+      const ifNoneExist = typeof request?.ifNoneExist === 'string' ? request.ifNoneExist : undefined;
+      entries.push({ kind: 'resource', index, resource: e.resource, ...(fullUrl ? { fullUrl } : {}), ...(ifNoneExist ? { ifNoneExist } : {}) });
+      continue;
+    }
+    // No resource: an id-only entry; the reference is the fullUrl (or the request URL).
+    const target = fullUrl ?? (typeof request?.url === 'string' ? request.url : undefined);
+    if (!target || !parseReference(target)) return `Bundle.entry[${index}] has neither a resource nor a resolvable fullUrl`;
+    entries.push({ kind: 'fetch', index, reference: target });
+  }
+  return entries;
+}
+
+/** Parses a raw notification body. Never throws. */
+export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseResult {
+  const text = body.toString('utf8').replace(/^\uFEFF/, '');
+  if (text.trim() === '') {
+    const named = ctx.deletedResource ? parseReference(ctx.deletedResource) : undefined;
+    if (named) {
+      return { ok: true, notification: { style: 'delete', entries: [{ kind: 'delete', index: 0, resourceType: named.resourceType, id: named.id }] } };
+    }
+    return fail('empty', 'Empty notification body: expected a FHIR resource or Bundle (a deletion must name the resource, e.g. X-Medplum-Deleted-Resource: Type/id)');
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return fail('unparseable', 'Notification body is not valid JSON');
+  }
+  if (!isObject(json)) return fail('not-fhir', 'Notification body must be a JSON object (a FHIR resource)');
+  if (depthOf(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return fail('invalid-structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
+  const resourceType = json.resourceType;
+  if (typeof resourceType !== 'string' || !RESOURCE_TYPE.test(resourceType)) {
+    return fail('not-fhir', 'Notification body has no valid resourceType', 'resourceType');
+  }
+  if (json.id !== undefined && (typeof json.id !== 'string' || !FHIR_ID.test(json.id))) {
+    return fail('invalid-structure', 'Resource.id must match [A-Za-z0-9-.]{1,64}', `${resourceType}.id`);
+  }
+
+  if (resourceType !== 'Bundle') {
+    if (ctx.path && (ctx.path.resourceType !== resourceType || (json.id !== undefined && json.id !== ctx.path.id))) {
+      return fail('invalid-structure', `Body is ${resourceType}/${String(json.id)} but the URL names ${ctx.path.resourceType}/${ctx.path.id}`);
+    }
+    const resource = ctx.path && json.id === undefined ? { ...json, id: ctx.path.id } : json;
+    if (resource.id === undefined) return fail('invalid-structure', 'A notified resource must carry its id', `${resourceType}.id`);
+    return { ok: true, notification: { style: 'rest-hook', entries: [{ kind: 'resource', index: 0, resource }] } };
+  }
+
+  const bundleType = typeof json.type === 'string' ? json.type : undefined;
+  const first = Array.isArray(json.entry) && isObject(json.entry[0]) && isObject(json.entry[0].resource) ? json.entry[0].resource : undefined;
+  const firstType = first?.resourceType;
+  const isBackportR4 = bundleType === 'history' && firstType === 'Parameters';
+  const isStatusResource = (bundleType === 'history' || bundleType === 'subscription-notification') && firstType === 'SubscriptionStatus';
+  if (bundleType === 'subscription-notification' && !isStatusResource) {
+    return fail('invalid-structure', 'A subscription-notification Bundle must start with a SubscriptionStatus entry', 'Bundle.entry[0]');
+  }
+  if (isBackportR4 || isStatusResource) {
+    const s = isBackportR4 ? statusFromParameters(first!) : statusFromResource(first!);
+    if (typeof s === 'string') return fail('invalid-structure', s, 'Bundle.entry[0].resource');
+    const entries = bundleEntries(json, true);
+    if (typeof entries === 'string') return fail('invalid-structure', entries);
+    const payload: PayloadContent = entries.some((e) => e.kind === 'resource') ? 'full-resource' : entries.length > 0 || s.focus.length > 0 ? 'id-only' : 'empty';
+    const style: NotificationStyle = isBackportR4 ? 'backport-r4' : bundleType === 'subscription-notification' ? 'r5' : 'r4b';
+    return { ok: true, notification: { style, bundleType, status: { ...s, payload }, entries } };
+  }
+  if (!bundleType || !['transaction', 'batch', 'collection', 'searchset', 'history', 'transaction-response', 'batch-response'].includes(bundleType)) {
+    return fail('invalid-structure', `Bundle.type "${String(bundleType)}" is not accepted (transaction, batch, collection, searchset, history)`, 'Bundle.type');
+  }
+  const entries = bundleEntries(json, false);
+  if (typeof entries === 'string') return fail('invalid-structure', entries);
+  return { ok: true, notification: { style: 'bundle', bundleType, entries } };
+}
+
+/**
+ * The idempotency key of a notification for the inbox: the same notification stored twice is stored
+ * once. A bare resource with a versionId is keyed by type/id/version; a subscription event by its
+ * subscription and event numbers; anything else by the SHA-256 of its bytes. Deletions carry no key
+ * (an empty body says nothing to tell two deletions apart); the worker makes them idempotent instead.
+ */
+export function notificationDedupKey(parsed: ParsedNotification | undefined, body: Buffer): string | undefined {
+  if (parsed?.style === 'delete') return undefined;
+  if (parsed?.style === 'rest-hook') {
+    const e = parsed.entries[0];
+    if (e?.kind === 'resource') {
+      const meta = isObject(e.resource.meta) ? e.resource.meta : undefined;
+      if (typeof meta?.versionId === 'string' && meta.versionId.length <= 64) {
+        return `${String(e.resource.resourceType)}/${String(e.resource.id)}/_history/${meta.versionId}`;
+      }
+    }
+  }
+  if (parsed?.status?.type === 'event-notification' && parsed.status.eventNumbers.length > 0) {
+    const key = `event:${parsed.status.subscription}#${parsed.status.eventNumbers.join(',')}`;
+    if (key.length <= 512) return key;
+  }
+  return `sha256:${createHash('sha256').update(body).digest('hex')}`;
+}

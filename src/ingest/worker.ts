@@ -1,0 +1,426 @@
+/**
+ * The `ingest` worker: turns one inbox item (a raw notification already committed to PostgreSQL) into
+ * stored, normalised, validated resource versions.
+ *
+ * Steps: re-read the inbox item (a stale retry of a finished item is dropped); parse; track
+ * subscription event numbers and catch up on gaps; fetch id-only / empty payloads back from the source;
+ * resolve `urn:uuid:` and conditional references; normalise to US Core 6.1.0; validate; store every
+ * version in one transaction (idempotent by dedup key, ordered by the source's lastUpdated); link
+ * patients across sources; queue each new version for the integrity log.
+ *
+ * A bad entry becomes a dead letter with its OperationOutcome; the good entries beside it are stored.
+ * Transient failures (source unreachable, database) are retried with backoff by BullMQ; when the last
+ * attempt fails the item is dead-lettered so it can be inspected and replayed.
+ */
+import { createHash } from 'node:crypto';
+import type { Bundle, OperationOutcome, Patient, Resource } from '@medplum/fhirtypes';
+import type { Clock } from '../platform/clock.js';
+import { outcome } from '../platform/errors.js';
+import type { Logger } from '../platform/logger.js';
+import { TerminalJobError, type JobContext, type QueueRegistry } from '../queue/index.js';
+import type { PutVersionInput, Store } from '../store/index.js';
+import { anchorId, isStructurallyFhir, normalizeResource, type NormalizationRules, type Validator } from '../normalize/index.js';
+import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParsedNotification } from './notification.js';
+import type { Source } from './source.js';
+import { SourceError, type SourceClient } from './source-client.js';
+import type { SourceRegistry } from './sources.js';
+
+/** How far back a catch-up `_lastUpdated` search looks when the source offers no `$events`. */
+export const CATCH_UP_LOOKBACK_MS = 60 * 60 * 1000;
+/** Most resources one catch-up search may bring in for one notification (bounded work per job). */
+export const CATCH_UP_MAX_RESOURCES = 10_000;
+
+export interface IngestDeps {
+  readonly store: Store;
+  readonly queues: QueueRegistry;
+  readonly registry: SourceRegistry;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly validator: Validator;
+  /** Normalisation rules for a source (cached by the caller). */
+  readonly rules: (sourceId: string) => Promise<NormalizationRules>;
+  /** A client for calling the source back (cached per source by the caller). */
+  readonly client: (source: Source) => SourceClient;
+  /** Identifier systems whose shared values link patients across sources (Patient.link). */
+  readonly linkIdentifierSystems: readonly string[];
+}
+
+export interface IngestSummary {
+  stored: number;
+  duplicates: number;
+  historical: number;
+  invalid: number;
+  deadLetters: number;
+  skipped: number;
+  fetched: number;
+  gaps: number;
+}
+
+interface WorkItem {
+  readonly index: number;
+  readonly resource?: Record<string, unknown>;
+  readonly fullUrl?: string;
+  readonly ifNoneExist?: string;
+  readonly delete?: { readonly resourceType: string; readonly id: string };
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Parses `identifier=system|value` (the only conditional search we resolve). */
+function identifierQuery(query: string): { system: string; value: string } | undefined {
+  const params = new URLSearchParams(query);
+  const keys = [...params.keys()];
+  const v = params.get('identifier');
+  if (keys.length !== 1 || !v) return undefined;
+  const bar = v.indexOf('|');
+  if (bar <= 0 || bar === v.length - 1) return undefined;
+  return { system: v.slice(0, bar), value: v.slice(bar + 1) };
+}
+
+function identifiersOf(resource: Record<string, unknown>): Array<{ system: string; value: string }> {
+  const ids = Array.isArray(resource.identifier) ? resource.identifier : [];
+  return ids.filter(isObject).flatMap((i) => (typeof i.system === 'string' && typeof i.value === 'string' ? [{ system: i.system, value: i.value }] : []));
+}
+
+/** Every `reference` string anywhere in a resource. */
+function collectReferences(value: unknown, out: Set<string>): void {
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (Array.isArray(v)) stack.push(...v);
+    else if (isObject(v)) {
+      for (const [k, child] of Object.entries(v)) {
+        if (k === 'reference' && typeof child === 'string') out.add(child);
+        else if (typeof child === 'object') stack.push(child);
+      }
+    }
+  }
+}
+
+function contentHash(resource: Resource): string {
+  const { meta: _meta, ...rest } = resource as Resource & { meta?: unknown };
+  return createHash('sha256').update(JSON.stringify(rest)).digest('hex').slice(0, 32);
+}
+
+export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'ingest'>) => Promise<void> {
+  const { store, logger } = deps;
+
+  const deadLetter = async (inboxId: string, sourceId: string, reason: string, oo: OperationOutcome, entryIndex?: number): Promise<void> => {
+    await store.deadLetters.add({ inboxId, sourceId, reason, outcome: oo, ...(entryIndex !== undefined ? { entryIndex } : {}) });
+  };
+
+  /** Turns a catch-up Bundle (from `$events` or a search) into work items. */
+  const itemsFromBundle = (bundle: Bundle, offset: number): NotificationEntry[] => {
+    const parsed = parseNotification(Buffer.from(JSON.stringify(bundle)));
+    if (!parsed.ok) return [];
+    const n = parsed.notification;
+    if (n.entries.length === 0 && n.status) {
+      // id-only notifications may carry the focus only inside the status.
+      return n.status.focus.map((reference, i) => ({ kind: 'fetch', index: offset + i, reference }));
+    }
+    return n.entries.map((e) => ({ ...e, index: offset + e.index }));
+  };
+
+  const catchUp = async (
+    source: Source,
+    client: SourceClient,
+    n: ParsedNotification,
+    range: { from: number; to: number } | undefined,
+    receivedAt: Date,
+    offset: number,
+  ): Promise<{ entries: NotificationEntry[]; how: string }> => {
+    const status = n.status!;
+    const subscriptionId = parseReference(status.subscription)?.id;
+    if (subscriptionId && range && (await client.supportsEventsOperation())) {
+      const bundle = await client.events(subscriptionId, { eventsSinceNumber: range.from, eventsUntilNumber: range.to, content: 'id-only' });
+      return { entries: itemsFromBundle(bundle, offset), how: `$events ${range.from}..${range.to}` };
+    }
+    const types = new Set<string>(source.subscribe?.resourceTypes ?? []);
+    for (const f of status.focus) {
+      const ref = parseReference(f);
+      if (ref) types.add(ref.resourceType);
+    }
+    const since = new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS).toISOString();
+    const entries: NotificationEntry[] = [];
+    for (const type of [...types].sort()) {
+      for await (const r of client.search(type as Resource['resourceType'], { _lastUpdated: `ge${since}` })) {
+        entries.push({ kind: 'resource', index: offset + entries.length, resource: r as unknown as Record<string, unknown> });
+        if (entries.length >= CATCH_UP_MAX_RESOURCES) break;
+      }
+    }
+    return { entries, how: `_lastUpdated search since ${since} over ${[...types].join(',') || '(no types known)'}` };
+  };
+
+  return async (job) => {
+    const inboxId = job.data.inboxId;
+    const item = await store.inbox.get(inboxId);
+    if (!item || item.state === 'done' || item.state === 'dead') return; // stale retry or replayed elsewhere
+    const isLastAttempt = job.attemptsMade + 1 >= job.maxAttempts;
+    const summary: IngestSummary = { stored: 0, duplicates: 0, historical: 0, invalid: 0, deadLetters: 0, skipped: 0, fetched: 0, gaps: 0 };
+
+    const source = await deps.registry.get(item.sourceId);
+    if (!source) {
+      const oo = outcome('error', 'not-found', `Source ${item.sourceId} is not registered (any more)`);
+      await deadLetter(inboxId, item.sourceId, 'unknown-source', oo);
+      await store.inbox.update(inboxId, { state: 'dead', outcome: oo });
+      throw new TerminalJobError('unknown source');
+    }
+    await store.inbox.update(inboxId, { stage: 'fetch', state: 'processing', attempt: true });
+
+    try {
+      const meta = item.meta as ParseContext;
+      const parsed = parseNotification(item.body, {
+        ...(typeof meta.deletedResource === 'string' ? { deletedResource: meta.deletedResource } : {}),
+        ...(isObject(meta.path) ? { path: meta.path as { resourceType: string; id: string } } : {}),
+      });
+      if (!parsed.ok) {
+        await deadLetter(inboxId, item.sourceId, parsed.reason, parsed.outcome);
+        await store.inbox.update(inboxId, { state: 'dead', outcome: parsed.outcome });
+        throw new TerminalJobError(parsed.reason);
+      }
+      const n = parsed.notification;
+      const client = deps.client(source);
+      const entries: NotificationEntry[] = [...n.entries];
+      const notes: string[] = [];
+
+      // Subscription event numbers: a gap triggers a catch-up, recorded in the subscription status.
+      if (n.status?.type === 'event-notification') {
+        const supportsEvents = await client.supportsEventsOperation().catch(() => false);
+        const gap = await store.subscriptions.recordEvents({
+          sourceId: source.id,
+          subscription: n.status.subscription.slice(0, 512),
+          eventNumbers: n.status.eventNumbers,
+          catchUp: supportsEvents ? '$events' : '_lastUpdated search',
+        });
+        if (gap) {
+          summary.gaps += 1;
+          const c = await catchUp(source, client, n, gap, item.receivedAt, 10_000);
+          notes.push(`gap ${gap.from}..${gap.to}: caught up by ${c.how} (${c.entries.length} entries)`);
+          entries.push(...c.entries);
+        }
+        if (n.entries.length === 0) {
+          // id-only payloads may carry the focus only inside the status; empty ones carry nothing.
+          if (n.status.focus.length > 0) {
+            n.status.focus.forEach((f, i) => entries.push({ kind: 'fetch', index: 1000 + i, reference: f }));
+          } else {
+            const nums = n.status.eventNumbers;
+            const range = nums.length > 0 ? { from: Math.min(...nums), to: Math.max(...nums) } : undefined;
+            const c = await catchUp(source, client, n, range, item.receivedAt, 20_000);
+            notes.push(`empty payload: fetched by ${c.how} (${c.entries.length} entries)`);
+            entries.push(...c.entries);
+          }
+        }
+      }
+
+      // Fetch-back for id-only entries (and focus of empty payloads).
+      const work: WorkItem[] = [];
+      for (const e of entries) {
+        if (e.kind === 'resource') work.push({ index: e.index, resource: e.resource, ...(e.fullUrl ? { fullUrl: e.fullUrl } : {}), ...(e.ifNoneExist ? { ifNoneExist: e.ifNoneExist } : {}) });
+        else if (e.kind === 'delete') work.push({ index: e.index, delete: { resourceType: e.resourceType, id: e.id } });
+        else {
+          const ref = parseReference(e.reference);
+          if (!ref) {
+            await deadLetter(inboxId, source.id, 'unresolvable', outcome('error', 'invalid', `Cannot fetch ${e.reference.slice(0, 200)}: not a Type/id reference`), e.index);
+            summary.deadLetters += 1;
+            continue;
+          }
+          const r = ref.versionId
+            ? await client.vread(ref.resourceType as Resource['resourceType'], ref.id, ref.versionId)
+            : await client.read(ref.resourceType as Resource['resourceType'], ref.id);
+          summary.fetched += 1;
+          if (r.kind === 'found') work.push({ index: e.index, resource: r.resource as unknown as Record<string, unknown>, fullUrl: e.reference });
+          else if (!ref.versionId) work.push({ index: e.index, delete: { resourceType: ref.resourceType, id: ref.id } });
+          else summary.skipped += 1;
+        }
+      }
+
+      await store.inbox.update(inboxId, { stage: 'normalize', state: 'processing' });
+      const rules = await deps.rules(source.id);
+
+      // Structural check first: a resource that is not FHIR is a dead letter; the rest go on.
+      const valid: Array<WorkItem & { resource: Record<string, unknown> }> = [];
+      const deletes: WorkItem[] = [];
+      for (const w of work) {
+        if (w.delete) {
+          deletes.push(w);
+          continue;
+        }
+        const check = isStructurallyFhir(w.resource);
+        if (!check.ok) {
+          await deadLetter(inboxId, source.id, 'invalid-structure', check.outcome, w.index);
+          summary.deadLetters += 1;
+          continue;
+        }
+        // A resource without an id (a transaction POST) takes its urn:uuid, else a content hash.
+        let resource = w.resource!;
+        if (typeof resource.id !== 'string') {
+          const urn = w.fullUrl?.startsWith('urn:uuid:') ? w.fullUrl.slice(9) : undefined;
+          resource = { ...resource, id: urn ?? createHash('sha256').update(JSON.stringify(resource)).digest('hex').slice(0, 40) };
+        }
+        valid.push({ ...w, resource });
+      }
+
+      // Reference resolution: urn:uuid fullUrls and conditional references.
+      const resolved = new Map<string, string>();
+      const byIdentifier = new Map<string, string>(); // `${type}|${system}|${value}` → final Type/anchorId
+      for (const w of valid) {
+        const type = String(w.resource.resourceType);
+        const final = `${type}/${anchorId(source.id, type, String(w.resource.id))}`;
+        if (w.fullUrl) resolved.set(w.fullUrl, final);
+        for (const ident of identifiersOf(w.resource)) byIdentifier.set(`${type}|${ident.system}|${ident.value}`, final);
+      }
+      const conditional = new Set<string>();
+      for (const w of valid) {
+        const refs = new Set<string>();
+        collectReferences(w.resource, refs);
+        for (const r of refs) if (/^[A-Z][A-Za-z]+\?/.test(r)) conditional.add(r);
+      }
+      for (const ref of conditional) {
+        const [type, query] = [ref.slice(0, ref.indexOf('?')), ref.slice(ref.indexOf('?') + 1)];
+        const q = identifierQuery(query);
+        if (!q) {
+          notes.push(`unresolved conditional reference ${ref.slice(0, 200)} (only identifier=system|value is supported)`);
+          continue;
+        }
+        const local = byIdentifier.get(`${type}|${q.system}|${q.value}`);
+        if (local) {
+          resolved.set(ref, local);
+          continue;
+        }
+        const found = await store.resources.findByIdentifier(type, q.system, q.value, 2);
+        if (found.length === 1) resolved.set(ref, `${type}/${found[0]!.id}`);
+        else notes.push(`${found.length === 0 ? 'unresolved' : 'ambiguous'} conditional reference ${ref.slice(0, 200)}`);
+      }
+
+      // Normalise and validate.
+      const inputs: PutVersionInput[] = [];
+      const inputIndex: number[] = [];
+      for (const w of valid) {
+        if (w.ifNoneExist) {
+          const q = identifierQuery(w.ifNoneExist);
+          const type = String(w.resource.resourceType);
+          if (q && (await store.resources.findByIdentifier(type, q.system, q.value, 1)).length > 0) {
+            summary.skipped += 1; // conditional create: a match exists
+            continue;
+          }
+        }
+        let normalized;
+        try {
+          normalized = normalizeResource(w.resource as unknown as Resource, {
+            sourceId: source.id,
+            sourceBaseUrl: source.baseUrl,
+            ...(source.identifierSystem ? { identifierSystem: source.identifierSystem } : {}),
+            resolvedReferences: resolved,
+            rules,
+          });
+        } catch (err) {
+          const oo = outcome('error', 'processing', `Normalisation failed: ${err instanceof Error ? err.message.slice(0, 300) : 'unknown error'}`);
+          await deadLetter(inboxId, source.id, 'normalize-failed', oo, w.index);
+          summary.deadLetters += 1;
+          continue;
+        }
+        const validation = deps.validator.validate(normalized.resource, normalized.targetProfile);
+        if (!validation.valid) summary.invalid += 1;
+        const srcMeta = isObject(w.resource.meta) ? w.resource.meta : {};
+        const sourceVersion = typeof srcMeta.versionId === 'string' ? srcMeta.versionId : undefined;
+        const sourceTime = normalized.sourceLastUpdated ? new Date(normalized.sourceLastUpdated) : undefined;
+        const sourceTimeOk = sourceTime && !Number.isNaN(sourceTime.getTime()) ? sourceTime : undefined;
+        inputs.push({
+          resourceType: normalized.resource.resourceType,
+          id: normalized.resource.id!,
+          resource: normalized.resource,
+          dedupKey: sourceVersion ? `v:${sourceVersion}` : `h:${contentHash(normalized.resource)}@${sourceTimeOk?.toISOString() ?? ''}`,
+          ...(sourceTimeOk ? { sourceTime: sourceTimeOk } : {}),
+          sourceId: source.id,
+          validation: { valid: validation.valid, outcome: validation.outcome },
+        });
+        inputIndex.push(w.index);
+      }
+      for (const d of deletes) {
+        const id = anchorId(source.id, d.delete!.resourceType, d.delete!.id);
+        const current = await store.resources.readCurrent(d.delete!.resourceType, id);
+        if (!current || current.deleted) {
+          summary.skipped += 1; // deleting what we never had, or already deleted: idempotent
+          continue;
+        }
+        inputs.push({ resourceType: d.delete!.resourceType, id, deleted: true, sourceId: source.id });
+        inputIndex.push(d.index);
+      }
+
+      await store.inbox.update(inboxId, { stage: 'store', state: 'processing' });
+      const results = await store.resources.putVersions(inputs);
+      const stored = results.filter((r) => r.status !== 'duplicate');
+      for (const r of results) {
+        if (r.status === 'duplicate') summary.duplicates += 1;
+        else if (r.status === 'historical') summary.historical += 1;
+        else summary.stored += 1;
+      }
+
+      // Patient linking across sources by configured identifier systems.
+      const linkVersions = await linkPatients(stored.map((r) => r.version).filter((v) => v.resourceType === 'Patient' && !v.deleted).map((v) => v.resource as Patient));
+
+      const versions = [...stored.map((r) => r.version), ...linkVersions];
+      if (versions.length > 0) {
+        await deps.queues.enqueueBulk(
+          'integrity',
+          versions.map((v) => ({
+            data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId },
+            options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` },
+          })),
+        );
+      }
+      await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: { ...summary, notes: notes.slice(0, 50) } });
+      logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
+    } catch (err) {
+      if (err instanceof TerminalJobError) throw err;
+      const retryable = !(err instanceof SourceError) || err.retryable;
+      const message = err instanceof Error ? err.message.slice(0, 300) : 'unknown error';
+      if (!retryable || isLastAttempt) {
+        const reason = err instanceof SourceError ? 'fetch-failed' : 'exhausted';
+        const oo = outcome('error', err instanceof SourceError ? 'transient' : 'exception', `Ingest failed after ${job.attemptsMade + 1} attempt(s): ${message}`);
+        await deadLetter(inboxId, item.sourceId, reason, oo);
+        await store.inbox.update(inboxId, { state: 'dead', outcome: oo });
+        throw new TerminalJobError(reason);
+      }
+      await store.inbox.update(inboxId, { state: 'failed', outcome: outcome('warning', 'transient', `Attempt ${job.attemptsMade + 1} failed: ${message}; will retry`) });
+      throw err;
+    }
+  };
+
+  /** Links each new Patient with current Patients of other sources sharing a linking identifier. */
+  async function linkPatients(patients: Patient[]): Promise<Array<{ resourceType: string; id: string; versionId: string; deleted: boolean; resource: Resource | undefined }>> {
+    if (deps.linkIdentifierSystems.length === 0 || patients.length === 0) return [];
+    const out: Array<{ resourceType: string; id: string; versionId: string; deleted: boolean; resource: Resource | undefined }> = [];
+    for (const patient of patients) {
+      const idents = identifiersOf(patient as unknown as Record<string, unknown>).filter((i) => deps.linkIdentifierSystems.includes(i.system));
+      for (const ident of idents) {
+        const matches = (await store.resources.findByIdentifier('Patient', ident.system, ident.value, 20)).filter((m) => m.id !== patient.id);
+        for (const match of matches) {
+          for (const [from, to] of [
+            [patient.id!, match.id],
+            [match.id, patient.id!],
+          ] as const) {
+            const current = await store.resources.readCurrent('Patient', from);
+            const res = current?.resource as Patient | undefined;
+            if (!res || current?.deleted) continue;
+            const links = res.link ?? [];
+            if (links.some((l) => l.other?.reference === `Patient/${to}`)) continue;
+            const { meta, ...rest } = res;
+            const updated: Patient = { ...rest, meta: { ...(meta?.profile ? { profile: meta.profile } : {}), ...(meta?.source ? { source: meta.source } : {}), ...(meta?.security ? { security: meta.security } : {}) }, link: [...links, { other: { reference: `Patient/${to}` }, type: 'seealso' }] };
+            const validation = deps.validator.validate(updated, meta?.profile?.[0]);
+            const r = await store.resources.putVersion({
+              resourceType: 'Patient',
+              id: from,
+              resource: updated,
+              dedupKey: `link:Patient/${to}`,
+              sourceId: 'fhir-anchor',
+              validation: { valid: validation.valid, outcome: validation.outcome },
+            });
+            if (r.status !== 'duplicate') out.push(r.version);
+          }
+        }
+      }
+    }
+    return out;
+  }
+}

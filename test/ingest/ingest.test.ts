@@ -1,0 +1,364 @@
+/**
+ * Ingest end to end against the real PostgreSQL and Redis, with a real source EHR (the fake FHIR
+ * server in test/helpers) for id-only fetch-backs and $events catch-up.
+ */
+import { createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import fc from 'fast-check';
+import type { Config } from '../../src/config/index.js';
+import { anchorId } from '../../src/normalize/index.js';
+import { startService, type RunningService } from '../../src/runtime.js';
+import { cleanupConfig, json, silentLogger, testConfig } from '../helpers/env.js';
+import { buildHandshake, buildHeartbeat, buildNotificationBundle, startFakeEhr, type FakeEhr } from '../helpers/fake-ehr.js';
+
+const ADMIN = 'test-admin-token-0123456789abcdef0123456789';
+const BEARER = 'hook-bearer-token-0123456789';
+const HMAC = 'hook-hmac-secret-0123456789';
+const fixture = (path: string): Buffer => readFileSync(new URL(`../fixtures/${path}`, import.meta.url));
+const PATIENT_BUNDLE = 'normalize/Jani266_Reynolds644_304f9946-5db8-dc6f-e060-48b9fea3ca5d.json';
+
+describe('ingest (queues on Redis)', () => {
+  let config: Config;
+  let service: RunningService;
+  let base: string;
+  let ehr: FakeEhr;
+
+  const admin = (path: string, init: RequestInit = {}) =>
+    fetch(base + path, { ...init, headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json', ...(init.headers ?? {}) } });
+  const hook = (source: string, body: Buffer | string, headers: Record<string, string> = {}, method = 'POST', path = '') =>
+    fetch(`${base}/hooks/${source}${path}`, { method, body: method === 'DELETE' ? undefined : body, headers: { authorization: `Bearer ${BEARER}`, 'content-type': 'application/fhir+json', ...headers } });
+  const signed = (source: string, body: Buffer) => hook(source, body, { 'x-signature': createHmac('sha256', HMAC).update(body).digest('hex') });
+
+  async function settle(inboxId: string, timeoutMs = 30_000): Promise<{ state: string; outcome: Record<string, unknown> }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const item = await service.database.store.inbox.get(inboxId);
+      if (item && (item.state === 'done' || item.state === 'dead')) return { state: item.state, outcome: item.outcome as Record<string, unknown> };
+      if (Date.now() > deadline) throw new Error(`inbox ${inboxId} still ${item?.state} after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async function post(source: string, body: Buffer, headers: Record<string, string> = {}): Promise<{ status: number; inboxId: string }> {
+    const res = await hook(source, body, headers);
+    await res.text();
+    return { status: res.status, inboxId: res.headers.get('x-inbox-id') ?? '' };
+  }
+
+  beforeAll(async () => {
+    config = testConfig({ JOB_ATTEMPTS: '2', JOB_BACKOFF_MS: '50', LINK_IDENTIFIER_SYSTEMS: 'http://hl7.org/fhir/sid/us-ssn' }, 'redis');
+    service = await startService({ config, roles: { api: true, workers: true }, logger: silentLogger });
+    base = service.url!;
+    ehr = await startFakeEhr({ capability: 'backport' });
+    for (const [id, baseUrl] of [
+      ['ehr-a', 'https://ehr-a.example/fhir'],
+      ['ehr-b', 'https://ehr-b.example/fhir'],
+      ['ehr-live', ehr.baseUrl],
+    ]) {
+      const res = await admin('/admin/sources', {
+        method: 'POST',
+        body: JSON.stringify({ id, name: `EHR ${id}`, baseUrl, hookAuth: { bearerToken: BEARER, ...(id === 'ehr-a' ? { hmacSecret: HMAC } : {}) }, subscribe: { resourceTypes: ['Encounter'] } }),
+      });
+      expect(res.status).toBe(201);
+    }
+  });
+
+  afterAll(async () => {
+    await ehr?.close();
+    await service?.close();
+    await cleanupConfig(config);
+  });
+
+  describe('sources', () => {
+    it('never returns secrets, refuses duplicates, lists every problem of a bad definition', async () => {
+      const got = await admin('/admin/sources/ehr-a');
+      const text = await got.text();
+      expect(got.status).toBe(200);
+      expect(text).not.toContain(BEARER);
+      expect(text).not.toContain(HMAC);
+      expect(JSON.parse(text).hookUrl).toMatch(/\/hooks\/ehr-a$/);
+      const dup = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: 'ehr-a', name: 'x', baseUrl: 'https://x.example', hookAuth: { bearerToken: BEARER } }) });
+      expect(dup.status).toBe(409);
+      const bad = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: '../x', baseUrl: 'not a url', hookAuth: {} }) });
+      expect(bad.status).toBe(400);
+      const oo = await json(bad);
+      expect(oo.resourceType).toBe('OperationOutcome');
+      expect(oo.issue[0].details.text).toMatch(/id:.*name:.*baseUrl:.*hookAuth/s);
+      const list = await admin('/admin/sources');
+      expect((await list.text()).includes(HMAC)).toBe(false);
+    });
+  });
+
+  describe('authentication', () => {
+    it('answers 401 and stores nothing for missing, wrong or forged credentials', async () => {
+      const before = await service.database.store.inbox.countsByStageAndState();
+      const body = Buffer.from(JSON.stringify({ resourceType: 'Patient', id: 'auth-1' }));
+      expect((await hook('ehr-a', body, { authorization: 'Bearer nope' })).status).toBe(401);
+      expect((await hook('ehr-a', body, { authorization: '' })).status).toBe(401);
+      expect((await hook('ehr-a', body)).status).toBe(401); // bearer right, signature missing
+      expect((await hook('ehr-a', body, { 'x-signature': createHmac('sha256', 'forged-secret-000000').update(body).digest('hex') })).status).toBe(401);
+      expect((await hook('no-such-source', body)).status).toBe(401);
+      const res = await hook('ehr-a', body, { authorization: 'Bearer nope' });
+      expect(res.headers.get('www-authenticate')).toContain('Bearer');
+      expect((await json(res)).issue[0].details.text).toBe('Authentication required');
+      expect(await service.database.store.inbox.countsByStageAndState()).toEqual(before);
+    });
+  });
+
+  describe('Synthea bundles', () => {
+    it('stores every entry exactly once, resolving urn:uuid and conditional references', async () => {
+      const support1 = await signed('ehr-a', fixture('ingest/hospitalInformation1633536936158.subset.json'));
+      const support2 = await signed('ehr-a', fixture('ingest/practitionerInformation1633536936158.subset.json'));
+      expect(support1.status).toBe(202);
+      expect(support2.status).toBe(202);
+      await settle(support1.headers.get('x-inbox-id')!);
+      await settle(support2.headers.get('x-inbox-id')!);
+      const bundleBytes = fixture(PATIENT_BUNDLE);
+      const res = await signed('ehr-a', bundleBytes);
+      expect(res.status).toBe(202);
+      const r = await settle(res.headers.get('x-inbox-id')!);
+      expect(r.state).toBe('done');
+      const bundle = JSON.parse(bundleBytes.toString('utf8')) as { entry: Array<{ resource: { resourceType: string; id: string } }> };
+      expect(r.outcome).toMatchObject({ stored: bundle.entry.length, deadLetters: 0, duplicates: 0 });
+      expect(r.outcome.notes).toEqual([]);
+
+      // Every entry is stored under its deterministic id, once.
+      const store = service.database.store.resources;
+      for (const e of bundle.entry.slice(0, 40)) {
+        const id = anchorId('ehr-a', e.resource.resourceType, e.resource.id);
+        const history = await store.history(e.resource.resourceType, id);
+        expect(history).toHaveLength(1);
+      }
+      // References resolve inside our store.
+      const encounter = bundle.entry.find((e) => e.resource.resourceType === 'Encounter')!.resource;
+      const stored = await store.readCurrent('Encounter', anchorId('ehr-a', 'Encounter', encounter.id));
+      const enc = stored!.resource as unknown as { subject: { reference: string }; participant: Array<{ individual: { reference: string } }>; serviceProvider: { reference: string } };
+      for (const ref of [enc.subject.reference, enc.participant[0]!.individual.reference, enc.serviceProvider.reference]) {
+        const [type, id] = ref.split('/');
+        expect(await store.readCurrent(type!, id!)).toBeDefined();
+      }
+      expect(stored!.resource!.meta?.source).toMatch(/^https:\/\/ehr-a\.example\/fhir\/Encounter\//);
+
+      // The same bundle again is stored once.
+      const again = await signed('ehr-a', bundleBytes);
+      expect(again.status).toBe(200);
+      expect(again.headers.get('x-inbox-id')).toBe(res.headers.get('x-inbox-id'));
+    });
+  });
+
+  describe('rest-hook resources', () => {
+    const patient = (version: string, lastUpdated: string, family: string) =>
+      Buffer.from(JSON.stringify({ resourceType: 'Patient', id: 'order-1', meta: { versionId: version, lastUpdated }, name: [{ family }], gender: 'female', identifier: [{ system: 'urn:mrn', value: 'M-1' }] }));
+
+    it('never lets an older version arriving late overwrite a newer one (both kept)', async () => {
+      const v2 = await post('ehr-b', patient('2', '2026-05-02T00:00:00Z', 'Newer'));
+      await settle(v2.inboxId);
+      const v1 = await post('ehr-b', patient('1', '2026-05-01T00:00:00Z', 'Older'));
+      const r1 = await settle(v1.inboxId);
+      expect(r1.outcome).toMatchObject({ historical: 1 });
+      const id = anchorId('ehr-b', 'Patient', 'order-1');
+      const current = await service.database.store.resources.readCurrent('Patient', id);
+      expect((current!.resource as unknown as { name: Array<{ family: string }> }).name[0]!.family).toBe('Newer');
+      expect(await service.database.store.resources.history('Patient', id)).toHaveLength(2);
+      // Same version again: stored once.
+      const dup = await post('ehr-b', patient('2', '2026-05-02T00:00:00Z', 'Newer'));
+      expect(dup.status).toBe(200);
+    });
+
+    it('applies Medplum-style deletes (empty body + X-Medplum-Deleted-Resource) and DELETE hooks, idempotently', async () => {
+      const created = await post('ehr-b', Buffer.from(JSON.stringify({ resourceType: 'Observation', id: 'del-1', status: 'final', code: { text: 'x' } })));
+      await settle(created.inboxId);
+      const del = await hook('ehr-b', Buffer.alloc(0), { 'x-medplum-deleted-resource': 'Observation/del-1' });
+      expect(del.status).toBe(202);
+      await settle(del.headers.get('x-inbox-id')!);
+      const id = anchorId('ehr-b', 'Observation', 'del-1');
+      expect((await service.database.store.resources.readCurrent('Observation', id))?.deleted).toBe(true);
+      const again = await hook('ehr-b', '', {}, 'DELETE', '/Observation/del-1');
+      expect(again.status).toBe(202);
+      const r = await settle(again.headers.get('x-inbox-id')!);
+      expect(r.outcome).toMatchObject({ skipped: 1, stored: 0 });
+      expect(await service.database.store.resources.history('Observation', id)).toHaveLength(2);
+    });
+
+    it('accepts PUT /hooks/{source}/{type}/{id} and checks the body matches the URL', async () => {
+      const ok = await hook('ehr-b', JSON.stringify({ resourceType: 'Organization', id: 'org-9', name: 'Clinic' }), {}, 'PUT', '/Organization/org-9');
+      expect(ok.status).toBe(202);
+      const bad = await hook('ehr-b', JSON.stringify({ resourceType: 'Organization', id: 'other', name: 'Clinic' }), {}, 'PUT', '/Organization/org-9');
+      expect(bad.status).toBe(400);
+    });
+
+    it('stores a non-conforming resource, flagged with its OperationOutcome', async () => {
+      const r = await post('ehr-b', Buffer.from(JSON.stringify({ resourceType: 'Observation', id: 'bad-obs', code: { text: 'no status' } })));
+      const s = await settle(r.inboxId);
+      expect(s.outcome).toMatchObject({ stored: 1, invalid: 1 });
+      const id = anchorId('ehr-b', 'Observation', 'bad-obs');
+      const v = await service.database.store.resources.readValidation('Observation', id, '1');
+      expect(v?.valid).toBe(false);
+      expect(JSON.stringify(v?.outcome)).toMatch(/status/);
+    });
+
+    it('links one person\'s patients across sources by a configured identifier', async () => {
+      const ssn = { system: 'http://hl7.org/fhir/sid/us-ssn', value: '999-12-3456' };
+      const a = await post('ehr-b', Buffer.from(JSON.stringify({ resourceType: 'Patient', id: 'link-b', identifier: [ssn], name: [{ family: 'Doe' }], gender: 'male' })));
+      await settle(a.inboxId);
+      const b = await post('ehr-live', Buffer.from(JSON.stringify({ resourceType: 'Patient', id: 'link-live', identifier: [ssn], name: [{ family: 'Doe' }], gender: 'male' })));
+      await settle(b.inboxId);
+      const idB = anchorId('ehr-b', 'Patient', 'link-b');
+      const idLive = anchorId('ehr-live', 'Patient', 'link-live');
+      const pb = (await service.database.store.resources.readCurrent('Patient', idB))!.resource as unknown as { link?: Array<{ other: { reference: string } }> };
+      const pl = (await service.database.store.resources.readCurrent('Patient', idLive))!.resource as unknown as { link?: Array<{ other: { reference: string } }> };
+      expect(pb.link?.map((l) => l.other.reference)).toEqual([`Patient/${idLive}`]);
+      expect(pl.link?.map((l) => l.other.reference)).toEqual([`Patient/${idB}`]);
+    });
+  });
+
+  describe('bad input', () => {
+    it('answers 400 with an OperationOutcome and keeps a dead letter for input that is not FHIR', async () => {
+      const res = await hook('ehr-b', '{"resourceType": "Patient", "id": ');
+      expect(res.status).toBe(400);
+      const oo = await json(res);
+      expect(oo.issue[0].details.text).toBe('Notification body is not valid JSON');
+      const letters = await json(await admin('/admin/dead-letters?source=ehr-b&open=true'));
+      const letter = letters.find((l: { inboxId: string }) => l.inboxId === res.headers.get('x-inbox-id'));
+      expect(letter.reason).toBe('unparseable');
+      expect((await admin(`/admin/dead-letters/${letter.id}/replay`, { method: 'POST' })).status).toBe(409);
+      const item = await json(await admin(`/admin/inbox/${res.headers.get('x-inbox-id')}`));
+      expect(item).toMatchObject({ state: 'dead', kind: 'rejected' });
+      expect(item.body).toBeUndefined();
+    });
+
+    it('dead-letters only the bad entry of a bundle and stores the good ones beside it', async () => {
+      const bundle = {
+        resourceType: 'Bundle',
+        type: 'batch',
+        entry: [
+          { resource: { resourceType: 'Organization', id: 'good-1', name: 'Good' }, request: { method: 'PUT', url: 'Organization/good-1' } },
+          { resource: { resourceType: 'NotAType', id: 'x' }, request: { method: 'PUT', url: 'NotAType/x' } },
+          { resource: { resourceType: 'Organization', id: 'good-2', name: 'Also good', active: 'yes-ish' }, request: { method: 'PUT', url: 'Organization/good-2' } },
+        ],
+      };
+      const r = await post('ehr-b', Buffer.from(JSON.stringify(bundle)));
+      const s = await settle(r.inboxId);
+      expect(s.state).toBe('done');
+      expect(s.outcome.stored).toBeGreaterThanOrEqual(1);
+      expect(s.outcome.deadLetters).toBeGreaterThanOrEqual(1);
+      expect(await service.database.store.resources.readCurrent('Organization', anchorId('ehr-b', 'Organization', 'good-1'))).toBeDefined();
+      const letters = await json(await admin('/admin/dead-letters?source=ehr-b'));
+      expect(letters.some((l: { inboxId: string; entryIndex: number; reason: string }) => l.inboxId === r.inboxId && l.entryIndex === 1 && l.reason === 'invalid-structure')).toBe(true);
+    });
+
+    it('never answers 5xx to arbitrary bytes from an authenticated source (property)', async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.oneof(
+            fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b)),
+            fc.json().map((j) => Buffer.from(j)),
+            fc.record({ resourceType: fc.constantFrom('Patient', 'Bundle', 'Observation', '__proto__', 'constructor'), id: fc.string({ maxLength: 70 }), entry: fc.anything() }).map((o) => Buffer.from(JSON.stringify(o))),
+          ),
+          fc.constantFrom('application/fhir+json', 'application/json', 'text/plain', 'application/octet-stream'),
+          async (body, contentType) => {
+            const res = await hook('ehr-b', body, { 'content-type': contentType });
+            const text = await res.text();
+            expect(res.status).toBeGreaterThanOrEqual(200);
+            expect(res.status).toBeLessThan(500);
+            if (res.status >= 400) expect(JSON.parse(text).resourceType).toBe('OperationOutcome');
+          },
+        ),
+        { numRuns: 80 },
+      );
+    });
+  });
+
+  describe('Subscriptions Backport IG with a live source EHR', () => {
+    const topic = 'http://example.org/topics/encounter-start';
+    let subscriptionUrl: string;
+
+    beforeAll(() => {
+      subscriptionUrl = `${ehr.baseUrl}/Subscription/sub-1`;
+    });
+
+    it('acknowledges handshakes and heartbeats and records them', async () => {
+      expect((await hook('ehr-live', JSON.stringify(buildHandshake(subscriptionUrl, topic, ehr.baseUrl)))).status).toBe(200);
+      expect((await hook('ehr-live', JSON.stringify(buildHeartbeat(subscriptionUrl, topic, ehr.baseUrl, 0)))).status).toBe(200);
+      const status = await json(await admin('/admin/sources/ehr-live/status'));
+      expect(status.subscriptions[0]).toMatchObject({ subscription: subscriptionUrl, topic });
+      expect(status.subscriptions[0].lastHeartbeat).not.toBeNull();
+    });
+
+    it('fetches id-only payloads back from the source, and catches up a gap with $events', async () => {
+      ehr.seed({ resourceType: 'Subscription', id: 'sub-1', status: 'active', reason: 'test', criteria: topic, channel: { type: 'rest-hook', endpoint: `${base}/hooks/ehr-live`, payload: 'application/fhir+json' } });
+      const enc1 = ehr.seed({ resourceType: 'Encounter', id: 'enc-1', status: 'in-progress', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' } });
+      const n1 = ehr.recordEvent('sub-1', enc1);
+      const enc2 = ehr.seed({ resourceType: 'Encounter', id: 'enc-2', status: 'in-progress', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' } });
+      const n2 = ehr.recordEvent('sub-1', enc2);
+      const enc3 = ehr.seed({ resourceType: 'Encounter', id: 'enc-3', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' } });
+      const n3 = ehr.recordEvent('sub-1', enc3);
+      const now = new Date().toISOString();
+      const first = buildNotificationBundle({ subscriptionUrl, topic, type: 'event-notification', eventsSinceSubscriptionStart: n1, content: 'id-only', baseUrl: ehr.baseUrl, events: [{ eventNumber: n1, timestamp: now, focus: enc1 }] });
+      const r1 = await post('ehr-live', Buffer.from(JSON.stringify(first)));
+      expect(r1.status).toBe(202);
+      expect((await settle(r1.inboxId)).outcome).toMatchObject({ fetched: 1, stored: 1 });
+      // Event n2 never arrives; n3 does: the gap is caught up through the source's $events.
+      const third = buildNotificationBundle({ subscriptionUrl, topic, type: 'event-notification', eventsSinceSubscriptionStart: n3, content: 'id-only', baseUrl: ehr.baseUrl, events: [{ eventNumber: n3, timestamp: now, focus: enc3 }] });
+      const r3 = await post('ehr-live', Buffer.from(JSON.stringify(third)));
+      const s3 = await settle(r3.inboxId);
+      expect(s3.outcome).toMatchObject({ gaps: 1 });
+      for (const id of ['enc-1', 'enc-2', 'enc-3']) {
+        expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-live', 'Encounter', id))).toBeDefined();
+      }
+      const status = await json(await admin('/admin/sources/ehr-live/status'));
+      const sub = status.subscriptions.find((s: { subscription: string }) => s.subscription === subscriptionUrl);
+      expect(sub.lastEventNumber).toBe(n3);
+      expect(sub.gaps).toEqual([expect.objectContaining({ from: n2, to: n2, catchUp: '$events' })]);
+      // A replayed notification is stored once.
+      expect((await post('ehr-live', Buffer.from(JSON.stringify(third)))).status).toBe(200);
+    });
+
+    it('ingests full-resource payloads without calling the source', async () => {
+      const before = ehr.requests.length;
+      const enc = { resourceType: 'Encounter' as const, id: 'enc-full', status: 'finished' as const, class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'IMP' }, meta: { versionId: '1', lastUpdated: new Date().toISOString() } };
+      const n = buildNotificationBundle({ subscriptionUrl: `${ehr.baseUrl}/Subscription/sub-full`, topic, type: 'event-notification', eventsSinceSubscriptionStart: 1, content: 'full-resource', baseUrl: ehr.baseUrl, events: [{ eventNumber: 1, timestamp: new Date().toISOString(), focus: enc }] });
+      const r = await post('ehr-live', Buffer.from(JSON.stringify(n)));
+      expect((await settle(r.inboxId)).outcome).toMatchObject({ stored: 1, fetched: 0 });
+      expect(ehr.requests.slice(before).filter((q) => q.path.includes('/Encounter/'))).toEqual([]);
+    });
+
+    it('dead-letters an id-only notification whose source stays unreachable, and replays it once the source is back', async () => {
+      const down = await startFakeEhr({ capability: 'classic' });
+      const res = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: 'ehr-down', name: 'Down', baseUrl: down.baseUrl, hookAuth: { bearerToken: BEARER } }) });
+      expect(res.status).toBe(201);
+      const enc = down.seed({ resourceType: 'Encounter', id: 'enc-down', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' } });
+      down.failNext(1000, 503, undefined, (_method, path) => path.includes('/Encounter/'));
+      const n = buildNotificationBundle({ subscriptionUrl: `${down.baseUrl}/Subscription/s`, topic, type: 'event-notification', eventsSinceSubscriptionStart: 1, content: 'id-only', baseUrl: down.baseUrl, events: [{ eventNumber: 1, timestamp: new Date().toISOString(), focus: enc }] });
+      const r = await post('ehr-down', Buffer.from(JSON.stringify(n)));
+      const s = await settle(r.inboxId, 60_000);
+      expect(s.state).toBe('dead');
+      const letters = await json(await admin('/admin/dead-letters?source=ehr-down&open=true'));
+      expect(letters[0].reason).toBe('fetch-failed');
+      down.heal();
+      const replay = await admin(`/admin/dead-letters/${letters[0].id}/replay`, { method: 'POST' });
+      expect(replay.status).toBe(202);
+      expect((await settle(r.inboxId, 60_000)).state).toBe('done');
+      expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-down', 'Encounter', 'enc-down'))).toBeDefined();
+      await down.close();
+    }, 90_000);
+  });
+
+  describe('operations surface', () => {
+    it('reports stats by type, inbox state and dead letters', async () => {
+      const stats = await json(await admin('/admin/stats'));
+      expect(stats.resources.find((r: { resourceType: string }) => r.resourceType === 'Encounter').versions).toBeGreaterThan(0);
+      expect(stats.inbox.some((i: { state: string }) => i.state === 'done')).toBe(true);
+      expect(stats.deadLetters.some((d: { reason: string }) => d.reason === 'unparseable')).toBe(true);
+    });
+
+    it('re-enqueues inbox items whose jobs were lost (reconciler)', async () => {
+      const { id } = await service.database.store.inbox.receive({ sourceId: 'ehr-b', kind: 'rest-hook', body: Buffer.from(JSON.stringify({ resourceType: 'Organization', id: 'lost-job', name: 'Lost' })) });
+      // No job was enqueued (as if Redis lost it). Reconcile with no staleness allowance.
+      await new Promise((r) => setTimeout(r, 20));
+      const n = await service.ingest.reconcile({ staleMs: 0 });
+      expect(n).toBeGreaterThanOrEqual(1);
+      expect((await settle(id)).state).toBe('done');
+    });
+  });
+});

@@ -1,0 +1,126 @@
+import { readFileSync } from 'node:fs';
+import fc from 'fast-check';
+import { notificationDedupKey, parseNotification, parseReference } from '../../src/ingest/notification.js';
+
+const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/ingest/subscriptions/${name}`, import.meta.url));
+
+describe('parseNotification', () => {
+  it('reads the Backport IG R4 id-only example: event 1, focus Encounter, payload id-only', () => {
+    const r = parseNotification(fixture('Bundle-r4-notification-id-only.json'));
+    if (!r.ok) throw new Error(JSON.stringify(r.outcome));
+    expect(r.notification.style).toBe('backport-r4');
+    expect(r.notification.status).toMatchObject({
+      subscription: 'https://example.org/fhir/Subscription/admission',
+      topic: 'http://hl7.org/SubscriptionTopic/admission',
+      type: 'event-notification',
+      eventNumbers: [1],
+      payload: 'id-only',
+    });
+    expect(r.notification.status!.focus).toEqual(['https://example.org/fhir/Encounter/86009987-eabe-42bf-8c02-b112b18cb616']);
+  });
+
+  it('reads the full-resource example with the resource inline', () => {
+    const r = parseNotification(fixture('Bundle-r4-notification-full-resource.json'));
+    if (!r.ok) throw new Error(JSON.stringify(r.outcome));
+    expect(r.notification.status!.payload).toBe('full-resource');
+    const resources = r.notification.entries.filter((e) => e.kind === 'resource');
+    expect(resources.length).toBeGreaterThan(0);
+  });
+
+  it('reads the empty example: no entries, no focus', () => {
+    const r = parseNotification(fixture('Bundle-r4-notification-empty.json'));
+    if (!r.ok) throw new Error(JSON.stringify(r.outcome));
+    expect(r.notification.status!.payload).toBe('empty');
+    expect(r.notification.entries).toEqual([]);
+  });
+
+  it.each([
+    ['handshake_bundle_example.json', 'backport-r4', 'handshake'],
+    ['heartbeat_bundle_example.json', 'backport-r4', 'heartbeat'],
+    ['r4b-Bundle-notification-handshake.json', 'r4b', 'handshake'],
+    ['r5-Bundle-notification-handshake.json', 'r5', 'handshake'],
+  ])('reads %s as %s %s', (file, style, type) => {
+    const r = parseNotification(fixture(file));
+    if (!r.ok) throw new Error(JSON.stringify(r.outcome));
+    expect(r.notification.style).toBe(style);
+    expect(r.notification.status!.type).toBe(type);
+  });
+
+  it('reads a Synthea transaction bundle: every entry a resource, urn:uuid fullUrls kept', () => {
+    const body = readFileSync(new URL('../fixtures/normalize/Jani266_Reynolds644_304f9946-5db8-dc6f-e060-48b9fea3ca5d.json', import.meta.url));
+    const r = parseNotification(body);
+    if (!r.ok) throw new Error(JSON.stringify(r.outcome));
+    expect(r.notification.style).toBe('bundle');
+    expect(r.notification.bundleType).toBe('transaction');
+    expect(r.notification.entries.every((e) => e.kind === 'resource' && e.fullUrl?.startsWith('urn:uuid:'))).toBe(true);
+  });
+
+  it('reads batch bundles with conditional creates', () => {
+    const r = parseNotification(readFileSync(new URL('../fixtures/ingest/practitionerInformation1633536936158.subset.json', import.meta.url)));
+    if (!r.ok) throw new Error(JSON.stringify(r.outcome));
+    expect(r.notification.entries.some((e) => e.kind === 'resource' && e.ifNoneExist?.startsWith('identifier='))).toBe(true);
+  });
+
+  it('reads a bare resource (classic rest-hook) and a Medplum delete', () => {
+    const r = parseNotification(Buffer.from(JSON.stringify({ resourceType: 'Patient', id: 'p1', meta: { versionId: '3' } })));
+    if (!r.ok) throw new Error('not ok');
+    expect(r.notification.style).toBe('rest-hook');
+    expect(notificationDedupKey(r.notification, Buffer.from(''))).toBe('Patient/p1/_history/3');
+    const d = parseNotification(Buffer.alloc(0), { deletedResource: 'Patient/p1' });
+    if (!d.ok) throw new Error('not ok');
+    expect(d.notification.entries).toEqual([{ kind: 'delete', index: 0, resourceType: 'Patient', id: 'p1' }]);
+    expect(notificationDedupKey(d.notification, Buffer.alloc(0))).toBeUndefined();
+  });
+
+  it('strips a UTF-8 BOM', () => {
+    const r = parseNotification(Buffer.from('\uFEFF{"resourceType":"Patient","id":"x"}', 'utf8'));
+    expect(r.ok).toBe(true);
+  });
+
+  it.each([
+    ['', 'empty'],
+    ['{not json', 'unparseable'],
+    ['[1,2]', 'not-fhir'],
+    ['"text"', 'not-fhir'],
+    ['{"resourceType": 7}', 'not-fhir'],
+    ['{"resourceType":"patient","id":"x"}', 'not-fhir'],
+    ['{"resourceType":"Patient","id":"../../etc/passwd"}', 'invalid-structure'],
+    ['{"resourceType":"Patient"}', 'invalid-structure'],
+    ['{"resourceType":"Bundle","type":"document","entry":[]}', 'invalid-structure'],
+    ['{"resourceType":"Bundle","type":"subscription-notification","entry":[]}', 'invalid-structure'],
+    ['{"resourceType":"Bundle","type":"transaction","entry":{}}', 'invalid-structure'],
+    ['{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"nonsense"}}]}', 'invalid-structure'],
+    ['{"resourceType":"Bundle","type":"history","entry":[{"resource":{"resourceType":"Parameters","parameter":[]}}]}', 'invalid-structure'],
+    [`${'{"a":'.repeat(100)}1${'}'.repeat(100)}`, 'invalid-structure'],
+  ])('rejects %p as %s with an OperationOutcome', (body, reason) => {
+    const r = parseNotification(Buffer.from(body));
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.reason).toBe(reason);
+      expect(r.outcome.resourceType).toBe('OperationOutcome');
+      expect(r.outcome.issue[0]!.details?.text?.length).toBeGreaterThan(5);
+    }
+  });
+
+  it('rejects JSON nested deeper than the limit', () => {
+    const deep = `{"resourceType":"Patient","id":"x","extension":${'['.repeat(200)}${']'.repeat(200)}}`;
+    const r = parseNotification(Buffer.from(deep));
+    expect(r.ok === false && r.reason).toBe('invalid-structure');
+  });
+
+  it('never throws on arbitrary bytes (property)', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.uint8Array({ maxLength: 400 }), fc.json().map((j) => Buffer.from(j))), (bytes) => {
+        const r = parseNotification(Buffer.from(bytes));
+        expect(typeof r.ok).toBe('boolean');
+      }),
+      { numRuns: 500 },
+    );
+  });
+
+  it('parses references in relative, absolute and versioned forms', () => {
+    expect(parseReference('Patient/1')).toEqual({ resourceType: 'Patient', id: '1' });
+    expect(parseReference('https://ehr/fhir/Encounter/abc-1/_history/4')).toEqual({ resourceType: 'Encounter', id: 'abc-1', versionId: '4' });
+    expect(parseReference('urn:uuid:1234')).toBeUndefined();
+  });
+});
