@@ -5,6 +5,8 @@
  */
 import { Command } from 'commander';
 import { ConfigError, loadConfig, ENV_VARS, type Config } from './config/index.js';
+import { verifyEvmReceipt } from './integrity/anchors/evm.js';
+import { registerVerifyCommand } from './integrity/cli-verify.js';
 import { systemClock } from './platform/clock.js';
 import { createLogger } from './platform/logger.js';
 import { migrateQueueSchema } from './queue/index.js';
@@ -84,5 +86,7 @@ program
       fail(`migration failed: ${err instanceof Error ? err.message : String(err)}`);
     }
   });
+
+registerVerifyCommand(program, { anchorVerifiers: { evm: verifyEvmReceipt } });
 
 await program.parseAsync(process.argv);

@@ -12,6 +12,10 @@ import { createLogger, type Logger } from './platform/logger.js';
 import { createMetrics, type Metrics } from './platform/metrics.js';
 import { createQueueRegistry, type QueueBackendConfig, type QueueRegistry } from './queue/index.js';
 import { createIngestStage, type IngestStage } from './ingest/index.js';
+import { createEvmAnchor } from './integrity/anchors/evm.js';
+import { createIntegrityStage, loadLogKey, type IntegrityStage, type LedgerAnchor } from './integrity/index.js';
+import { parseVerifierKey } from './integrity/note.js';
+import { openIntegrityStore } from './store/integrity-store.js';
 import { createApp } from './server/app.js';
 import type { HealthCheck } from './server/health.js';
 import { openDatabase, type Database } from './store/index.js';
@@ -25,6 +29,7 @@ export interface Roles {
 
 export interface RunningService {
   readonly ingest: IngestStage;
+  readonly integrity: IntegrityStage;
   /** Base URL the HTTP server listens on (when the api role runs). */
   readonly url: string | undefined;
   readonly adminToken: string;
@@ -85,9 +90,63 @@ export async function startService(options: StartOptions): Promise<RunningServic
     throw err;
   }
 
+  // Integrity: the Merkle log in PostgreSQL, signed checkpoints, anchors (built-in log; EVM if configured).
+  const integrityStore = openIntegrityStore({ connectionString: database.connectionString, schema: config.databaseSchema, max: 5 });
+  const anchors: LedgerAnchor[] = [];
+  let integrity: IntegrityStage;
+  try {
+    const ic = config.integrity;
+    const keyOptions = ic.signerKey ? { signerKey: ic.signerKey } : { keyFile: ic.keyFile };
+    // Loaded here first so the EVM anchor can refuse checkpoints this log did not sign.
+    const key = await loadLogKey({ origin: ic.origin, ...keyOptions });
+    if (ic.evm) {
+      anchors.push(
+        createEvmAnchor({
+          name: 'evm',
+          rpcUrl: ic.evm.rpcUrl,
+          privateKey: ic.evm.privateKey,
+          confirmations: ic.evm.confirmations,
+          logger,
+          verifiers: [parseVerifierKey(key.verifierKey)],
+          ...(ic.evm.contractAddress ? { contractAddress: ic.evm.contractAddress } : {}),
+          ...(ic.evm.chainId !== undefined ? { chainId: ic.evm.chainId } : {}),
+        }),
+      );
+    }
+    integrity = await createIntegrityStage({
+      options: { origin: ic.origin, ...keyOptions, batchLeaves: ic.batchLeaves, batchIntervalMs: ic.batchIntervalMs },
+      store: integrityStore,
+      resources: database.store.resources,
+      clock,
+      logger,
+      registry: metrics.registry,
+      anchors,
+    });
+  } catch (err) {
+    await integrityStore.close();
+    await queues.close();
+    await database.close();
+    throw err;
+  }
+
   let reconcileTimer: NodeJS.Timeout | undefined;
+  let auditTimer: NodeJS.Timeout | undefined;
   if (roles.workers) {
     ingest.startWorkers(config.workerConcurrency);
+    await integrity.start();
+    queues.work(
+      'integrity',
+      async (job) => {
+        await integrity.processJob(job.data);
+      },
+      { concurrency: Math.max(4, config.workerConcurrency) },
+    );
+    if (config.integrity.auditIntervalMs > 0) {
+      auditTimer = setInterval(() => {
+        integrity.runAudit().catch((err: unknown) => logger.error({ err: err instanceof Error ? err.message : String(err) }, 'integrity audit pass failed'));
+      }, config.integrity.auditIntervalMs);
+      auditTimer.unref();
+    }
     if (config.ingest.reconcileIntervalMs > 0) {
       reconcileTimer = setInterval(() => {
         ingest.reconcile().catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'reconcile pass failed'));
@@ -99,6 +158,8 @@ export async function startService(options: StartOptions): Promise<RunningServic
   const healthChecks: HealthCheck[] = [
     { name: 'database', check: () => database.store.ping() },
     { name: 'queue', check: () => queues.ping() },
+    ...integrity.healthChecks,
+    ...anchors.map((a) => ({ name: `ledger:${a.name}`, check: () => a.ping() })),
   ];
 
   let server: Server | undefined;
@@ -113,7 +174,11 @@ export async function startService(options: StartOptions): Promise<RunningServic
       queues,
       adminToken,
       healthChecks,
-      stages: [{ path: '/hooks', router: ingest.hooksRouter }],
+      stages: [
+        { path: '/hooks', router: ingest.hooksRouter },
+        { path: '/ledger', router: integrity.ledgerRouter },
+        { path: '/fhir/R4', router: integrity.verifyRouter, capability: integrity.capability },
+      ],
       adminRoutes: [{ path: '/', router: ingest.adminRouter }],
     });
     try {
@@ -140,6 +205,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
     closing ??= (async () => {
       logger.info('shutting down');
       if (reconcileTimer) clearInterval(reconcileTimer);
+      if (auditTimer) clearInterval(auditTimer);
       if (server) {
         const s = server;
         await new Promise<void>((resolve) => {
@@ -158,13 +224,16 @@ export async function startService(options: StartOptions): Promise<RunningServic
       }
       await queues.close();
       logger.info('workers and queues closed');
+      await integrity.stop().catch((err: unknown) => logger.error({ err: err instanceof Error ? err.message : String(err) }, 'integrity flush at shutdown failed'));
+      await Promise.allSettled(anchors.map((a) => a.close()));
+      await integrityStore.close();
       await database.close();
       logger.info('database closed; bye');
     })();
     return closing;
   };
 
-  return { url, adminToken, database, queues, ingest, logger, metrics, close };
+  return { url, adminToken, database, queues, ingest, integrity, logger, metrics, close };
 }
 
 /**

@@ -33,6 +33,16 @@ export const ENV_VARS = {
   RECONCILE_INTERVAL_MS: 'How often workers re-enqueue inbox items whose jobs were lost (0 turns it off). Default 60000.',
   JOB_ATTEMPTS: 'Attempts per queue job before it is dead-lettered (transient failures retry). Default 8.',
   JOB_BACKOFF_MS: 'First retry delay in ms; doubles per attempt. Default 1000.',
+  LOG_ORIGIN: 'Origin line of the integrity log (C2SP tlog-checkpoint), e.g. fhir-anchor.example.org/log; the signer key name must equal it. Default fhir-anchor.localhost/log.',
+  LOG_SIGNER_KEY: 'C2SP signed-note signer key (PRIVATE+KEY+<origin>+<id>+<key>) for checkpoints. Required with DATABASE_URL (every process must sign with the same key); embedded mode generates DATA_DIR/integrity-log.key.',
+  LOG_BATCH_LEAVES: 'Integrity log: sequence a batch after this many new commitments. Default 512.',
+  LOG_BATCH_INTERVAL_MS: 'Integrity log: sequence a batch (and sign a checkpoint) at least this often, ms. Default 1000.',
+  AUDIT_INTERVAL_MS: 'How often the tamper audit re-hashes stored versions and checks checkpoint consistency (0 turns it off). Default 60000.',
+  EVM_RPC_URL: 'JSON-RPC URL of an EVM chain (Besu, Quorum, Geth, an L2) to anchor checkpoints on. Unset: no EVM anchor.',
+  EVM_PRIVATE_KEY: 'Hex secp256k1 key of the account allowed to write to the anchor contract. Required with EVM_RPC_URL.',
+  EVM_CONTRACT_ADDRESS: 'Address of the deployed FhirAnchorLog contract. Required with EVM_RPC_URL in production; embedded mode deploys one on first use.',
+  EVM_CHAIN_ID: 'Expected chain id; a node serving another chain is refused. Optional.',
+  EVM_CONFIRMATIONS: 'Blocks to wait for before an anchor receipt is returned. Default 1.',
 } as const;
 
 export type EnvVarName = keyof typeof ENV_VARS;
@@ -63,6 +73,23 @@ export interface Config {
   readonly dataDir: string;
   readonly workerConcurrency: number;
   readonly jobRetry: { readonly attempts: number; readonly backoffMs: number };
+  readonly integrity: {
+    readonly origin: string;
+    readonly signerKey: string | undefined;
+    readonly keyFile: string;
+    readonly batchLeaves: number;
+    readonly batchIntervalMs: number;
+    readonly auditIntervalMs: number;
+    readonly evm:
+      | {
+          readonly rpcUrl: string;
+          readonly privateKey: string;
+          readonly contractAddress: string | undefined;
+          readonly chainId: number | undefined;
+          readonly confirmations: number;
+        }
+      | undefined;
+  };
   readonly shutdownTimeoutMs: number;
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   readonly ingest: {
@@ -126,6 +153,19 @@ const envSchema = z.object({
   RECONCILE_INTERVAL_MS: int(0, 86_400_000).default(60_000),
   JOB_ATTEMPTS: int(1, 100).default(8),
   JOB_BACKOFF_MS: int(1, 3_600_000).default(1000),
+  LOG_ORIGIN: z
+    .string()
+    .regex(/^[^\s+]{1,200}$/, 'must be a schema-less URL without spaces or "+", e.g. fhir-anchor.example.org/log')
+    .default('fhir-anchor.localhost/log'),
+  LOG_SIGNER_KEY: z.string().regex(/^PRIVATE\+KEY\+\S+$/, 'must be a signed-note signer key (PRIVATE+KEY+name+id+key)').optional(),
+  LOG_BATCH_LEAVES: int(1, 1_000_000).default(512),
+  LOG_BATCH_INTERVAL_MS: int(10, 3_600_000).default(1000),
+  AUDIT_INTERVAL_MS: int(0, 86_400_000).default(60_000),
+  EVM_RPC_URL: urlWithProtocols(['http:', 'https:']).optional(),
+  EVM_PRIVATE_KEY: z.string().regex(/^(0x)?[0-9a-fA-F]{64}$/, 'must be a 32-byte hex private key').optional(),
+  EVM_CONTRACT_ADDRESS: z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'must be a 20-byte hex address (0x…)').optional(),
+  EVM_CHAIN_ID: int(1, 2 ** 48).optional(),
+  EVM_CONFIRMATIONS: int(1, 1000).default(1),
 });
 
 /**
@@ -154,6 +194,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (production && e.ADMIN_TOKEN === undefined) {
     problems.push('ADMIN_TOKEN: required when DATABASE_URL is set (production mode); at least 32 characters');
   }
+  if (production && e.LOG_SIGNER_KEY === undefined) {
+    problems.push('LOG_SIGNER_KEY: required when DATABASE_URL is set (every process must sign checkpoints with the same key)');
+  }
+  if (e.LOG_SIGNER_KEY !== undefined && e.LOG_SIGNER_KEY.split('+')[2] !== e.LOG_ORIGIN) {
+    problems.push(`LOG_SIGNER_KEY: its key name must equal LOG_ORIGIN (${e.LOG_ORIGIN})`);
+  }
+  if (e.EVM_RPC_URL !== undefined && e.EVM_PRIVATE_KEY === undefined) {
+    problems.push('EVM_PRIVATE_KEY: required when EVM_RPC_URL is set');
+  }
+  if (e.EVM_RPC_URL !== undefined && production && e.EVM_CONTRACT_ADDRESS === undefined) {
+    problems.push('EVM_CONTRACT_ADDRESS: required with EVM_RPC_URL in production (otherwise every restart would deploy a new contract)');
+  }
   if (problems.length > 0) {
     throw new ConfigError(problems);
   }
@@ -179,6 +231,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dataDir,
     workerConcurrency: e.WORKER_CONCURRENCY,
     jobRetry: { attempts: e.JOB_ATTEMPTS, backoffMs: e.JOB_BACKOFF_MS },
+    integrity: {
+      origin: e.LOG_ORIGIN,
+      signerKey: e.LOG_SIGNER_KEY,
+      keyFile: path.join(dataDir, 'integrity-log.key'),
+      batchLeaves: e.LOG_BATCH_LEAVES,
+      batchIntervalMs: e.LOG_BATCH_INTERVAL_MS,
+      auditIntervalMs: e.AUDIT_INTERVAL_MS,
+      evm: e.EVM_RPC_URL
+        ? {
+            rpcUrl: e.EVM_RPC_URL,
+            privateKey: e.EVM_PRIVATE_KEY as string,
+            contractAddress: e.EVM_CONTRACT_ADDRESS,
+            chainId: e.EVM_CHAIN_ID,
+            confirmations: e.EVM_CONFIRMATIONS,
+          }
+        : undefined,
+    },
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
     logLevel: e.LOG_LEVEL,
     ingest: {
@@ -203,5 +272,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     queue: config.queue.backend === 'redis' ? `redis ${redactUrl(config.queue.url)} prefix=${config.queue.prefix}` : `postgres schema=${config.queue.schema}`,
     http: `${config.http.host}:${config.http.port}`,
     publicBaseUrl: config.http.publicBaseUrl,
+    integrityLog: config.integrity.origin,
+    evm: config.integrity.evm ? `${new URL(config.integrity.evm.rpcUrl).origin} contract=${config.integrity.evm.contractAddress ?? '(deploy on first use)'}` : 'off',
   };
 }

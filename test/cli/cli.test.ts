@@ -1,18 +1,21 @@
 import { ENV_VARS } from '../../src/config/index.js';
-import { TEST_DATABASE_URL, dropSchema, randomNamespace } from '../helpers/env.js';
+import { TEST_DATABASE_URL, TEST_LOG_KEY, TEST_LOG_ORIGIN, dropSchema, randomNamespace } from '../helpers/env.js';
 import { runCli } from '../helpers/cli.js';
 
 describe('fhir-anchor CLI', () => {
-  it.each([[[]], [['serve']], [['api']], [['worker']], [['migrate']]])('prints help for %p', async (cmd) => {
+  it.each([[[]], [['serve']], [['api']], [['worker']], [['migrate']]])('prints help with every environment variable for %p', async (cmd) => {
     const r = await runCli([...cmd, '--help']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/Usage: fhir-anchor/);
     for (const name of Object.keys(ENV_VARS)) expect(r.stdout).toContain(name);
   });
 
-  it('lists serve, api, worker and migrate in the top-level help', async () => {
+  it('lists serve, api, worker, migrate and verify in the top-level help', async () => {
     const r = await runCli(['--help']);
-    for (const c of ['serve', 'api', 'worker', 'migrate']) expect(r.stdout).toMatch(new RegExp(`^\\s+${c}\\b`, 'm'));
+    for (const c of ['serve', 'api', 'worker', 'migrate', 'verify']) expect(r.stdout).toMatch(new RegExp(`^\\s+${c}\\b`, 'm'));
+    const v = await runCli(['verify', '--help']);
+    expect(v.code).toBe(0);
+    expect(v.stdout).toContain('--receipt');
   });
 
   it('exits 1 listing every configuration problem, without secret values', async () => {
@@ -26,7 +29,7 @@ describe('fhir-anchor CLI', () => {
   it('migrate applies the schema once and is idempotent', async () => {
     const schema = randomNamespace('t');
     const queueSchema = randomNamespace('tq');
-    const env = { DATABASE_URL: TEST_DATABASE_URL, DATABASE_SCHEMA: schema, QUEUE_SCHEMA: queueSchema, ADMIN_TOKEN: 'a'.repeat(32) };
+    const env = { DATABASE_URL: TEST_DATABASE_URL, DATABASE_SCHEMA: schema, QUEUE_SCHEMA: queueSchema, ADMIN_TOKEN: 'a'.repeat(32), LOG_ORIGIN: TEST_LOG_ORIGIN, LOG_SIGNER_KEY: TEST_LOG_KEY.signerKey };
     try {
       const first = await runCli(['migrate'], env);
       expect(first.code).toBe(0);

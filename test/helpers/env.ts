@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { loadConfig, type Config } from '../../src/config/index.js';
+import { generateEd25519Key } from '../../src/integrity/note.js';
 import { createLogger } from '../../src/platform/logger.js';
 
 export const TEST_DATABASE_URL = process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
@@ -46,6 +47,10 @@ export async function deleteRedisPrefix(prefix: string): Promise<void> {
   }
 }
 
+/** A log signer key generated for this test run (never committed). */
+export const TEST_LOG_ORIGIN = 'fhir-anchor.test/log';
+export const TEST_LOG_KEY = generateEd25519Key(TEST_LOG_ORIGIN);
+
 /** A production-mode config against the test servers, in fresh namespaces. */
 export function testConfig(overrides: Record<string, string> = {}, queue: 'redis' | 'postgres' = 'redis'): Config {
   return loadConfig({
@@ -55,6 +60,10 @@ export function testConfig(overrides: Record<string, string> = {}, queue: 'redis
     QUEUE_PREFIX: randomNamespace('tq'),
     QUEUE_SCHEMA: randomNamespace('tq'),
     ADMIN_TOKEN: 'test-admin-token-0123456789abcdef0123456789',
+    LOG_ORIGIN: TEST_LOG_ORIGIN,
+    LOG_SIGNER_KEY: TEST_LOG_KEY.signerKey,
+    AUDIT_INTERVAL_MS: '0',
+    LOG_BATCH_INTERVAL_MS: '100',
     PORT: '0',
     LOG_LEVEL: 'silent',
     DATA_DIR: `/tmp/fhir-anchor-test-${randomUUID()}`,

@@ -33,12 +33,12 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     expect(await json(res)).toEqual({ status: 'ok' });
   });
 
-  it('GET /readyz reports database and queue up', async () => {
+  it('GET /readyz reports database, queue and the integrity log up', async () => {
     const res = await get('/readyz');
     expect(res.status).toBe(200);
     const oo = await json(res);
     expect(oo.resourceType).toBe('OperationOutcome');
-    expect(oo.issue.map((i: { expression: string[] }) => i.expression[0])).toEqual(['database', 'queue']);
+    expect(oo.issue.map((i: { expression: string[] }) => i.expression[0])).toEqual(['database', 'queue', 'integrity-log', 'integrity-audit']);
   });
 
   it('GET /fhir/R4/metadata serves a truthful R4 CapabilityStatement', async () => {

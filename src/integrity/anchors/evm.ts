@@ -35,7 +35,7 @@ import {
   stringToBytes,
 } from 'viem';
 import type { Address, Chain, Hash, Hex, PublicClient, Transport } from 'viem';
-import { privateKeyToAccount } from 'viem/accounts';
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import type { PrivateKeyAccount } from 'viem/accounts';
 import type { Logger } from '../../platform/logger.js';
 import type { AnchorCheckpoint, AnchorReceipt, AnchorVerification, LedgerAnchor } from '../anchor.js';
@@ -719,4 +719,31 @@ export function createEvmAnchor(opts: EvmAnchorOptions): EvmAnchor {
       await tail;
     },
   };
+}
+
+/**
+ * Checks an EVM anchor receipt against a chain with read-only calls, for the offline verifier
+ * (`fhir-anchor verify --anchor FILE --rpc URL`). It needs no writer key: a throwaway account is used
+ * only to satisfy the client; nothing is ever sent.
+ */
+export async function verifyEvmReceipt(
+  checkpoint: AnchorCheckpoint,
+  receipt: AnchorReceipt,
+  context: { readonly verifiers: readonly NoteVerifier[]; readonly rpcUrl?: string },
+): Promise<AnchorVerification> {
+  if (!context.rpcUrl) return { valid: false, reason: 'an EVM anchor needs --rpc URL to be checked against its chain' };
+  const contract = receipt.evidence.contract;
+  if (typeof contract !== 'string') return { valid: false, reason: 'the receipt names no contract' };
+  const anchor = createEvmAnchor({
+    name: receipt.anchor,
+    rpcUrl: context.rpcUrl,
+    contractAddress: contract,
+    privateKey: generatePrivateKey(),
+    verifiers: context.verifiers,
+  });
+  try {
+    return await anchor.verify(checkpoint, receipt);
+  } finally {
+    await anchor.close();
+  }
 }
