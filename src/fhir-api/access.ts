@@ -1,0 +1,56 @@
+/**
+ * Who is asking, as established by SMART on FHIR authentication: the one type the auth layer
+ * produces and the consent-gated repository consumes. Handlers never see a request without one.
+ */
+import type { SmartScope } from '../consent/index.js';
+
+/** HL7 PurposeOfUse codes fhir-anchor understands (http://terminology.hl7.org/CodeSystem/v3-ActReason). */
+export type PurposeOfUse = 'TREAT' | 'ETREAT' | 'HPAYMT' | 'HOPERAT' | 'HRESCH' | 'PUBHLTH' | 'BTG' | (string & {});
+
+export interface AccessContext {
+  /** OAuth client id (`client_id`, or the token's `sub` for SMART Backend Services). */
+  readonly clientId: string;
+  /** Token issuer (ours or an external authorization server). */
+  readonly issuer: string;
+  /** Granted scopes, parsed (SMART v1 and v2). Unknown scopes are dropped. */
+  readonly scopes: readonly SmartScope[];
+  /** `patient` launch context: the patient id (ours) the token is bound to, if any. */
+  readonly patient?: string;
+  /** `fhirUser`: a reference to the user (Practitioner/…, PractitionerRole/…, Patient/…, RelatedPerson/…). */
+  readonly fhirUser?: string;
+  /** Purpose(s) of use carried in the token (HL7 PurposeOfUse codes). */
+  readonly purposeOfUse: readonly PurposeOfUse[];
+  /** The actor as consent sees it: references and identifiers of the user, organisation and client. */
+  readonly actor: {
+    readonly references: readonly string[];
+    readonly identifiers: ReadonlyArray<{ readonly system: string; readonly value: string }>;
+  };
+  /** Whether this client/user may use break-glass purposes (BTG, ETREAT) to override a deny. */
+  readonly mayBreakGlass: boolean;
+  /** Token id (`jti`), for audit. */
+  readonly tokenId?: string;
+}
+
+/** One access decision to be audited (IHE BALP style): every disclosure and every denial. */
+export interface DisclosureEvent {
+  readonly context: AccessContext;
+  /** FHIR interaction: read, vread, history, search-type, search-system, operation ($everything, $export…), create, update, delete. */
+  readonly interaction: string;
+  /** The patient whose data was concerned (ours), if known. */
+  readonly patient?: string;
+  /** Resources disclosed (Type/id/_history/vid) — or the ones denied. */
+  readonly entities: readonly string[];
+  readonly outcome: 'permit' | 'deny';
+  /** The Consent resources (or default policy URI) that decided. */
+  readonly policy: readonly string[];
+  /** True when a break-glass purpose overrode a deny (flagged to the patient). */
+  readonly breakGlass: boolean;
+  /** Request URL path and query as received (no bodies). */
+  readonly query?: string;
+  readonly at: Date;
+}
+
+/** Writes AuditEvents durably (and commits them to the integrity log). */
+export interface DisclosureRecorder {
+  record(event: DisclosureEvent): Promise<void>;
+}
