@@ -10,6 +10,7 @@ import { registerVerifyCommand } from './integrity/cli-verify.js';
 import { systemClock } from './platform/clock.js';
 import { createLogger } from './platform/logger.js';
 import { migrateQueueSchema } from './queue/index.js';
+import { backfill, importFiles, FILE_IMPORT_SOURCE, type BulkDeps, type BulkSummary } from './ingest/bulk.js';
 import { handleSignals, startService, type Roles } from './runtime.js';
 import { EmbeddedPostgresError, openDatabase } from './store/index.js';
 import { VERSION } from './version.js';
@@ -85,6 +86,74 @@ program
     } catch (err) {
       fail(`migration failed: ${err instanceof Error ? err.message : String(err)}`);
     }
+  });
+
+/** Draws one progress line on a terminal, or a line every few seconds otherwise. */
+function progressReporter(): BulkDeps['progress'] {
+  let last = 0;
+  return (p) => {
+    const text = `${p.phase}: ${p.done}${p.total !== undefined ? `/${p.total}` : ''}${p.detail ? ` (${p.detail})` : ''}`;
+    if (process.stderr.isTTY) {
+      const width = 30;
+      const bar = p.total ? '#'.repeat(Math.round((p.done / Math.max(1, p.total)) * width)).padEnd(width, '.') : '';
+      process.stderr.write(`\r${bar ? `[${bar}] ` : ''}${text}`.slice(0, 200).padEnd(100));
+    } else if (Date.now() - last > 2000 || p.done === p.total) {
+      last = Date.now();
+      process.stderr.write(`${text}\n`);
+    }
+  };
+}
+
+/** Runs a bulk job with in-process workers, then shuts down; exit 1 when any item ended dead. */
+async function runBulk(job: (deps: BulkDeps) => Promise<BulkSummary>): Promise<void> {
+  const config = configOrExit();
+  let service;
+  try {
+    service = await startService({ config, roles: { api: false, workers: true } });
+  } catch (err) {
+    fail(`could not start: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  let code = 0;
+  try {
+    const summary = await job({ store: service.database.store, queues: service.queues, registry: service.ingest.registry, logger: service.logger, progress: progressReporter() });
+    if (process.stderr.isTTY) process.stderr.write('\n');
+    process.stdout.write(
+      `${summary.items} item(s): ${summary.done} done, ${summary.dead} dead, ${summary.alreadyReceived} received before; ${summary.stored} version(s) stored, ${summary.duplicates} duplicate(s), ` +
+        `${summary.invalid} not conforming to their profile (stored, flagged), ${summary.deadLetters} entr${summary.deadLetters === 1 ? 'y' : 'ies'} dead-lettered\n`,
+    );
+    if (summary.dead > 0) code = 1;
+  } catch (err) {
+    process.stderr.write(`\nfhir-anchor: ${err instanceof Error ? err.message : String(err)}\n`);
+    code = 1;
+  } finally {
+    await service.close();
+  }
+  process.exit(code);
+}
+
+program
+  .command('import')
+  .description('ingest FHIR bundles, resources (.json) or NDJSON (.ndjson) from a file or directory, then exit')
+  .argument('<path>', 'file or directory (searched recursively)')
+  .option('--source <id>', 'source to attribute the data to (default: a local file-import source)', FILE_IMPORT_SOURCE)
+  .addHelpText('after', envHelp)
+  .action((target: string, opts: { source: string }) => runBulk((deps) => importFiles(deps, target, opts.source)));
+
+program
+  .command('backfill')
+  .description("page through a registered source's FHIR search API and ingest everything (resumable), then exit")
+  .requiredOption('--source <id>', 'registered source id')
+  .option('--type <type...>', 'resource types (default: the US Core types)')
+  .option('--since <date>', 'only resources updated at or after this date (ISO 8601)')
+  .option('--restart', 'ignore saved progress and start over')
+  .addHelpText('after', envHelp)
+  .action((opts: { source: string; type?: string[]; since?: string; restart?: boolean }) => {
+    const since = opts.since ? new Date(opts.since) : undefined;
+    if (since && Number.isNaN(since.getTime())) fail(`--since: not a date: ${opts.since}`);
+    if (opts.type?.some((t) => !/^[A-Z][A-Za-z]{1,63}$/.test(t))) fail('--type: resource type names only (e.g. Patient Observation)');
+    return runBulk((deps) =>
+      backfill(deps, { sourceId: opts.source, ...(opts.type ? { types: opts.type } : {}), ...(since ? { since } : {}), ...(opts.restart ? { restart: true } : {}) }),
+    );
   });
 
 registerVerifyCommand(program, { anchorVerifiers: { evm: verifyEvmReceipt } });
