@@ -131,6 +131,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
 
   let reconcileTimer: NodeJS.Timeout | undefined;
   let auditTimer: NodeJS.Timeout | undefined;
+  let subscriptionTimer: NodeJS.Timeout | undefined;
   if (roles.workers) {
     ingest.startWorkers(config.workerConcurrency);
     await integrity.start();
@@ -141,6 +142,14 @@ export async function startService(options: StartOptions): Promise<RunningServic
       },
       { concurrency: Math.max(4, config.workerConcurrency) },
     );
+    if (config.ingest.subscriptionCheckIntervalMs > 0) {
+      const manage = (): void => {
+        ingest.manageSubscriptions().catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'subscription check failed'));
+      };
+      setTimeout(manage, 1000).unref();
+      subscriptionTimer = setInterval(manage, config.ingest.subscriptionCheckIntervalMs);
+      subscriptionTimer.unref();
+    }
     if (config.integrity.auditIntervalMs > 0) {
       auditTimer = setInterval(() => {
         integrity.runAudit().catch((err: unknown) => logger.error({ err: err instanceof Error ? err.message : String(err) }, 'integrity audit pass failed'));
@@ -206,6 +215,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       logger.info('shutting down');
       if (reconcileTimer) clearInterval(reconcileTimer);
       if (auditTimer) clearInterval(auditTimer);
+      if (subscriptionTimer) clearInterval(subscriptionTimer);
       if (server) {
         const s = server;
         await new Promise<void>((resolve) => {

@@ -31,6 +31,7 @@ export const ENV_VARS = {
   SOURCES_FILE: 'JSON file of source EHR definitions loaded (created or replaced) at start-up. Optional.',
   LINK_IDENTIFIER_SYSTEMS: 'Comma-separated identifier systems whose shared values link patients across sources (Patient.link). Default none.',
   RECONCILE_INTERVAL_MS: 'How often workers re-enqueue inbox items whose jobs were lost (0 turns it off). Default 60000.',
+  SUBSCRIPTION_CHECK_INTERVAL_MS: 'How often workers create missing Subscriptions on sources with subscribe settings and re-create ones in error/off (0 turns it off). Default 300000.',
   JOB_ATTEMPTS: 'Attempts per queue job before it is dead-lettered (transient failures retry). Default 8.',
   JOB_BACKOFF_MS: 'First retry delay in ms; doubles per attempt. Default 1000.',
   LOG_ORIGIN: 'Origin line of the integrity log (C2SP tlog-checkpoint), e.g. fhir-anchor.example.org/log; the signer key name must equal it. Default fhir-anchor.localhost/log.',
@@ -96,6 +97,7 @@ export interface Config {
     readonly sourcesFile: string | undefined;
     readonly linkIdentifierSystems: readonly string[];
     readonly reconcileIntervalMs: number;
+    readonly subscriptionCheckIntervalMs: number;
   };
 }
 
@@ -151,6 +153,7 @@ const envSchema = z.object({
     .pipe(z.array(z.string().regex(/^[a-z][a-z0-9+.-]*:\S+$/i, 'each must be an identifier system URI')))
     .optional(),
   RECONCILE_INTERVAL_MS: int(0, 86_400_000).default(60_000),
+  SUBSCRIPTION_CHECK_INTERVAL_MS: int(0, 86_400_000).default(300_000),
   JOB_ATTEMPTS: int(1, 100).default(8),
   JOB_BACKOFF_MS: int(1, 3_600_000).default(1000),
   LOG_ORIGIN: z
@@ -254,6 +257,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sourcesFile: e.SOURCES_FILE ? path.resolve(e.SOURCES_FILE) : undefined,
       linkIdentifierSystems: e.LINK_IDENTIFIER_SYSTEMS ?? [],
       reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
+      subscriptionCheckIntervalMs: e.SUBSCRIPTION_CHECK_INTERVAL_MS,
     },
   };
 }

@@ -16,6 +16,8 @@ export interface IngestAdminDeps {
   readonly queues: QueueRegistry;
   /** Our own base URL, to tell sources where to send notifications. */
   readonly publicBaseUrl: string;
+  /** Creates / re-creates the Subscriptions of sources with `subscribe` settings. */
+  readonly manageSubscriptions: (sourceId?: string) => Promise<unknown[]>;
 }
 
 function bodyObject(body: unknown): Record<string, unknown> {
@@ -90,6 +92,14 @@ export function createIngestAdminRouter(deps: IngestAdminDeps): Router {
         gaps: s.gaps,
       })),
     });
+  });
+
+  router.post('/sources/:id/subscriptions/check', async (req, res) => {
+    const source = await registry.get(String(req.params.id));
+    if (!source) throw httpError(404, 'not-found', 'Unknown source');
+    if (!source.subscribe) throw httpError(409, 'conflict', 'This source has no subscribe settings');
+    const [summary] = await deps.manageSubscriptions(source.id);
+    res.json(summary);
   });
 
   router.get('/inbox/:id', async (req, res) => {

@@ -2,7 +2,9 @@
  * The ingest stage: the front door. Hooks write raw notifications to the inbox; the `ingest` worker
  * fetches, normalises, validates and stores; a reconciler re-enqueues inbox items whose jobs were lost.
  */
+import { readFile } from 'node:fs/promises';
 import type { Router } from 'express';
+import { compileCodeLists, type SensitivityCodeIndex } from '../consent/index.js';
 import type { Clock } from '../platform/clock.js';
 import type { Logger } from '../platform/logger.js';
 import { loadNormalizationRules, createValidator, type NormalizationRules, type Validator } from '../normalize/index.js';
@@ -13,6 +15,7 @@ import { createHooksRouter } from './hooks.js';
 import type { Source } from './source.js';
 import { createSourceClient, type SourceClient } from './source-client.js';
 import { SourceRegistry } from './sources.js';
+import { checkSubscriptions, hookUrlFor, type SubscriptionSummary } from './subscriptions.js';
 import { createIngestProcessor } from './worker.js';
 
 export { parseNotification, type ParsedNotification } from './notification.js';
@@ -23,6 +26,9 @@ export type { Source } from './source.js';
 export const RECONCILE_STALE_MS = 5 * 60 * 1000;
 /** Most items one reconciler pass re-enqueues. */
 export const RECONCILE_BATCH = 1000;
+
+/** The DS4P code lists applied at ingest. */
+export const SENSITIVITY_CODE_LISTS = new URL('../../fhir-profiles/security-labels/sensitivity-code-lists.json', import.meta.url);
 
 export interface IngestStageOptions {
   readonly store: Store;
@@ -42,6 +48,12 @@ export interface IngestStage {
   readonly adminRouter: Router;
   /** Starts the ingest workers in this process. */
   startWorkers(concurrency: number): void;
+  /**
+   * For every source with `subscribe` settings: creates the Subscription(s) on the EHR (topic-based
+   * where it advertises the Backport IG, classic otherwise) and re-creates any it turned to `error`
+   * or `off`. One source's failure never stops the others.
+   */
+  manageSubscriptions(sourceId?: string): Promise<Array<SubscriptionSummary | { sourceId: string; error: string }>>;
   /** Re-enqueues inbox items whose jobs were lost (Redis restarted empty, a crash between commit and enqueue). */
   reconcile(options?: { staleMs?: number }): Promise<number>;
 }
@@ -55,13 +67,41 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
   }
 
   let validator: Promise<Validator> | undefined;
+  const sensitivity: SensitivityCodeIndex = compileCodeLists(JSON.parse(await readFile(SENSITIVITY_CODE_LISTS, 'utf8')) as unknown);
   const rulesCache = new Map<string, Promise<NormalizationRules>>();
   const clients = new Map<string, { client: SourceClient; definition: string }>();
+  const client = (source: Source): SourceClient => {
+    // A changed definition (new credentials, new base URL) gets a new client.
+    const definition = JSON.stringify(source);
+    const hit = clients.get(source.id);
+    if (hit && hit.definition === definition) return hit.client;
+    const c = createSourceClient(source, { logger, clock });
+    clients.set(source.id, { client: c, definition });
+    return c;
+  };
+
+  const manageSubscriptions = async (sourceId?: string): Promise<Array<SubscriptionSummary | { sourceId: string; error: string }>> => {
+    const sources = (await registry.list()).filter((s) => s.subscribe && (sourceId === undefined || s.id === sourceId));
+    return Promise.all(
+      sources.map(async (source) => {
+        try {
+          const summary = await checkSubscriptions(client(source), source, hookUrlFor(options.publicBaseUrl, source.id), { logger });
+          if (!summary.healthy) logger.warn({ sourceId: source.id }, 'source subscriptions not healthy');
+          return summary;
+        } catch (err) {
+          const error = err instanceof Error ? err.message.slice(0, 300) : String(err);
+          logger.warn({ sourceId: source.id, error }, 'managing source subscriptions failed');
+          return { sourceId: source.id, error };
+        }
+      }),
+    );
+  };
 
   return {
     registry,
     hooksRouter: createHooksRouter({ registry, store, queues, clock, logger, bodyLimitBytes: options.bodyLimitBytes }),
-    adminRouter: createIngestAdminRouter({ registry, store, queues, publicBaseUrl: options.publicBaseUrl }),
+    adminRouter: createIngestAdminRouter({ registry, store, queues, publicBaseUrl: options.publicBaseUrl, manageSubscriptions }),
+    manageSubscriptions,
 
     startWorkers(concurrency) {
       validator ??= createValidator();
@@ -73,15 +113,6 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
           rulesCache.set(sourceId, r);
         }
         return r;
-      };
-      const client = (source: Source): SourceClient => {
-        // A changed definition (new credentials, new base URL) gets a new client.
-        const definition = JSON.stringify(source);
-        const hit = clients.get(source.id);
-        if (hit && hit.definition === definition) return hit.client;
-        const c = createSourceClient(source, { logger, clock });
-        clients.set(source.id, { client: c, definition });
-        return c;
       };
       let processor: ReturnType<typeof createIngestProcessor> | undefined;
       queues.work(
@@ -97,6 +128,7 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
             rules,
             client,
             linkIdentifierSystems: options.linkIdentifierSystems,
+            sensitivity,
           });
           await processor(job);
         },

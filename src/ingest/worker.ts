@@ -19,6 +19,7 @@ import { outcome } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { TerminalJobError, type JobContext, type QueueRegistry } from '../queue/index.js';
 import type { PutVersionInput, Store } from '../store/index.js';
+import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/index.js';
 import { anchorId, isStructurallyFhir, normalizeResource, type NormalizationRules, type Validator } from '../normalize/index.js';
 import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParsedNotification } from './notification.js';
 import type { Source } from './source.js';
@@ -43,6 +44,8 @@ export interface IngestDeps {
   readonly client: (source: Source) => SourceClient;
   /** Identifier systems whose shared values link patients across sources (Patient.link). */
   readonly linkIdentifierSystems: readonly string[];
+  /** DS4P code lists: sensitive resources get meta.security labels (HIV, PSY, SUD, ETH, R) at ingest. */
+  readonly sensitivity?: SensitivityCodeIndex;
 }
 
 export interface IngestSummary {
@@ -319,6 +322,9 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
           summary.deadLetters += 1;
           continue;
         }
+        // DS4P labels so consent can deny "all my mental health data" (src/consent/labels.ts).
+        const labelled = deps.sensitivity ? applySensitivityLabels(normalized.resource, deps.sensitivity) : normalized.resource;
+        normalized = { ...normalized, resource: labelled };
         const validation = deps.validator.validate(normalized.resource, normalized.targetProfile);
         if (!validation.valid) summary.invalid += 1;
         const srcMeta = isObject(w.resource.meta) ? w.resource.meta : {};

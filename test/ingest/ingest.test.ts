@@ -197,6 +197,15 @@ describe('ingest (queues on Redis)', () => {
       expect(JSON.stringify(v?.outcome)).toMatch(/status/);
     });
 
+    it('labels sensitive data on ingest (DS4P) so consent can deny it', async () => {
+      const condition = { resourceType: 'Condition', id: 'psy-1', subject: { reference: 'Patient/order-1' }, code: { coding: [{ system: 'http://hl7.org/fhir/sid/icd-10-cm', code: 'F33.1' }] } };
+      const r = await post('ehr-b', Buffer.from(JSON.stringify(condition)));
+      await settle(r.inboxId);
+      const stored = await service.database.store.resources.readCurrent('Condition', anchorId('ehr-b', 'Condition', 'psy-1'));
+      const codes = (stored!.resource!.meta?.security ?? []).map((c) => c.code);
+      expect(codes).toEqual(expect.arrayContaining(['PSY', 'R']));
+    });
+
     it('links one person\'s patients across sources by a configured identifier', async () => {
       const ssn = { system: 'http://hl7.org/fhir/sid/us-ssn', value: '999-12-3456' };
       const a = await post('ehr-b', Buffer.from(JSON.stringify({ resourceType: 'Patient', id: 'link-b', identifier: [ssn], name: [{ family: 'Doe' }], gender: 'male' })));
@@ -312,6 +321,28 @@ describe('ingest (queues on Redis)', () => {
       expect(sub.gaps).toEqual([expect.objectContaining({ from: n2, to: n2, catchUp: '$events' })]);
       // A replayed notification is stored once.
       expect((await post('ehr-live', Buffer.from(JSON.stringify(third)))).status).toBe(200);
+    });
+
+    it('creates the Subscription on the EHR when asked to subscribe, and re-creates one the EHR turned off', async () => {
+      const put = await admin('/admin/sources/ehr-live', {
+        method: 'PUT',
+        body: JSON.stringify({ name: 'EHR live', baseUrl: ehr.baseUrl, hookAuth: { bearerToken: BEARER }, subscribe: { topics: [topic], payload: 'id-only' } }),
+      });
+      expect(put.status).toBe(200);
+      const first = await json(await admin('/admin/sources/ehr-live/subscriptions/check', { method: 'POST' }));
+      expect(first).toMatchObject({ sourceId: 'ehr-live', topicCapable: true, healthy: true });
+      const ours = () => ehr.subscriptions().filter((s) => s.criteria === topic && s.meta?.tag?.some((t) => t.system === 'urn:fhir-anchor:subscription'));
+      const created = ours();
+      expect(created).toHaveLength(1);
+      expect(created[0]!.channel.endpoint).toMatch(/\/hooks\/ehr-live$/);
+      expect(created[0]!.channel.header?.[0]).toBe(`Authorization: Bearer ${BEARER}`);
+      // Idempotent, then the EHR turns it off: it is re-created.
+      await admin('/admin/sources/ehr-live/subscriptions/check', { method: 'POST' });
+      expect(ours().filter((s) => s.status !== 'off')).toHaveLength(1);
+      ehr.setSubscriptionStatus(created[0]!.id!, 'off');
+      const again = await json(await admin('/admin/sources/ehr-live/subscriptions/check', { method: 'POST' }));
+      expect(JSON.stringify(again)).toContain('recreated');
+      expect(ours().filter((s) => s.status === 'active')).toHaveLength(1);
     });
 
     it('ingests full-resource payloads without calling the source', async () => {
