@@ -163,10 +163,413 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/hooks/{sourceId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Receive a notification from a source EHR.
+         * @description Accepts a classic R4 rest-hook bare resource, an empty body with `X-Medplum-Deleted-Resource: Type/id`,
+         *     a Subscriptions R5 Backport IG notification for R4 (Bundle `history` starting with a SubscriptionStatus
+         *     Parameters: handshake, heartbeat, event-notification with full-resource / id-only / empty payloads),
+         *     the R4B/R5 forms (SubscriptionStatus resource; Bundle `subscription-notification`), and
+         *     transaction / batch / collection Bundles. The raw bytes are written to the inbox before the answer.
+         */
+        post: operations["postHook"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/hooks/{sourceId}/{type}/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+                type: components["parameters"]["ResourceType"];
+                id: components["parameters"]["ResourceId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        /** Receive one resource (classic rest-hook PUT form); the body must match the URL. */
+        put: operations["putHook"];
+        post?: never;
+        /** Notification that the resource was deleted at the source. */
+        delete: operations["deleteHook"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/sources": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List sources (secrets are never returned). */
+        get: operations["listSources"];
+        put?: never;
+        /** Register a source EHR. */
+        post: operations["createSource"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/sources/{sourceId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        /** One source (secrets shown only as set/unset). */
+        get: operations["getSource"];
+        /** Create or replace a source. */
+        put: operations["putSource"];
+        post?: never;
+        /** Remove a source (its stored data stays). */
+        delete: operations["deleteSource"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/sources/{sourceId}/status": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        /** Last notification, last heartbeat, last event number, gaps and error counts of a source. */
+        get: operations["getSourceStatus"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/sources/{sourceId}/subscriptions/check": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Create the source's Subscriptions on the EHR if missing; re-create any in error or off. */
+        post: operations["checkSourceSubscriptions"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/inbox/{inboxId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                inboxId: string;
+            };
+            cookie?: never;
+        };
+        /** One inbox item — stage, state, outcome, attempts, dead letters (never the raw body). */
+        get: operations["getInboxItem"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/dead-letters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Dead letters, newest first. */
+        get: operations["listDeadLetters"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/admin/dead-letters/{deadLetterId}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                deadLetterId: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Replay the inbox item behind a dead letter (after fixing its cause). */
+        post: operations["replayDeadLetter"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/ledger/checkpoint": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The latest signed checkpoint (C2SP tlog-checkpoint as a C2SP signed note). */
+        get: operations["getCheckpoint"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/ledger/key": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The log's verifier key (signed-note vkey). */
+        get: operations["getLogKey"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/ledger/consistency": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** RFC 9162 consistency proof between two tree sizes. */
+        get: operations["getConsistencyProof"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/ledger/anchors": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Anchor receipts of a checkpoint (default the latest). */
+        get: operations["getAnchors"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/R4/{type}/{id}/$verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                type: components["parameters"]["ResourceType"];
+                id: components["parameters"]["ResourceId"];
+            };
+            cookie?: never;
+        };
+        /** Integrity proof of the current version (Parameters with commitment, salt, leafIndex, receipt, anchor receipts, valid). */
+        get: operations["verifyCurrent"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/R4/{type}/{id}/_history/{vid}/$verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                type: components["parameters"]["ResourceType"];
+                id: components["parameters"]["ResourceId"];
+                vid: string;
+            };
+            cookie?: never;
+        };
+        /** Integrity proof of one version. */
+        get: operations["verifyVersion"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        SourceInput: {
+            id: string;
+            name: string;
+            /** Format: uri */
+            baseUrl: string;
+            hookAuth: {
+                bearerToken?: string;
+                hmacSecret?: string;
+                timestampHeader?: string;
+                replayWindowSeconds?: number;
+            };
+            callbackAuth?: {
+                /** @constant */
+                type: "none";
+            } | {
+                /** @constant */
+                type: "bearer";
+                token: string;
+            } | {
+                /** @constant */
+                type: "smart-backend";
+                /** Format: uri */
+                tokenUrl: string;
+                clientId: string;
+                privateKeyJwk: Record<string, never>;
+                scope?: string;
+            };
+            identifierSystem?: string;
+            rateLimitPerSecond?: number;
+            subscribe?: {
+                resourceTypes?: string[];
+                topics?: string[];
+                /** @enum {string} */
+                payload?: "empty" | "id-only" | "full-resource";
+                heartbeatSeconds?: number;
+            };
+        };
+        PublicSource: {
+            id: string;
+            name: string;
+            baseUrl: string;
+            hookUrl: string;
+            hookAuth: {
+                /** @enum {string} */
+                bearerToken?: "set" | "unset";
+                /** @enum {string} */
+                hmacSecret?: "set" | "unset";
+            };
+            callbackAuth: {
+                [key: string]: unknown;
+            };
+        } & {
+            [key: string]: unknown;
+        };
+        SourceStatus: {
+            source: string;
+            lastNotification: string | null;
+            inbox: {
+                [key: string]: number;
+            };
+            errors: {
+                [key: string]: unknown;
+            };
+            subscriptions: {
+                subscription?: string;
+                topic?: string | null;
+                status?: string | null;
+                lastSeen?: string | null;
+                lastHeartbeat?: string | null;
+                lastEventNumber?: number | null;
+                gaps?: {
+                    [key: string]: unknown;
+                }[];
+            }[];
+        };
+        InboxItem: {
+            id: string;
+            sourceId: string;
+            kind: string;
+            contentType?: string | null;
+            bytes: number;
+            sha256: string;
+            receivedAt: string;
+            stage: string;
+            /** @enum {string} */
+            state: "pending" | "processing" | "done" | "failed" | "dead";
+            attempts: number;
+            outcome?: unknown;
+            updatedAt?: string;
+            deadLetters?: {
+                [key: string]: unknown;
+            }[];
+        };
+        DeadLetter: {
+            id: string;
+            inboxId?: string | null;
+            sourceId: string;
+            reason: string;
+            entryIndex?: number | null;
+            outcome: components["schemas"]["OperationOutcome"];
+            createdAt: string;
+            replayedAt?: string | null;
+            replayCount?: number;
+        };
+        AnchorReceipt: {
+            kind: string;
+            anchor: string;
+            size: number;
+            rootHash: string;
+            anchoredAt: string;
+            evidence: {
+                [key: string]: unknown;
+            };
+        };
         FhirResource: {
             resourceType: string;
             id?: string;
@@ -217,6 +620,35 @@ export interface components {
         };
     };
     responses: {
+        /** @description Handshake/heartbeat acknowledged, or a notification already received (stored once). */
+        HookAcknowledged: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/fhir+json": components["schemas"]["OperationOutcome"];
+            };
+        };
+        /** @description Durably stored in the inbox and queued; `X-Inbox-Id` names the item. */
+        HookAccepted: {
+            headers: {
+                "X-Inbox-Id"?: string;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/fhir+json": components["schemas"]["OperationOutcome"];
+            };
+        };
+        /** @description Not FHIR (unparseable, no resourceType, bad structure); kept as a dead letter. */
+        HookRejected: {
+            headers: {
+                "X-Inbox-Id"?: string;
+                [name: string]: unknown;
+            };
+            content: {
+                "application/fhir+json": components["schemas"]["OperationOutcome"];
+            };
+        };
         /** @description An OperationOutcome saying what is wrong. */
         Error: {
             headers: {
@@ -238,6 +670,10 @@ export interface components {
         };
     };
     parameters: {
+        SourceId: string;
+        Signature: string;
+        /** @description With an empty body, names the resource deleted at the source (Type/id). */
+        DeletedResource: string;
         ResourceType: string;
         ResourceId: string;
     };
@@ -444,6 +880,503 @@ export interface operations {
                 };
             };
             401: components["responses"]["Unauthorized"];
+        };
+    };
+    postHook: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-Signature"?: components["parameters"]["Signature"];
+                /** @description With an empty body, names the resource deleted at the source (Type/id). */
+                "X-Medplum-Deleted-Resource"?: components["parameters"]["DeletedResource"];
+            };
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/fhir+json": components["schemas"]["FhirResource"];
+                "application/json": components["schemas"]["FhirResource"];
+            };
+        };
+        responses: {
+            200: components["responses"]["HookAcknowledged"];
+            202: components["responses"]["HookAccepted"];
+            400: components["responses"]["HookRejected"];
+            401: components["responses"]["Unauthorized"];
+            413: components["responses"]["Error"];
+        };
+    };
+    putHook: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-Signature"?: components["parameters"]["Signature"];
+            };
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+                type: components["parameters"]["ResourceType"];
+                id: components["parameters"]["ResourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/fhir+json": components["schemas"]["FhirResource"];
+            };
+        };
+        responses: {
+            200: components["responses"]["HookAcknowledged"];
+            202: components["responses"]["HookAccepted"];
+            400: components["responses"]["HookRejected"];
+            401: components["responses"]["Unauthorized"];
+        };
+    };
+    deleteHook: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+                type: components["parameters"]["ResourceType"];
+                id: components["parameters"]["ResourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            202: components["responses"]["HookAccepted"];
+            401: components["responses"]["Unauthorized"];
+        };
+    };
+    listSources: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Sources. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PublicSource"][];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+        };
+    };
+    createSource: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SourceInput"];
+            };
+        };
+        responses: {
+            /** @description Created. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PublicSource"];
+                };
+            };
+            400: components["responses"]["Error"];
+            401: components["responses"]["Unauthorized"];
+            409: components["responses"]["Error"];
+        };
+    };
+    getSource: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The source. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PublicSource"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["Error"];
+        };
+    };
+    putSource: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SourceInput"];
+            };
+        };
+        responses: {
+            /** @description Replaced. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PublicSource"];
+                };
+            };
+            /** @description Created. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PublicSource"];
+                };
+            };
+            400: components["responses"]["Error"];
+            401: components["responses"]["Unauthorized"];
+        };
+    };
+    deleteSource: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["Error"];
+        };
+    };
+    getSourceStatus: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Status. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SourceStatus"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["Error"];
+        };
+    };
+    checkSourceSubscriptions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                sourceId: components["parameters"]["SourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Summary of the Subscriptions on the EHR. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["Error"];
+            409: components["responses"]["Error"];
+        };
+    };
+    getInboxItem: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                inboxId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The item. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InboxItem"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["Error"];
+        };
+    };
+    listDeadLetters: {
+        parameters: {
+            query?: {
+                source?: string;
+                open?: boolean;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Dead letters. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeadLetter"][];
+                };
+            };
+            400: components["responses"]["Error"];
+            401: components["responses"]["Unauthorized"];
+        };
+    };
+    replayDeadLetter: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                deadLetterId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Re-enqueued. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        replayed: string;
+                        inboxId: string;
+                    };
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            404: components["responses"]["Error"];
+            409: components["responses"]["Error"];
+        };
+    };
+    getCheckpoint: {
+        parameters: {
+            query?: {
+                /** @description The checkpoint of exactly this tree size. */
+                size?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Signed checkpoint. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            404: components["responses"]["Error"];
+        };
+    };
+    getLogKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description vkey. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+        };
+    };
+    getConsistencyProof: {
+        parameters: {
+            query: {
+                from: number;
+                to?: number;
+                format?: "json";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One base64 hash per line (text/plain), or JSON. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                    "application/json": {
+                        from: number;
+                        to: number;
+                        proof: string[];
+                    };
+                };
+            };
+            400: components["responses"]["Error"];
+        };
+    };
+    getAnchors: {
+        parameters: {
+            query?: {
+                size?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Receipts. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        size: number;
+                        rootHash: string;
+                        receipts: components["schemas"]["AnchorReceipt"][];
+                    };
+                };
+            };
+            404: components["responses"]["Error"];
+        };
+    };
+    verifyCurrent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                type: components["parameters"]["ResourceType"];
+                id: components["parameters"]["ResourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Included in a checkpoint. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["FhirResource"];
+                };
+            };
+            /** @description Pending; retry after Retry-After seconds. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["FhirResource"];
+                };
+            };
+            default: components["responses"]["Error"];
+        };
+    };
+    verifyVersion: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                type: components["parameters"]["ResourceType"];
+                id: components["parameters"]["ResourceId"];
+                vid: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Included in a checkpoint. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["FhirResource"];
+                };
+            };
+            /** @description Pending. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["FhirResource"];
+                };
+            };
+            default: components["responses"]["Error"];
         };
     };
 }
