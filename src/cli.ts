@@ -7,6 +7,7 @@ import { Command } from 'commander';
 import { ConfigError, loadConfig, ENV_VARS, type Config } from './config/index.js';
 import { verifyEvmReceipt } from './integrity/anchors/evm.js';
 import { registerVerifyCommand } from './integrity/cli-verify.js';
+import { registerDeidCommand } from './research/index.js';
 import { systemClock } from './platform/clock.js';
 import { createLogger } from './platform/logger.js';
 import { migrateQueueSchema } from './queue/index.js';
@@ -157,5 +158,6 @@ program
   });
 
 registerVerifyCommand(program, { anchorVerifiers: { evm: verifyEvmReceipt } });
+registerDeidCommand(program);
 
 await program.parseAsync(process.argv);

@@ -4,6 +4,8 @@
  * PostgreSQL.
  */
 import type { Server } from 'node:http';
+import { Router } from 'express';
+import type { DisclosureRecorder } from './fhir-api/access.js';
 import type { AddressInfo } from 'node:net';
 import { describeConfig, type Config } from './config/index.js';
 import { resolveAdminToken } from './config/secrets.js';
@@ -11,7 +13,15 @@ import { systemClock, type Clock } from './platform/clock.js';
 import { createLogger, type Logger } from './platform/logger.js';
 import { createMetrics, type Metrics } from './platform/metrics.js';
 import { createQueueRegistry, type QueueBackendConfig, type QueueRegistry } from './queue/index.js';
+import { createHmac } from 'node:crypto';
+import { createDisclosureRecorder } from './fhir-api/audit.js';
+import { consentsFromSearch, createCdsHooksRouter } from './fhir-api/cds-hooks.js';
+import { createVerifyGate } from './fhir-api/operations/verify-gate.js';
+import { createFhirApiRouter, fhirApiCapability } from './fhir-api/routes.js';
+import { createSmartStage, type SmartStage } from './fhir-api/smart/index.js';
 import { createIngestStage, type IngestStage } from './ingest/index.js';
+import { createDeidRouter } from './research/index.js';
+import { openClientStore } from './store/clients-store.js';
 import { createEvmAnchor } from './integrity/anchors/evm.js';
 import { createIntegrityStage, loadLogKey, type IntegrityStage, type LedgerAnchor } from './integrity/index.js';
 import { parseVerifierKey } from './integrity/note.js';
@@ -27,7 +37,17 @@ export interface Roles {
   readonly workers: boolean;
 }
 
+/** Research endpoints need a valid access token (any client); consent and purpose checks apply to exports. */
+function researchRouter(smart: SmartStage, inner: Router): Router {
+  const r = Router();
+  r.use(smart.authenticator.middleware);
+  r.use(inner);
+  return r;
+}
+
 export interface RunningService {
+  readonly smart: SmartStage;
+  readonly recorder: DisclosureRecorder;
   readonly ingest: IngestStage;
   readonly integrity: IntegrityStage;
   /** Base URL the HTTP server listens on (when the api role runs). */
@@ -129,6 +149,54 @@ export async function startService(options: StartOptions): Promise<RunningServic
     throw err;
   }
 
+  // SMART on FHIR: registered clients, the token endpoint, access-token verification.
+  const clientStore = openClientStore({ connectionString: database.connectionString, schema: config.databaseSchema, clock });
+  let smart: SmartStage;
+  try {
+    smart = await createSmartStage({
+      settings: {
+        publicBaseUrl: config.http.publicBaseUrl,
+        accessTokenLifetimeSeconds: config.smart.accessTokenLifetimeSeconds,
+        clockToleranceSeconds: config.smart.clockToleranceSeconds,
+        externalIssuers: config.smart.externalIssuers,
+      },
+      key: config.smart.tokenKey ? { jwk: config.smart.tokenKey } : { keyFile: config.smart.keyFile },
+      clients: clientStore,
+      clock,
+      logger,
+    });
+  } catch (err) {
+    await clientStore.close();
+    await integrityStore.close();
+    await queues.close();
+    await database.close();
+    throw err;
+  }
+  const recorder = createDisclosureRecorder({ store: database.store, queues, clock, logger });
+  const fhirDeps = {
+    store: database.store,
+    recorder,
+    consentDefault: config.consentDefault,
+    clock,
+    logger,
+    baseUrl: `${config.http.publicBaseUrl}/fhir/R4`,
+    queues,
+    authenticate: smart.authenticator.middleware,
+    // Paging cursors must verify on every API process: derive their key from the shared admin token.
+    cursorKey: createHmac('sha256', adminToken).update('fhir-anchor paging cursor v1').digest(),
+  };
+  const fhirApi = createFhirApiRouter(fhirDeps);
+  const cdsHooks = createCdsHooksRouter({
+    store: database.store,
+    consentsForPatient: consentsFromSearch(database.store.search),
+    defaultDecision: config.consentDefault,
+    clock,
+    authenticate: smart.authenticator.authenticateRequest,
+    localBases: [smart.options.fhirBaseUrl],
+  });
+  const researchOn = config.research.keys.cryptoHashKey !== undefined;
+  if (!researchOn) logger.warn('research access is off: set DEID_CRYPTO_HASH_KEY to enable de-identification and research exports');
+
   let reconcileTimer: NodeJS.Timeout | undefined;
   let auditTimer: NodeJS.Timeout | undefined;
   let subscriptionTimer: NodeJS.Timeout | undefined;
@@ -184,11 +252,24 @@ export async function startService(options: StartOptions): Promise<RunningServic
       adminToken,
       healthChecks,
       stages: [
+        { path: '/auth', router: smart.tokenRouter },
+        { path: '/', router: smart.wellKnownRouter },
+        { path: '/fhir/R4', router: smart.wellKnownRouter },
+        ...(researchOn
+          ? [{ path: '/research', router: researchRouter(smart, createDeidRouter({ config: { keys: config.research.keys, clock }, bodyLimitBytes: config.http.bodyLimitBytes })) }]
+          : []),
         { path: '/hooks', router: ingest.hooksRouter },
+        { path: '/', router: cdsHooks },
         { path: '/ledger', router: integrity.ledgerRouter },
+        // $verify: consent-gated like a read (the salt is as sensitive as the record), then proven.
+        { path: '/fhir/R4', router: createVerifyGate(fhirDeps) },
         { path: '/fhir/R4', router: integrity.verifyRouter, capability: integrity.capability },
+        { path: '/fhir/R4', router: fhirApi, capability: fhirApiCapability },
       ],
-      adminRoutes: [{ path: '/', router: ingest.adminRouter }],
+      adminRoutes: [
+        { path: '/', router: ingest.adminRouter },
+        { path: '/', router: smart.clientsAdminRouter },
+      ],
     });
     try {
       server = await new Promise<Server>((resolve, reject) => {
@@ -237,13 +318,14 @@ export async function startService(options: StartOptions): Promise<RunningServic
       await integrity.stop().catch((err: unknown) => logger.error({ err: err instanceof Error ? err.message : String(err) }, 'integrity flush at shutdown failed'));
       await Promise.allSettled(anchors.map((a) => a.close()));
       await integrityStore.close();
+      await clientStore.close();
       await database.close();
       logger.info('database closed; bye');
     })();
     return closing;
   };
 
-  return { url, adminToken, database, queues, ingest, integrity, logger, metrics, close };
+  return { url, adminToken, database, queues, ingest, integrity, smart, recorder, logger, metrics, close };
 }
 
 /**

@@ -12,6 +12,7 @@ import { anchorId } from '../src/normalize/index.js';
 import { startService, type RunningService } from '../src/runtime.js';
 import { runCli } from './helpers/cli.js';
 import { TEST_DATABASE_URL, cleanupConfig, json, silentLogger, testConfig } from './helpers/env.js';
+import { registerTestClient } from './helpers/smart-client.js';
 
 const ADMIN = 'test-admin-token-0123456789abcdef0123456789';
 const BEARER = 'pipeline-hook-token-0123456789';
@@ -23,7 +24,8 @@ describe('pipeline: hook → store → integrity log → $verify → offline ver
   let dir: string;
 
   beforeAll(async () => {
-    config = testConfig({}, 'postgres');
+    // Opt-out jurisdiction for this test: without a Consent, treatment reads are permitted.
+    config = testConfig({ CONSENT_DEFAULT_DECISION: 'permit' }, 'postgres');
     service = await startService({ config, roles: { api: true, workers: true }, logger: silentLogger });
     base = service.url!;
     dir = await mkdtemp(path.join(os.tmpdir(), 'fhir-anchor-pipeline-'));
@@ -56,12 +58,17 @@ describe('pipeline: hook → store → integrity log → $verify → offline ver
     const hook = await fetch(`${base}/hooks/lab`, { method: 'POST', headers: { authorization: `Bearer ${BEARER}`, 'content-type': 'application/fhir+json' }, body: JSON.stringify(observation) });
     expect(hook.status).toBe(202);
     const id = anchorId('lab', 'Observation', 'hba1c-1');
+    // $verify discloses the salt: it needs a token that may read the record.
+    expect((await fetch(`${base}/fhir/R4/Observation/${id}/$verify`)).status).toBe(401);
+    const app = await registerTestClient(base, ADMIN, { id: 'verifier-app', allowedScopes: ['system/Observation.rs'], allowedPurposes: ['TREAT'] });
+    const token = await app.token('system/Observation.rs', { purposeOfUse: 'TREAT' });
+    const auth = { authorization: `Bearer ${token}` };
 
     // $verify answers pending (202 + Retry-After) until a checkpoint covers the version, then 200.
     let verify: Record<string, unknown> | undefined;
     const deadline = Date.now() + 30_000;
     while (!verify) {
-      const res = await fetch(`${base}/fhir/R4/Observation/${id}/$verify`);
+      const res = await fetch(`${base}/fhir/R4/Observation/${id}/$verify`, { headers: auth });
       if (res.status === 200) verify = await json(res);
       else {
         expect([202, 404]).toContain(res.status);
@@ -76,8 +83,11 @@ describe('pipeline: hook → store → integrity log → $verify → offline ver
     expect(String(param('commitment')?.valueString)).toMatch(/^[0-9a-f]{64}$/);
 
     // The offline verifier (no database, no network) accepts exactly this version.
-    const stored = await service.database.store.resources.readVersion('Observation', id, '1');
-    await writeFile(path.join(dir, 'version.json'), JSON.stringify(stored!.resource));
+    // The version exactly as the FHIR API serves it.
+    const served = await fetch(`${base}/fhir/R4/Observation/${id}/_history/1`, { headers: auth });
+    expect(served.status).toBe(200);
+    const stored = { resource: await json(served) };
+    await writeFile(path.join(dir, 'version.json'), JSON.stringify(stored.resource));
     await writeFile(path.join(dir, 'receipt.txt'), String(param('receipt')?.valueString));
     const vkey = await (await fetch(`${base}/ledger/key`)).text();
     expect((await (await fetch(`${base}/ledger/checkpoint`)).text()).split('\n')[0]).toBe(config.integrity.origin);
@@ -85,7 +95,7 @@ describe('pipeline: hook → store → integrity log → $verify → offline ver
     const ok = await runCli(args);
     expect(ok.code).toBe(0);
     // A changed value is refused.
-    const altered = { ...(stored!.resource as unknown as Record<string, unknown>), valueQuantity: { value: 5.1, unit: '%', system: 'http://unitsofmeasure.org', code: '%' } };
+    const altered = { ...(stored.resource as Record<string, unknown>), valueQuantity: { value: 5.1, unit: '%', system: 'http://unitsofmeasure.org', code: '%' } };
     await writeFile(path.join(dir, 'altered.json'), JSON.stringify(altered));
     const bad = await runCli(args.map((a) => (a.endsWith('version.json') ? path.join(dir, 'altered.json') : a)));
     expect(bad.code).toBe(1);
@@ -108,7 +118,7 @@ describe('pipeline: hook → store → integrity log → $verify → offline ver
     const oo = await json(ready);
     expect(oo.issue.filter((i: { severity: string }) => i.severity === 'error').map((i: { expression: string[] }) => i.expression[0])).toContain('integrity-audit');
     // And $verify now reports the stored body no longer matches its commitment.
-    const after = await json(await fetch(`${base}/fhir/R4/Observation/${id}/_history/1/$verify`));
+    const after = await json(await fetch(`${base}/fhir/R4/Observation/${id}/_history/1/$verify`, { headers: auth }));
     expect(after.parameter.find((p: { name: string }) => p.name === 'valid').valueBoolean).toBe(false);
   }, 90_000);
 });

@@ -44,6 +44,14 @@ export const ENV_VARS = {
   EVM_CONTRACT_ADDRESS: 'Address of the deployed FhirAnchorLog contract. Required with EVM_RPC_URL in production; embedded mode deploys one on first use.',
   EVM_CHAIN_ID: 'Expected chain id; a node serving another chain is refused. Optional.',
   EVM_CONFIRMATIONS: 'Blocks to wait for before an anchor receipt is returned. Default 1.',
+  SMART_TOKEN_KEY: 'Private ES256 JWK (JSON) that signs our SMART access tokens. Required with DATABASE_URL (every API process must share it); embedded mode generates DATA_DIR/smart-token-key.jwk.',
+  SMART_ACCESS_TOKEN_TTL_S: 'Lifetime of issued access tokens, seconds. Default 300.',
+  SMART_CLOCK_SKEW_S: 'Clock skew tolerated on token and assertion times, seconds. Default 30.',
+  SMART_EXTERNAL_ISSUERS: 'JSON array of external authorization servers whose access tokens are accepted: [{"issuer","jwksUrl","audience"}]. Default [].',
+  CONSENT_DEFAULT_DECISION: 'Decision when no Consent of the patient applies: deny (opt-in jurisdictions) or permit (opt-out). Default deny.',
+  DEID_CRYPTO_HASH_KEY: 'HMAC-SHA256 key for de-identification pseudonyms (cryptoHash). Required for research access; unset turns research off with a warning.',
+  DEID_DATE_SHIFT_KEY: 'Key deriving per-patient date-shift offsets (policies with dateShift rules, e.g. safe-harbor-dateshift). Optional.',
+  DEID_ENCRYPT_KEY: 'AES key (16, 24 or 32 bytes) for encrypt rules in de-identification policies. Optional.',
 } as const;
 
 export type EnvVarName = keyof typeof ENV_VARS;
@@ -74,6 +82,17 @@ export interface Config {
   readonly dataDir: string;
   readonly workerConcurrency: number;
   readonly jobRetry: { readonly attempts: number; readonly backoffMs: number };
+  readonly smart: {
+    readonly tokenKey: string | undefined;
+    readonly keyFile: string;
+    readonly accessTokenLifetimeSeconds: number;
+    readonly clockToleranceSeconds: number;
+    readonly externalIssuers: ReadonlyArray<{ readonly issuer: string; readonly jwksUrl: string; readonly audience: string }>;
+  };
+  readonly consentDefault: 'permit' | 'deny';
+  readonly research: {
+    readonly keys: { readonly cryptoHashKey?: string; readonly dateShiftKey?: string; readonly encryptKey?: string };
+  };
   readonly integrity: {
     readonly origin: string;
     readonly signerKey: string | undefined;
@@ -169,6 +188,35 @@ const envSchema = z.object({
   EVM_CONTRACT_ADDRESS: z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'must be a 20-byte hex address (0x…)').optional(),
   EVM_CHAIN_ID: int(1, 2 ** 48).optional(),
   EVM_CONFIRMATIONS: int(1, 1000).default(1),
+  SMART_TOKEN_KEY: z
+    .string()
+    .refine((v) => {
+      try {
+        const k = JSON.parse(v) as { kty?: unknown; d?: unknown };
+        return k.kty === 'EC' && typeof k.d === 'string';
+      } catch {
+        return false;
+      }
+    }, 'must be a private EC (P-256) JWK as JSON')
+    .optional(),
+  SMART_ACCESS_TOKEN_TTL_S: int(30, 86_400).default(300),
+  SMART_CLOCK_SKEW_S: int(0, 600).default(30),
+  SMART_EXTERNAL_ISSUERS: z
+    .string()
+    .transform((v, ctx) => {
+      try {
+        return JSON.parse(v) as unknown;
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'must be a JSON array' });
+        return z.NEVER;
+      }
+    })
+    .pipe(z.array(z.object({ issuer: z.url(), jwksUrl: z.url(), audience: z.string().min(1) })))
+    .optional(),
+  CONSENT_DEFAULT_DECISION: z.enum(['permit', 'deny']).default('deny'),
+  DEID_CRYPTO_HASH_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
+  DEID_DATE_SHIFT_KEY: z.string().min(8, 'must be at least 8 characters').optional(),
+  DEID_ENCRYPT_KEY: z.string().refine((v) => [16, 24, 32].includes(Buffer.byteLength(v, 'utf8')), 'must be exactly 16, 24 or 32 bytes').optional(),
 });
 
 /**
@@ -203,6 +251,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.LOG_SIGNER_KEY !== undefined && e.LOG_SIGNER_KEY.split('+')[2] !== e.LOG_ORIGIN) {
     problems.push(`LOG_SIGNER_KEY: its key name must equal LOG_ORIGIN (${e.LOG_ORIGIN})`);
   }
+  if (production && e.SMART_TOKEN_KEY === undefined) {
+    problems.push('SMART_TOKEN_KEY: required when DATABASE_URL is set (every API process must sign and verify tokens with the same key)');
+  }
   if (e.EVM_RPC_URL !== undefined && e.EVM_PRIVATE_KEY === undefined) {
     problems.push('EVM_PRIVATE_KEY: required when EVM_RPC_URL is set');
   }
@@ -234,6 +285,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dataDir,
     workerConcurrency: e.WORKER_CONCURRENCY,
     jobRetry: { attempts: e.JOB_ATTEMPTS, backoffMs: e.JOB_BACKOFF_MS },
+    smart: {
+      tokenKey: e.SMART_TOKEN_KEY,
+      keyFile: path.join(dataDir, 'smart-token-key.jwk'),
+      accessTokenLifetimeSeconds: e.SMART_ACCESS_TOKEN_TTL_S,
+      clockToleranceSeconds: e.SMART_CLOCK_SKEW_S,
+      externalIssuers: e.SMART_EXTERNAL_ISSUERS ?? [],
+    },
+    consentDefault: e.CONSENT_DEFAULT_DECISION,
+    research: {
+      keys: {
+        ...(e.DEID_CRYPTO_HASH_KEY ? { cryptoHashKey: e.DEID_CRYPTO_HASH_KEY } : {}),
+        ...(e.DEID_DATE_SHIFT_KEY ? { dateShiftKey: e.DEID_DATE_SHIFT_KEY } : {}),
+        ...(e.DEID_ENCRYPT_KEY ? { encryptKey: e.DEID_ENCRYPT_KEY } : {}),
+      },
+    },
     integrity: {
       origin: e.LOG_ORIGIN,
       signerKey: e.LOG_SIGNER_KEY,

@@ -6,6 +6,7 @@ import pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
 import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatusStore } from './ingest-store.js';
+import { PgSearchStore, indexResource } from './search-store.js';
 import { quoteIdent } from './sql.js';
 import type {
   BackfillStore,
@@ -20,6 +21,7 @@ import type {
   PutVersionInput,
   PutVersionResult,
   ResourceStore,
+  SearchStore,
   Store,
   StoredVersion,
 } from './types.js';
@@ -174,6 +176,8 @@ class PgResourceStore implements ResourceStore {
          WHERE resource_type = $1 AND id = $2`,
         [input.resourceType, input.id, versionId, lastUpdated, sourceTime, deleted, content, valid],
       );
+      // The search index describes the current version; same transaction, so it never lags.
+      await indexResource(client, input.resourceType, input.id, content ?? undefined);
     } else {
       await client.query(`UPDATE resource SET last_version = $3 WHERE resource_type = $1 AND id = $2`, [input.resourceType, input.id, versionId]);
     }
@@ -353,6 +357,7 @@ class PgInboxStore implements InboxStore {
 
 export class PostgresStore implements Store {
   readonly resources: ResourceStore;
+  readonly search: SearchStore;
   readonly inbox: InboxStore;
   readonly sources: SourceStore;
   readonly subscriptions: SubscriptionStatusStore;
@@ -364,6 +369,7 @@ export class PostgresStore implements Store {
     clock: Clock,
   ) {
     this.resources = new PgResourceStore(pool, clock);
+    this.search = new PgSearchStore(pool);
     this.inbox = new PgInboxStore(pool, clock);
     this.sources = new PgSourceStore(pool, clock);
     this.subscriptions = new PgSubscriptionStatusStore(pool, clock);

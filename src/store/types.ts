@@ -189,8 +189,61 @@ export interface BackfillStore {
   reset(sourceId: string): Promise<void>;
 }
 
+/** FHIR date search prefixes (http://hl7.org/fhir/R4/search.html#prefix). */
+export type DatePrefix = 'eq' | 'ne' | 'gt' | 'lt' | 'ge' | 'le' | 'sa' | 'eb';
+
+/** One date comparison: the search value's range is the half-open instant interval [lo, hi). */
+export interface DateComparison {
+  readonly prefix: DatePrefix;
+  readonly lo: Date;
+  readonly hi: Date;
+}
+
+/**
+ * One search criterion; the values of a clause are OR-ed, clauses are AND-ed (FHIR `,` and `&`).
+ * Token values: `system` undefined = any system, '' = no system; `code` undefined = any code.
+ * Reference values: `type` undefined = any target type.
+ */
+export type SearchClause =
+  | { readonly kind: 'id'; readonly values: readonly string[] }
+  | { readonly kind: 'lastUpdated'; readonly values: readonly DateComparison[] }
+  | { readonly kind: 'token'; readonly param: string; readonly values: readonly { readonly system?: string; readonly code?: string }[] }
+  | { readonly kind: 'reference'; readonly param: string; readonly values: readonly { readonly type?: string; readonly id: string }[] }
+  | { readonly kind: 'date'; readonly param: string; readonly values: readonly DateComparison[] };
+
+/** A search over current, non-deleted resources of one type, in id order (keyset paging). */
+export interface SearchQuery {
+  readonly resourceType: string;
+  readonly clauses: readonly SearchClause[];
+  /** Only resources whose id sorts after this one (the cursor: the last row examined). */
+  readonly afterId?: string;
+  /** Rows to return (1..1000). */
+  readonly limit: number;
+}
+
+/**
+ * The search index (tables filled at write time, see migrations/005_search.sql). Unscoped: only the
+ * consent-narrowed repository in src/fhir-api may use it.
+ */
+export interface SearchStore {
+  search(query: SearchQuery): Promise<StoredVersion[]>;
+  /** Current resources in a patient's compartment (`patient` reference), in (type, id) order. */
+  compartment(
+    patientId: string,
+    options: { readonly after?: { readonly resourceType: string; readonly id: string }; readonly types?: readonly string[]; readonly limit: number },
+  ): Promise<StoredVersion[]>;
+  /** Current, non-deleted Consent resources whose `patient` is one of these patients (ids). */
+  consentsFor(patientIds: readonly string[]): Promise<Array<{ readonly patient: string; readonly version: StoredVersion }>>;
+  /** Current version by id (a prepared statement; the hot read path). */
+  readCurrent(resourceType: string, id: string): Promise<StoredVersion | undefined>;
+  /** Rebuilds the index of every current resource (after upgrading); returns resources indexed. */
+  reindex(batchSize?: number): Promise<number>;
+}
+
 export interface Store {
   readonly resources: ResourceStore;
+  /** The search index over current versions. */
+  readonly search: SearchStore;
   readonly inbox: InboxStore;
   readonly sources: SourceStore;
   readonly subscriptions: SubscriptionStatusStore;

@@ -1,5 +1,5 @@
 import { ENV_VARS } from '../../src/config/index.js';
-import { TEST_DATABASE_URL, TEST_LOG_KEY, TEST_LOG_ORIGIN, dropSchema, randomNamespace } from '../helpers/env.js';
+import { TEST_DATABASE_URL, TEST_LOG_KEY, TEST_LOG_ORIGIN, TEST_SMART_KEY, dropSchema, randomNamespace } from '../helpers/env.js';
 import { runCli } from '../helpers/cli.js';
 
 describe('fhir-anchor CLI', () => {
@@ -29,7 +29,7 @@ describe('fhir-anchor CLI', () => {
   it('migrate applies the schema once and is idempotent', async () => {
     const schema = randomNamespace('t');
     const queueSchema = randomNamespace('tq');
-    const env = { DATABASE_URL: TEST_DATABASE_URL, DATABASE_SCHEMA: schema, QUEUE_SCHEMA: queueSchema, ADMIN_TOKEN: 'a'.repeat(32), LOG_ORIGIN: TEST_LOG_ORIGIN, LOG_SIGNER_KEY: TEST_LOG_KEY.signerKey };
+    const env = { DATABASE_URL: TEST_DATABASE_URL, DATABASE_SCHEMA: schema, QUEUE_SCHEMA: queueSchema, ADMIN_TOKEN: 'a'.repeat(32), LOG_ORIGIN: TEST_LOG_ORIGIN, LOG_SIGNER_KEY: TEST_LOG_KEY.signerKey, SMART_TOKEN_KEY: TEST_SMART_KEY };
     try {
       const first = await runCli(['migrate'], env);
       expect(first.code).toBe(0);

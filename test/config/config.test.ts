@@ -2,6 +2,7 @@ import { ConfigError, ENV_VARS, describeConfig, loadConfig } from '../../src/con
 import { generateEd25519Key } from '../../src/integrity/note.js';
 
 const KEY = generateEd25519Key('fhir-anchor.localhost/log').signerKey;
+const SMART = JSON.stringify({ kty: 'EC', crv: 'P-256', x: 'x', y: 'y', d: 'd' });
 
 describe('loadConfig', () => {
   it('defaults to embedded mode with BullMQ on PostgreSQL when no env is set', () => {
@@ -14,7 +15,7 @@ describe('loadConfig', () => {
   });
 
   it('uses the external server and Redis when both URLs are set', () => {
-    const c = loadConfig({ DATABASE_URL: 'postgres://u:p@db:5432/x', REDIS_URL: 'redis://r:6379', ADMIN_TOKEN: 'x'.repeat(32), LOG_SIGNER_KEY: KEY });
+    const c = loadConfig({ DATABASE_URL: 'postgres://u:p@db:5432/x', REDIS_URL: 'redis://r:6379', ADMIN_TOKEN: 'x'.repeat(32), LOG_SIGNER_KEY: KEY, SMART_TOKEN_KEY: SMART });
     expect(c.mode).toBe('production');
     expect(c.database).toEqual({ kind: 'external', url: 'postgres://u:p@db:5432/x' });
     expect(c.queue).toEqual({ backend: 'redis', url: 'redis://r:6379', prefix: 'fhir-anchor' });
@@ -22,7 +23,7 @@ describe('loadConfig', () => {
 
   it('accepts either URL alone', () => {
     expect(loadConfig({ REDIS_URL: 'redis://127.0.0.1:6379' })).toMatchObject({ mode: 'embedded', queue: { backend: 'redis' } });
-    expect(loadConfig({ DATABASE_URL: 'postgresql://db/x', ADMIN_TOKEN: 'y'.repeat(40), LOG_SIGNER_KEY: KEY })).toMatchObject({
+    expect(loadConfig({ DATABASE_URL: 'postgresql://db/x', ADMIN_TOKEN: 'y'.repeat(40), LOG_SIGNER_KEY: KEY, SMART_TOKEN_KEY: SMART })).toMatchObject({
       mode: 'production',
       queue: { backend: 'postgres' },
     });
@@ -47,9 +48,9 @@ describe('loadConfig', () => {
 
   it('requires a log signer key in production, matching the origin, and EVM settings together', () => {
     expect(() => loadConfig({ DATABASE_URL: 'postgres://db/x', ADMIN_TOKEN: 'a'.repeat(32) })).toThrow(/LOG_SIGNER_KEY: required/);
-    expect(() => loadConfig({ LOG_ORIGIN: 'other.example/log', LOG_SIGNER_KEY: KEY })).toThrow(/must equal LOG_ORIGIN/);
+    expect(() => loadConfig({ LOG_ORIGIN: 'other.example/log', LOG_SIGNER_KEY: KEY, SMART_TOKEN_KEY: SMART })).toThrow(/must equal LOG_ORIGIN/);
     expect(() => loadConfig({ EVM_RPC_URL: 'http://127.0.0.1:8545' })).toThrow(/EVM_PRIVATE_KEY: required/);
-    expect(() => loadConfig({ DATABASE_URL: 'postgres://db/x', ADMIN_TOKEN: 'a'.repeat(32), LOG_SIGNER_KEY: KEY, EVM_RPC_URL: 'http://besu:8545', EVM_PRIVATE_KEY: 'ab'.repeat(32) })).toThrow(/EVM_CONTRACT_ADDRESS: required/);
+    expect(() => loadConfig({ DATABASE_URL: 'postgres://db/x', ADMIN_TOKEN: 'a'.repeat(32), LOG_SIGNER_KEY: KEY, SMART_TOKEN_KEY: SMART, EVM_RPC_URL: 'http://besu:8545', EVM_PRIVATE_KEY: 'ab'.repeat(32) })).toThrow(/EVM_CONTRACT_ADDRESS: required/);
     expect(loadConfig({ EVM_RPC_URL: 'http://127.0.0.1:8545', EVM_PRIVATE_KEY: 'ab'.repeat(32) }).integrity.evm).toMatchObject({ confirmations: 1 });
   });
 
@@ -58,7 +59,7 @@ describe('loadConfig', () => {
   });
 
   it('never reveals credentials in the start-up summary', () => {
-    const c = loadConfig({ DATABASE_URL: 'postgres://u:hunter2@db/x', REDIS_URL: 'redis://:s3cret@r:6379', ADMIN_TOKEN: 'z'.repeat(32), LOG_SIGNER_KEY: KEY, EVM_RPC_URL: 'http://u:rpcpass@besu:8545', EVM_PRIVATE_KEY: 'ab'.repeat(32), EVM_CONTRACT_ADDRESS: '0x' + '1'.repeat(40) });
+    const c = loadConfig({ DATABASE_URL: 'postgres://u:hunter2@db/x', REDIS_URL: 'redis://:s3cret@r:6379', ADMIN_TOKEN: 'z'.repeat(32), LOG_SIGNER_KEY: KEY, SMART_TOKEN_KEY: SMART, EVM_RPC_URL: 'http://u:rpcpass@besu:8545', EVM_PRIVATE_KEY: 'ab'.repeat(32), EVM_CONTRACT_ADDRESS: '0x' + '1'.repeat(40) });
     const text = JSON.stringify(describeConfig(c));
     expect(text).not.toContain('hunter2');
     expect(text).not.toContain('s3cret');

@@ -3,7 +3,7 @@
  * local ones), each test in its own namespace — a random PostgreSQL schema or Redis key prefix — which
  * the test removes afterwards. Shared databases are never dropped and Redis is never flushed.
  */
-import { randomUUID } from 'node:crypto';
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { loadConfig, type Config } from '../../src/config/index.js';
@@ -51,6 +51,9 @@ export async function deleteRedisPrefix(prefix: string): Promise<void> {
 export const TEST_LOG_ORIGIN = 'fhir-anchor.test/log';
 export const TEST_LOG_KEY = generateEd25519Key(TEST_LOG_ORIGIN);
 
+/** A SMART access-token signing key (private ES256 JWK) generated for this test run. */
+export const TEST_SMART_KEY = JSON.stringify({ ...generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' }), kid: 'test-key', alg: 'ES256', use: 'sig' });
+
 /** A production-mode config against the test servers, in fresh namespaces. */
 export function testConfig(overrides: Record<string, string> = {}, queue: 'redis' | 'postgres' = 'redis'): Config {
   return loadConfig({
@@ -62,6 +65,9 @@ export function testConfig(overrides: Record<string, string> = {}, queue: 'redis
     ADMIN_TOKEN: 'test-admin-token-0123456789abcdef0123456789',
     LOG_ORIGIN: TEST_LOG_ORIGIN,
     LOG_SIGNER_KEY: TEST_LOG_KEY.signerKey,
+    SMART_TOKEN_KEY: TEST_SMART_KEY,
+    DEID_CRYPTO_HASH_KEY: 'test-crypto-hash-key-0123456789',
+    DEID_DATE_SHIFT_KEY: 'test-date-shift-key',
     AUDIT_INTERVAL_MS: '0',
     LOG_BATCH_INTERVAL_MS: '100',
     PORT: '0',

@@ -90,7 +90,7 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
   });
 
   it('answers unknown routes with a 404 OperationOutcome', async () => {
-    for (const path of ['/nope', '/fhir/R4/Unknown/1', '/admin/nope']) {
+    for (const path of ['/nope', '/fhir/R4/Patient/1/_nope/x/y', '/admin/nope']) {
       const res = await get(path, { authorization: `Bearer ${ADMIN}` });
       expect(res.status).toBe(404);
       expect((await json(res)).issue[0].code).toBe('not-found');

@@ -1,0 +1,49 @@
+/**
+ * What an operation handler gets and returns. Handlers receive the request-scoped repository
+ * (already narrowed by SMART scopes and consent) and never a store: an architecture test keeps
+ * store imports out of this folder.
+ */
+import type { Bundle, Resource } from '@medplum/fhirtypes';
+import type { ConsentChecked } from '../../consent/index.js';
+import type { CursorCodec } from '../bundle.js';
+import type { ScopedRepository } from '../repository.js';
+
+/** Per-request input of an operation. */
+export interface OperationContext {
+  readonly repo: ScopedRepository;
+  /** Route parameters (already validated by the router: type, id, vid). */
+  readonly params: Readonly<Record<string, string>>;
+  /** Query (or `_search` form) parameters in request order. */
+  readonly pairs: ReadonlyArray<readonly [string, string]>;
+  /** `Prefer: handling=lenient`. */
+  readonly lenient: boolean;
+  readonly baseUrl: string;
+  /** Absolute URL of this request, for `Bundle.link[self]`. */
+  readonly selfUrl: string;
+  readonly cursors: CursorCodec;
+  /** Binds cursors to the client (a cursor is useless to another client). */
+  readonly cursorBinding: string;
+  /** The parsed request body, for writes. */
+  readonly body: unknown;
+}
+
+/** What an operation answers; the router records the audit, then sends it as FHIR JSON. */
+export interface OperationResult {
+  readonly status: number;
+  /** Only consent-checked resources, or Bundles built from them. */
+  readonly body?: ConsentChecked<Resource> | Bundle;
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+/** Version headers of a released resource (ETag, Last-Modified). */
+export function versionHeaders(resource: Resource): Record<string, string> {
+  const h: Record<string, string> = {};
+  if (resource.meta?.versionId) h['ETag'] = `W/"${resource.meta.versionId}"`;
+  if (resource.meta?.lastUpdated) h['Last-Modified'] = new Date(resource.meta.lastUpdated).toUTCString();
+  return h;
+}
+
+/** Query string of name/value pairs. */
+export function encodePairs(pairs: ReadonlyArray<readonly [string, string]>): string {
+  return pairs.map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`).join('&');
+}

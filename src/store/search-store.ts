@@ -1,0 +1,474 @@
+/**
+ * The search index of the FHIR API: which search parameters exist per resource type, how their
+ * values are extracted from a resource (pure functions, also used by the consent-narrowed
+ * repository), and the PostgreSQL tables that hold them (`search_token`, `search_reference`,
+ * `search_date`, migration 005). Rows are written in the same transaction as the version they
+ * describe ({@link indexResource}, called from the store's per-version write), for the current
+ * version only.
+ *
+ * @see http://hl7.org/fhir/R4/search.html
+ * @see docs/decisions-fhir-api.md
+ */
+import { createHash } from 'node:crypto';
+import type pg from 'pg';
+import type { Resource } from '@medplum/fhirtypes';
+import type { DateComparison, SearchClause, SearchQuery, SearchStore, StoredVersion } from './types.js';
+
+/** Kinds of search parameter the index supports. */
+export type SearchParamKind = 'token' | 'reference' | 'date';
+
+/** Parameters every type supports (answered from the `resource` table itself). */
+export const COMMON_PARAMETERS: Readonly<Record<string, 'id' | 'lastUpdated'>> = { _id: 'id', _lastUpdated: 'lastUpdated' };
+
+const T = 'token' as const;
+const R = 'reference' as const;
+const D = 'date' as const;
+
+/**
+ * Supported search parameters per resource type (a subset of R4 / US Core 6.1 names). A type not
+ * listed supports only {@link COMMON_PARAMETERS}.
+ */
+export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, SearchParamKind>>>> = {
+  Observation: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
+  Condition: { patient: R, subject: R, encounter: R, code: T, category: T, identifier: T },
+  Encounter: { patient: R, subject: R, date: D, status: T, identifier: T },
+  Procedure: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
+  DiagnosticReport: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
+  MedicationRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, identifier: T },
+  Immunization: { patient: R, date: D, status: T, identifier: T },
+  AllergyIntolerance: { patient: R, code: T, category: T, date: D, identifier: T },
+  DocumentReference: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
+  CarePlan: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
+  CareTeam: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
+  Goal: { patient: R, subject: R, identifier: T },
+  Coverage: { patient: R, status: T, identifier: T },
+  Consent: { patient: R, category: T, date: D, status: T, identifier: T },
+  AuditEvent: { patient: R, date: D },
+  Patient: { identifier: T },
+  Practitioner: { identifier: T },
+  Organization: { identifier: T },
+  Location: { identifier: T },
+};
+
+/** The kind of `param` on `resourceType`, or undefined when it is not supported. */
+export function searchParamKind(resourceType: string, param: string): SearchParamKind | undefined {
+  const defs = SEARCH_PARAMETERS[resourceType];
+  return defs && Object.hasOwn(defs, param) ? defs[param] : undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dates
+
+const DATE_RE = /^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$/;
+
+/** Half-open instant interval [lo, hi); `lo`/`hi` may be ±Infinity timestamps for open periods. */
+export interface DateRange {
+  readonly lo: Date;
+  readonly hi: Date;
+}
+
+function utc(y: number, mo: number, d: number, h = 0, mi = 0, s = 0, ms = 0): Date {
+  const date = new Date(Date.UTC(y, mo, d, h, mi, s, ms));
+  if (y < 100) date.setUTCFullYear(date.getUTCFullYear() - 1900); // Date.UTC maps years 0..99 to 19xx
+  return date;
+}
+
+/**
+ * The interval a FHIR date, dateTime or instant covers at its precision (`2024` is the whole year,
+ * `2024-03-01T10:00` a whole minute). Values without a time zone are read as UTC. Returns undefined
+ * for anything malformed or out of range (years 0001–9999, real calendar days, 00:00–23:59:59).
+ */
+export function fhirDateRange(value: string): DateRange | undefined {
+  if (value.length > 35) return undefined;
+  const m = DATE_RE.exec(value);
+  if (!m) return undefined;
+  const year = Number(m[1]);
+  if (year < 1) return undefined;
+  const month = m[2] === undefined ? undefined : Number(m[2]);
+  const day = m[3] === undefined ? undefined : Number(m[3]);
+  if (month !== undefined && (month < 1 || month > 12)) return undefined;
+  if (day !== undefined) {
+    const days = new Date(Date.UTC(2000, month!, 0)).getUTCDate(); // days in month (2000 is a leap year)
+    const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+    if (day < 1 || day > days || (month === 2 && day === 29 && !leap)) return undefined;
+  }
+  if (m[4] === undefined) {
+    if (month === undefined) return { lo: utc(year, 0, 1), hi: utc(year + 1, 0, 1) };
+    if (day === undefined) return { lo: utc(year, month - 1, 1), hi: utc(year, month, 1) };
+    return { lo: utc(year, month - 1, day), hi: utc(year, month - 1, day + 1) };
+  }
+  const hour = Number(m[4]);
+  const minute = Number(m[5]);
+  const second = m[6] === undefined ? undefined : Number(m[6]);
+  if (hour > 23 || minute > 59 || (second !== undefined && second > 59)) return undefined;
+  let offsetMin = 0;
+  const tz = m[8];
+  if (tz && tz !== 'Z') {
+    const oh = Number(tz.slice(1, 3));
+    const om = Number(tz.slice(4, 6));
+    if (oh > 14 || om > 59) return undefined;
+    offsetMin = (tz[0] === '-' ? -1 : 1) * (oh * 60 + om);
+  }
+  const ms = m[7] === undefined ? 0 : Math.floor(Number(`0.${m[7]}`) * 1000);
+  const lo = utc(year, month! - 1, day!, hour, minute, second ?? 0, ms);
+  lo.setTime(lo.getTime() - offsetMin * 60_000);
+  const width = m[7] !== undefined ? 1 : second !== undefined ? 1000 : 60_000;
+  return { lo, hi: new Date(lo.getTime() + width) };
+}
+
+const NEG_INF = new Date(-8.64e15);
+const POS_INF = new Date(8.64e15);
+
+function periodRange(p: unknown): DateRange | undefined {
+  if (typeof p !== 'object' || p === null) return undefined;
+  const { start, end } = p as { start?: unknown; end?: unknown };
+  const s = typeof start === 'string' ? fhirDateRange(start) : undefined;
+  const e = typeof end === 'string' ? fhirDateRange(end) : undefined;
+  if (!s && !e) return undefined;
+  return { lo: s?.lo ?? NEG_INF, hi: e?.hi ?? POS_INF };
+}
+
+/** Element(s) holding the clinically relevant date per type (the `date` parameter, and consent's `dataPeriod`). */
+const DATE_ELEMENTS: Readonly<Record<string, readonly string[]>> = {
+  Observation: ['effectiveDateTime', 'effectivePeriod', 'effectiveInstant', 'issued'],
+  Encounter: ['period'],
+  Procedure: ['performedDateTime', 'performedPeriod'],
+  DiagnosticReport: ['effectiveDateTime', 'effectivePeriod', 'issued'],
+  Immunization: ['occurrenceDateTime'],
+  AllergyIntolerance: ['recordedDate', 'onsetDateTime'],
+  DocumentReference: ['date'],
+  CarePlan: ['period'],
+  CareTeam: ['period'],
+  Consent: ['dateTime'],
+  AuditEvent: ['recorded'],
+  Condition: ['onsetDateTime', 'onsetPeriod', 'recordedDate'],
+  MedicationRequest: ['authoredOn'],
+};
+
+/**
+ * The resource's clinically relevant date (first element present of its type's list), as the
+ * consent engine's `resourceDate`: a date/dateTime string or a Period.
+ */
+export function clinicalDate(resource: Resource): string | { start?: string; end?: string } | undefined {
+  const r = resource as unknown as Record<string, unknown>;
+  for (const el of DATE_ELEMENTS[resource.resourceType] ?? []) {
+    const v = r[el];
+    if (typeof v === 'string') return v;
+    if (typeof v === 'object' && v !== null) return v as { start?: string; end?: string };
+  }
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extraction
+
+/** A literal reference as local `Type/id` (absolute URLs: their trailing `Type/id`). */
+export function referenceKey(reference: unknown): { type: string; id: string } | undefined {
+  if (typeof reference !== 'string' || reference.length > 2048) return undefined;
+  const m = /(?:^|\/)([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[^/]+)?$/.exec(reference);
+  if (!m) return undefined;
+  if (m.index > 0 && !/^https?:\/\//.test(reference)) return undefined;
+  return { type: m[1]!, id: m[2]! };
+}
+
+function refOf(v: unknown): { type: string; id: string } | undefined {
+  return typeof v === 'object' && v !== null ? referenceKey((v as { reference?: unknown }).reference) : undefined;
+}
+
+function concepts(v: unknown): unknown[] {
+  return Array.isArray(v) ? v : v === undefined || v === null ? [] : [v];
+}
+
+function codings(v: unknown): Array<{ system: string; code: string }> {
+  const out: Array<{ system: string; code: string }> = [];
+  for (const c of concepts(v)) {
+    if (typeof c === 'string') out.push({ system: '', code: c });
+    else if (typeof c === 'object' && c !== null) {
+      for (const cd of concepts((c as { coding?: unknown }).coding)) {
+        const { system, code } = (cd ?? {}) as { system?: unknown; code?: unknown };
+        if (typeof code === 'string' && code !== '') out.push({ system: typeof system === 'string' ? system : '', code });
+      }
+    }
+  }
+  return out;
+}
+
+const CODE_ELEMENT: Readonly<Record<string, string>> = { MedicationRequest: 'medicationCodeableConcept' };
+
+/** Index rows of one resource (current version), per the parameters of its type. */
+export interface IndexRows {
+  readonly tokens: Array<{ param: string; system: string; code: string }>;
+  readonly references: Array<{ param: string; type: string; id: string }>;
+  readonly dates: Array<{ param: string; lo: Date; hi: Date }>;
+}
+
+/** References that put a resource in a patient's compartment (the `patient` parameter). */
+function patientRefs(resource: Resource): Array<{ type: string; id: string }> {
+  const r = resource as unknown as Record<string, unknown>;
+  const out: Array<{ type: string; id: string }> = [];
+  const add = (ref: { type: string; id: string } | undefined): void => {
+    if (ref?.type === 'Patient' && !out.some((o) => o.id === ref.id)) out.push(ref);
+  };
+  add(refOf(r['patient']));
+  add(refOf(r['subject']));
+  add(refOf(r['beneficiary']));
+  if (resource.resourceType === 'AuditEvent') for (const e of concepts(r['entity'])) add(refOf((e as { what?: unknown } | null)?.what));
+  return out;
+}
+
+/** Extracts the index rows of a resource (pure). */
+export function extractIndexRows(resource: Resource): IndexRows {
+  const rows: IndexRows = { tokens: [], references: [], dates: [] };
+  const defs = SEARCH_PARAMETERS[resource.resourceType];
+  if (!defs) return rows;
+  const r = resource as unknown as Record<string, unknown>;
+  for (const [param, kind] of Object.entries(defs)) {
+    if (kind === 'token') {
+      let values: Array<{ system: string; code: string }> = [];
+      if (param === 'code') values = codings(r[CODE_ELEMENT[resource.resourceType] ?? 'code']);
+      else if (param === 'category') values = codings(r['category']);
+      else if (param === 'status' && typeof r['status'] === 'string') values = [{ system: '', code: r['status'] }];
+      else if (param === 'identifier') {
+        for (const i of concepts(r['identifier'])) {
+          const { system, value } = (i ?? {}) as { system?: unknown; value?: unknown };
+          if (typeof value === 'string' && value !== '') values.push({ system: typeof system === 'string' ? system : '', code: value });
+        }
+      }
+      for (const v of values) rows.tokens.push({ param, ...v });
+    } else if (kind === 'reference') {
+      const refs: Array<{ type: string; id: string } | undefined> = [];
+      if (param === 'patient') refs.push(...patientRefs(resource));
+      else if (param === 'subject') refs.push(refOf(r['subject']));
+      else if (param === 'encounter') {
+        refs.push(refOf(r['encounter']));
+        const ctx = r['context'] as { encounter?: unknown } | undefined;
+        if (resource.resourceType === 'DocumentReference' && ctx) for (const e of concepts(ctx.encounter)) refs.push(refOf(e));
+      }
+      for (const ref of refs) if (ref) rows.references.push({ param, ...ref });
+    } else {
+      const v = clinicalDate(resource);
+      const range = typeof v === 'string' ? fhirDateRange(v) : periodRange(v);
+      if (range) rows.dates.push({ param, ...range });
+    }
+  }
+  return rows;
+}
+
+/**
+ * Replaces the index rows of one resource with those of its new current version (`content`
+ * undefined for a delete). One statement; call it inside the transaction that stores the version.
+ */
+export async function indexResource(client: pg.ClientBase, resourceType: string, id: string, content: Resource | undefined): Promise<void> {
+  const rows = content ? extractIndexRows(content) : { tokens: [], references: [], dates: [] };
+  await client.query({
+    name: 'fa_index_resource',
+    text: `WITH d1 AS (DELETE FROM search_token WHERE resource_type = $1 AND id = $2),
+                d2 AS (DELETE FROM search_reference WHERE resource_type = $1 AND id = $2),
+                d3 AS (DELETE FROM search_date WHERE resource_type = $1 AND id = $2),
+                i1 AS (INSERT INTO search_token (resource_type, id, param, system, code)
+                       SELECT $1, $2, p, s, c FROM unnest($3::text[], $4::text[], $5::text[]) AS u(p, s, c)),
+                i2 AS (INSERT INTO search_reference (resource_type, id, param, target_type, target_id)
+                       SELECT $1, $2, p, t, i FROM unnest($6::text[], $7::text[], $8::text[]) AS u(p, t, i)),
+                i3 AS (INSERT INTO search_date (resource_type, id, param, lo, hi)
+                       SELECT $1, $2, p, l, h FROM unnest($9::text[], $10::timestamptz[], $11::timestamptz[]) AS u(p, l, h))
+           SELECT 1`,
+    values: [
+      resourceType,
+      id,
+      rows.tokens.map((t) => t.param),
+      rows.tokens.map((t) => t.system),
+      rows.tokens.map((t) => t.code),
+      rows.references.map((t) => t.param),
+      rows.references.map((t) => t.type),
+      rows.references.map((t) => t.id),
+      rows.dates.map((t) => t.param),
+      rows.dates.map((t) => ts(t.lo)),
+      rows.dates.map((t) => ts(t.hi)),
+    ],
+  });
+}
+
+function ts(d: Date): string {
+  if (d.getTime() <= NEG_INF.getTime()) return '-infinity';
+  if (d.getTime() >= POS_INF.getTime()) return 'infinity';
+  return d.toISOString();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+
+interface VersionRow {
+  resource_type: string;
+  id: string;
+  version_id: number;
+  last_updated: Date;
+  deleted: boolean;
+  content: Resource | null;
+}
+
+function toVersion(row: VersionRow): StoredVersion {
+  return {
+    resourceType: row.resource_type,
+    id: row.id,
+    versionId: String(row.version_id),
+    lastUpdated: row.last_updated,
+    deleted: row.deleted,
+    resource: row.content ?? undefined,
+  };
+}
+
+const COLUMNS = 'r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content';
+
+/** SQL text with its parameters; every value is a bind parameter, never interpolated. */
+class Sql {
+  readonly values: unknown[] = [];
+  bind(v: unknown): string {
+    this.values.push(v);
+    return `$${this.values.length}`;
+  }
+}
+
+/** Condition that a value range [lo, hi) satisfies `c` (http://hl7.org/fhir/R4/search.html#prefix). */
+function dateCondition(sql: Sql, lo: string, hi: string, c: DateComparison): string {
+  const vlo = (): string => `${sql.bind(ts(c.lo))}::timestamptz`;
+  const vhi = (): string => `${sql.bind(ts(c.hi))}::timestamptz`;
+  switch (c.prefix) {
+    case 'eq':
+      return `(${lo} >= ${vlo()} AND ${hi} <= ${vhi()})`;
+    case 'ne':
+      return `NOT (${lo} >= ${vlo()} AND ${hi} <= ${vhi()})`;
+    case 'gt':
+      return `(${hi} > ${vhi()})`;
+    case 'lt':
+      return `(${lo} < ${vlo()})`;
+    case 'ge':
+      return `(${hi} > ${vlo()})`;
+    case 'le':
+      return `(${lo} < ${vhi()})`;
+    case 'sa':
+      return `(${lo} >= ${vhi()})`;
+    case 'eb':
+      return `(${hi} <= ${vlo()})`;
+  }
+}
+
+function clauseSql(sql: Sql, c: SearchClause): string {
+  switch (c.kind) {
+    case 'id':
+      return `r.id = ANY(${sql.bind(c.values)}::text[])`;
+    case 'lastUpdated':
+      return `(${c.values.map((v) => dateCondition(sql, 'r.last_updated', "(r.last_updated + interval '1 millisecond')", v)).join(' OR ')})`;
+    case 'token': {
+      const alts = c.values.map((v) => {
+        const parts: string[] = [];
+        if (v.code !== undefined) parts.push(`t.code = ${sql.bind(v.code)}`);
+        if (v.system !== undefined) parts.push(`t.system = ${sql.bind(v.system)}`);
+        return parts.length ? `(${parts.join(' AND ')})` : 'true';
+      });
+      return `EXISTS (SELECT 1 FROM search_token t WHERE t.resource_type = r.resource_type AND t.id = r.id AND t.param = ${sql.bind(c.param)} AND (${alts.join(' OR ')}))`;
+    }
+    case 'reference': {
+      const alts = c.values.map((v) => `(s.target_id = ${sql.bind(v.id)}${v.type !== undefined ? ` AND s.target_type = ${sql.bind(v.type)}` : ''})`);
+      return `EXISTS (SELECT 1 FROM search_reference s WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.param = ${sql.bind(c.param)} AND (${alts.join(' OR ')}))`;
+    }
+    case 'date':
+      return `EXISTS (SELECT 1 FROM search_date d WHERE d.resource_type = r.resource_type AND d.id = r.id AND d.param = ${sql.bind(c.param)} AND (${c.values.map((v) => dateCondition(sql, 'd.lo', 'd.hi', v)).join(' OR ')}))`;
+  }
+}
+
+/** Prepared-statement name for a query text (same text, same name; pg prepares once per connection). */
+function statementName(text: string): string {
+  return `fa_s_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
+}
+
+const MAX_LIMIT = 1000;
+
+/** The PostgreSQL {@link SearchStore}. */
+export class PgSearchStore implements SearchStore {
+  constructor(private readonly pool: pg.Pool) {}
+
+  async search(query: SearchQuery): Promise<StoredVersion[]> {
+    const sql = new Sql();
+    const where = [`r.resource_type = ${sql.bind(query.resourceType)}`, 'r.version_id IS NOT NULL', 'NOT r.deleted'];
+    if (query.afterId !== undefined) where.push(`r.id COLLATE "C" > ${sql.bind(query.afterId)}`);
+    for (const c of query.clauses) {
+      if (c.values.length === 0) return []; // an empty OR matches nothing
+      where.push(clauseSql(sql, c));
+    }
+    const limit = sql.bind(Math.max(1, Math.min(query.limit, MAX_LIMIT)));
+    const text = `SELECT ${COLUMNS} FROM resource r WHERE ${where.join(' AND ')} ORDER BY r.id COLLATE "C" LIMIT ${limit}`;
+    const r = await this.pool.query<VersionRow>({ name: statementName(text), text, values: sql.values });
+    return r.rows.map(toVersion);
+  }
+
+  async compartment(
+    patientId: string,
+    options: { after?: { resourceType: string; id: string }; types?: readonly string[]; limit: number },
+  ): Promise<StoredVersion[]> {
+    const r = await this.pool.query<VersionRow>({
+      name: 'fa_compartment',
+      text: `SELECT ${COLUMNS} FROM resource r
+             WHERE (r.resource_type, r.id) IN (SELECT s.resource_type, s.id FROM search_reference s
+                                               WHERE s.target_type = 'Patient' AND s.target_id = $1 AND s.param = 'patient')
+               AND r.version_id IS NOT NULL AND NOT r.deleted
+               AND (r.resource_type COLLATE "C", r.id COLLATE "C") > ($2 COLLATE "C", $3 COLLATE "C")
+               AND ($4::text[] IS NULL OR r.resource_type = ANY($4::text[]))
+             ORDER BY r.resource_type COLLATE "C", r.id COLLATE "C" LIMIT $5`,
+      values: [patientId, options.after?.resourceType ?? '', options.after?.id ?? '', options.types ?? null, Math.max(1, Math.min(options.limit, MAX_LIMIT))],
+    });
+    return r.rows.map(toVersion);
+  }
+
+  async consentsFor(patientIds: readonly string[]): Promise<Array<{ patient: string; version: StoredVersion }>> {
+    if (patientIds.length === 0) return [];
+    const r = await this.pool.query<VersionRow & { patient: string }>({
+      name: 'fa_consents_for',
+      text: `SELECT s.target_id AS patient, ${COLUMNS} FROM search_reference s
+             JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id
+             WHERE s.target_type = 'Patient' AND s.target_id = ANY($1::text[]) AND s.param = 'patient' AND s.resource_type = 'Consent'
+               AND r.version_id IS NOT NULL AND NOT r.deleted`,
+      values: [patientIds],
+    });
+    return r.rows.map((row) => ({ patient: row.patient, version: toVersion(row) }));
+  }
+
+  async readCurrent(resourceType: string, id: string): Promise<StoredVersion | undefined> {
+    const r = await this.pool.query<VersionRow>({
+      name: 'fa_read_current',
+      text: `SELECT ${COLUMNS} FROM resource r WHERE r.resource_type = $1 AND r.id = $2 AND r.version_id IS NOT NULL`,
+      values: [resourceType, id],
+    });
+    return r.rows[0] ? toVersion(r.rows[0]) : undefined;
+  }
+
+  async reindex(batchSize = 500): Promise<number> {
+    let after = { type: '', id: '' };
+    let total = 0;
+    for (;;) {
+      const client = await this.pool.connect();
+      let n = 0;
+      try {
+        await client.query('BEGIN');
+        const rows = await client.query<VersionRow>(
+          `SELECT ${COLUMNS} FROM resource r WHERE r.version_id IS NOT NULL
+             AND (r.resource_type COLLATE "C", r.id COLLATE "C") > ($1 COLLATE "C", $2 COLLATE "C")
+           ORDER BY r.resource_type COLLATE "C", r.id COLLATE "C" LIMIT $3 FOR UPDATE OF r`,
+          [after.type, after.id, batchSize],
+        );
+        for (const row of rows.rows) {
+          await indexResource(client, row.resource_type, row.id, row.deleted ? undefined : (row.content ?? undefined));
+          after = { type: row.resource_type, id: row.id };
+        }
+        await client.query('COMMIT');
+        n = rows.rows.length;
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        throw err;
+      } finally {
+        client.release();
+      }
+      total += n;
+      if (n < batchSize) return total;
+    }
+  }
+}

@@ -1,0 +1,213 @@
+/**
+ * Type search against the PostgreSQL index: parameters, prefixes, paging, _include/_revinclude,
+ * _summary=count, _elements, POST _search, strict/lenient handling, bad values.
+ */
+import { LOINC, OBS_CATEGORY, consent, denyActor, observation, openFhirEnv, patient, type FhirEnv, type Json } from './env.js';
+
+const ids = (b: Json): string[] => (b.entry ?? []).filter((e: Json) => e.search?.mode === 'match').map((e: Json) => `${e.resource.resourceType}/${e.resource.id}`);
+const included = (b: Json): string[] => (b.entry ?? []).filter((e: Json) => e.search?.mode === 'include').map((e: Json) => `${e.resource.resourceType}/${e.resource.id}`).sort();
+const nextOf = (env: FhirEnv, b: Json): string | undefined => {
+  const url = b.link?.find((l: Json) => l.relation === 'next')?.url as string | undefined;
+  return url?.slice(env.baseUrl.length);
+};
+
+describe('FHIR search', () => {
+  let env: FhirEnv;
+  beforeAll(async () => {
+    env = await openFhirEnv();
+    env.as('c', { scope: 'user/*.rs' });
+    env.as('org-b', { scope: 'user/*.rs', clientId: 'app-b', actor: { references: ['Organization/org-b'], identifiers: [] } });
+    await env.put(patient('p1', { identifier: [{ system: 'urn:mrn', value: 'MRN-1' }] }));
+    await env.put(patient('p2'));
+    await env.put({ resourceType: 'Encounter', id: 'e1', status: 'finished', class: { code: 'AMB' }, subject: { reference: 'Patient/p1' }, period: { start: '2024-05-01T09:00:00Z', end: '2024-05-01T11:00:00Z' } } as never);
+    await env.put(observation('a1', 'p1', { encounter: { reference: 'Encounter/e1' }, identifier: [{ system: 'urn:lab', value: 'L-1' }] }));
+    await env.put(observation('a2', 'p1', { effectiveDateTime: '2023-01-15', code: { coding: [{ system: LOINC, code: '8867-4' }] }, category: [{ coding: [{ system: OBS_CATEGORY, code: 'vital-signs' }] }] }));
+    await env.put(observation('a3', 'p1', { status: 'preliminary', effectiveDateTime: undefined, effectivePeriod: { start: '2022-01-01', end: '2022-12-31' } }));
+    await env.put(observation('b1', 'p2'));
+    for (let i = 0; i < 12; i++) await env.put(observation(`m${String(i).padStart(2, '0')}`, 'p2'));
+    // p2 denies org-b.
+    await env.put(consent('c-p2', 'p2', denyActor('Organization/org-b')));
+  });
+  afterAll(async () => env.close());
+
+  it('returns a searchset Bundle with fullUrl and search.mode, without total', async () => {
+    const r = await env.get('/Observation?patient=p1', 'c');
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toMatch(/^application\/fhir\+json/);
+    expect(r.body).toMatchObject({ resourceType: 'Bundle', type: 'searchset' });
+    expect(r.body.total).toBeUndefined();
+    expect(ids(r.body)).toEqual(['Observation/a1', 'Observation/a2', 'Observation/a3']);
+    expect(r.body.entry[0].fullUrl).toBe(`${env.baseUrl}/Observation/a1`);
+  });
+
+  it.each([
+    ['patient=Patient/p1', ['a1', 'a2', 'a3']],
+    ['subject=Patient/p1', ['a1', 'a2', 'a3']],
+    ['subject:Patient=p1', ['a1', 'a2', 'a3']],
+    [`patient=${encodeURIComponent('http://x')}`, null],
+    ['_id=a1,a3', ['a1', 'a3']],
+    ['patient=p1&code=8867-4', ['a2']],
+    [`patient=p1&code=${encodeURIComponent(`${LOINC}|2339-0`)}`, ['a1', 'a3']],
+    [`patient=p1&code=${encodeURIComponent('|2339-0')}`, []],
+    [`patient=p1&code=${encodeURIComponent(`${LOINC}|`)}`, ['a1', 'a2', 'a3']],
+    ['patient=p1&category=vital-signs', ['a2']],
+    ['patient=p1&status=preliminary', ['a3']],
+    ['patient=p1&status=final,preliminary', ['a1', 'a2', 'a3']],
+    [`identifier=${encodeURIComponent('urn:lab|L-1')}`, ['a1']],
+    ['encounter=Encounter/e1', ['a1']],
+    ['patient=p1&date=2024', ['a1']],
+    ['patient=p1&date=2024-05-01', ['a1']],
+    ['patient=p1&date=lt2023-06', ['a2', 'a3']],
+    ['patient=p1&date=ge2023-01-15', ['a1', 'a2']],
+    ['patient=p1&date=gt2023-01-15', ['a1']],
+    ['patient=p1&date=le2022-06', ['a3']],
+    ['patient=p1&date=sa2022-12-31', ['a1', 'a2']],
+    ['patient=p1&date=eb2023', ['a3']],
+    ['patient=p1&date=ne2024', ['a2', 'a3']],
+    ['patient=p1&date=2022-06-01', []],
+    ['patient=p1&date=ge2022-01-01&date=lt2023', ['a3']],
+    ['patient=p1&_lastUpdated=ge2000-01-01', ['a1', 'a2', 'a3']],
+    ['patient=p1&_lastUpdated=lt2000-01-01', []],
+  ])('Observation?%s', async (q, expected) => {
+    const r = await env.get(`/Observation?${q}`, 'c');
+    if (expected === null) {
+      expect(r.status).toBe(400);
+      return;
+    }
+    expect(r.status).toBe(200);
+    expect(ids(r.body)).toEqual(expected.map((i) => `Observation/${i}`));
+  });
+
+  it('searches Patient by identifier and Encounter by date', async () => {
+    expect(ids((await env.get(`/Patient?identifier=${encodeURIComponent('urn:mrn|MRN-1')}`, 'c')).body)).toEqual(['Patient/p1']);
+    expect(ids((await env.get('/Encounter?patient=p1&date=2024-05-01', 'c')).body)).toEqual(['Encounter/e1']);
+  });
+
+  it('pages with _count and a signed cursor; every page is full until the last', async () => {
+    const seen: string[] = [];
+    let path: string | undefined = '/Observation?patient=p2&_count=5';
+    let pages = 0;
+    while (path) {
+      const r = await env.get(path, 'c');
+      expect(r.status).toBe(200);
+      seen.push(...ids(r.body));
+      path = nextOf(env, r.body);
+      if (path) expect(ids(r.body)).toHaveLength(5);
+      pages += 1;
+    }
+    expect(pages).toBe(3);
+    expect(seen).toHaveLength(13);
+    expect(new Set(seen).size).toBe(13);
+  });
+
+  it('rejects tampered, truncated and transplanted cursors with 400', async () => {
+    const r = await env.get('/Observation?patient=p2&_count=5', 'c');
+    const next = nextOf(env, r.body)!;
+    const cursor = new URL(`http://x${next}`).searchParams.get('_cursor')!;
+    const [payload, sig] = cursor.split('.') as [string, string];
+    const forged = Buffer.from(JSON.stringify({ v: 1, p: ['a'], b: 'x' })).toString('base64url');
+    for (const bad of [`${forged}.${sig}`, `${payload}.${sig.slice(0, -2)}`, 'garbage', `${payload}.`]) {
+      expect((await env.get(`/Observation?patient=p2&_count=5&_cursor=${encodeURIComponent(bad)}`, 'c')).status).toBe(400);
+    }
+    // Same cursor on another query.
+    expect((await env.get(`/Observation?patient=p1&_count=5&_cursor=${encodeURIComponent(cursor)}`, 'c')).status).toBe(400);
+    // Same cursor by another client.
+    expect((await env.get(`/Observation?patient=p2&_count=5&_cursor=${encodeURIComponent(cursor)}`, 'org-b')).status).toBe(400);
+  });
+
+  it('_summary=count counts matches; _elements subsets and tags SUBSETTED', async () => {
+    const count = await env.get('/Observation?patient=p1&_summary=count', 'c');
+    expect(count.body).toMatchObject({ type: 'searchset', total: 3 });
+    expect(count.body.entry).toBeUndefined();
+    const el = await env.get('/Observation?_id=a1&_elements=status', 'c');
+    const res = el.body.entry[0].resource;
+    expect(Object.keys(res).sort()).toEqual(['id', 'meta', 'resourceType', 'status']);
+    expect(res.meta.tag).toContainEqual(expect.objectContaining({ code: 'SUBSETTED' }));
+  });
+
+  it('_include and _revinclude add permitted resources with search.mode include', async () => {
+    const inc = await env.get('/Observation?_id=a1&_include=Observation:patient&_include=Observation:encounter', 'c');
+    expect(ids(inc.body)).toEqual(['Observation/a1']);
+    expect(included(inc.body)).toEqual(['Encounter/e1', 'Patient/p1']);
+    const rev = await env.get('/Patient?_id=p1&_revinclude=Observation:subject', 'c');
+    expect(ids(rev.body)).toEqual(['Patient/p1']);
+    expect(included(rev.body)).toEqual(['Observation/a1', 'Observation/a2', 'Observation/a3']);
+    const enc = await env.get('/Encounter?_id=e1&_include=Encounter:subject', 'c');
+    expect(included(enc.body)).toEqual(['Patient/p1']);
+  });
+
+  it('POST _search with a form body equals GET', async () => {
+    const r = await env.get('/Observation/_search', 'c', {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'patient=p1&status=preliminary',
+    });
+    expect(r.status).toBe(200);
+    expect(ids(r.body)).toEqual(['Observation/a3']);
+  });
+
+  it('unknown parameters: 400 by default, ignored with a warning under Prefer: handling=lenient', async () => {
+    const strict = await env.get('/Observation?patient=p1&foo=bar', 'c');
+    expect(strict.status).toBe(400);
+    expect(strict.body.resourceType).toBe('OperationOutcome');
+    const lenient = await env.get('/Observation?patient=p1&foo=bar', 'c', { headers: { prefer: 'handling=lenient' } });
+    expect(lenient.status).toBe(200);
+    expect(ids(lenient.body)).toHaveLength(3);
+    expect(lenient.body.entry.at(-1)).toMatchObject({ search: { mode: 'outcome' }, resource: { resourceType: 'OperationOutcome' } });
+  });
+
+  it.each([
+    '_id=..%2F..%2Fetc%2Fpasswd',
+    'date=2024-13-01',
+    'date=2023-02-29',
+    'date=0000-01-01',
+    'date=99999-01-01',
+    'date=zz2024',
+    'date=2024-01-01T25:00:00Z',
+    '_count=-1',
+    '_count=abc',
+    '_summary=true',
+    'subject.name=x',
+    'code:text=glucose',
+    '_include=*',
+    '_include=Patient:link',
+    '_include:iterate=Observation:patient',
+    '_sort=date',
+    'patient=Patient/p1/extra',
+    'patient=%E0%A4%A',
+  ])('bad value %s → 400 OperationOutcome', async (q) => {
+    const r = await env.get(`/Observation?${q}`, 'c');
+    expect(r.status).toBe(400);
+    expect(r.body.resourceType).toBe('OperationOutcome');
+  });
+
+  it('caps _count and treats _count=0 as an empty page', async () => {
+    const r = await env.get('/Observation?_count=0', 'c');
+    expect(r.status).toBe(200);
+    expect(r.body.entry).toBeUndefined();
+    expect(nextOf(env, r.body)).toBeUndefined();
+    expect((await env.get('/Observation?_count=999999', 'c')).status).toBe(200);
+  });
+
+  it('keeps the index in step with writes: updates and deletes', async () => {
+    await env.put(observation('x1', 'p1', { status: 'registered' }));
+    expect(ids((await env.get('/Observation?status=registered', 'c')).body)).toEqual(['Observation/x1']);
+    await env.put(observation('x1', 'p1', { status: 'cancelled' }));
+    expect(ids((await env.get('/Observation?status=registered', 'c')).body)).toEqual([]);
+    await env.put(observation('x1', 'p1'), { deleted: true });
+    expect(ids((await env.get('/Observation?status=cancelled', 'c')).body)).toEqual([]);
+    expect(await env.db.store.search.reindex(7)).toBeGreaterThan(10);
+    expect(ids((await env.get('/Observation?patient=p1', 'c')).body)).toEqual(['Observation/a1', 'Observation/a2', 'Observation/a3']);
+  });
+
+  it('$everything returns the patient and its compartment, paged', async () => {
+    const r = await env.get('/Patient/p1/$everything?_count=2', 'c');
+    expect(r.status).toBe(200);
+    const first = ids(r.body);
+    expect(first).toEqual(['Patient/p1', 'Encounter/e1']);
+    const r2 = await env.get(nextOf(env, r.body)!, 'c');
+    const r3 = await env.get(nextOf(env, r2.body)!, 'c');
+    expect([...first, ...ids(r2.body), ...ids(r3.body)]).toEqual(['Patient/p1', 'Encounter/e1', 'Observation/a1', 'Observation/a2', 'Observation/a3']);
+    expect(nextOf(env, r3.body)).toBeUndefined();
+  });
+});
