@@ -10,5 +10,6 @@ export default {
   transform: {
     '^.+\\.ts$': ['ts-jest', { useESM: true, tsconfig: 'tsconfig.json' }],
   },
-  testTimeout: 30000,
+  // Integration tests run against real servers on 2 shared cores: generous, so load never fails a test.
+  testTimeout: 120000,
 };
