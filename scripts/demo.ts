@@ -4,8 +4,7 @@
  * Starts: fhir-anchor (embedded PostgreSQL under a temporary DATA_DIR, BullMQ on PostgreSQL), a local
  * EVM chain (Hardhat) with the anchor contract, and a small source EHR. Then: registers the EHR as a
  * source, streams the sample patients through Subscriptions, grants and revokes a consent as the
- * patient, reads as a clinician's app, exports de-identified data as a researcher (when research
- * export is available), verifies a record with the offline verifier, tampers with a row and shows the
+ * patient, reads as a clinician's app, exports de-identified data as a researcher, verifies a record with the offline verifier, tampers with a row and shows the
  * audit catch it. Everything it starts, it stops; the temporary directory is removed.
  */
 import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -15,6 +14,7 @@ import pg from 'pg';
 import { loadConfig } from '../src/config/index.js';
 import { deployAnchorContract, verifyEvmReceipt } from '../src/integrity/anchors/evm.js';
 import { verifyOffline } from '../src/integrity/verifier.js';
+import { freePort } from '../src/store/embedded-postgres.js';
 import { anchorId } from '../src/normalize/index.js';
 import { createLogger } from '../src/platform/logger.js';
 import { startService } from '../src/runtime.js';
@@ -43,11 +43,13 @@ async function main(): Promise<void> {
   say(`   chain ${contract.chainId} at ${chain.url}, contract ${contract.address}`);
 
   step(2, 'Starting fhir-anchor in embedded mode (its own PostgreSQL, queues on PostgreSQL)…');
+  const port = await freePort();
   const config = loadConfig({
     DATA_DIR: dataDir,
-    PORT: '0',
+    PORT: String(port),
     LOG_LEVEL: 'silent',
     CONSENT_DEFAULT_DECISION: 'deny',
+    RESEARCH_CONSENT_DEFAULT: 'permit',
     LOG_BATCH_INTERVAL_MS: '300',
     EVM_RPC_URL: chain.url,
     EVM_PRIVATE_KEY: HARDHAT_KEYS[0],
@@ -156,6 +158,29 @@ async function main(): Promise<void> {
     res = await fetch(`${base}/research/$deidentify`, { method: 'POST', headers: { authorization: `Bearer ${researchToken}`, 'content-type': 'application/fhir+json' }, body: JSON.stringify(patientResource) });
     const deid = (await res.json()) as Record<string, unknown>;
     say(`   POST /research/$deidentify → ${res.status}: name ${JSON.stringify(deid.name ?? 'removed')}, birthDate ${String(deid.birthDate)}, address ${JSON.stringify(deid.address ?? 'removed').slice(0, 60)}, identifiers ${JSON.stringify(deid.identifier ?? 'removed')}`);
+
+    say('   …and runs a Bulk Data $export, de-identified, over patients whose consent permits research:');
+    res = await fetch(`${base}/fhir/R4/Patient/$export?_type=Patient,Observation&_deidentify=safe-harbor`, {
+      headers: { authorization: `Bearer ${researchToken}`, prefer: 'respond-async' },
+    });
+    const statusUrl = res.headers.get('content-location');
+    say(`   GET /fhir/R4/Patient/$export → ${res.status}, status at ${statusUrl ?? '(none)'}`);
+    if (statusUrl) {
+      const local = new URL(statusUrl);
+      for (let i = 0; i < 150; i++) {
+        const st = await fetch(`${base}${local.pathname}${local.search}`, { headers: { authorization: `Bearer ${researchToken}` } });
+        if (st.status === 200) {
+          const manifest = (await st.json()) as { output?: Array<{ type: string; count?: number }> };
+          say(`   manifest: ${JSON.stringify((manifest.output ?? []).map((o) => `${o.type}: ${o.count ?? '?'}`))} (file hashes committed to the integrity log)`);
+          break;
+        }
+        if (st.status !== 202) {
+          say(`   status ${st.status}: ${(await st.text()).slice(0, 200)}`);
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
 
     step(9, 'Proving a lab result with the offline verifier…');
     const obsList = (await readObs(bg)).entry as Array<{ resource: { id: string } }> | undefined;

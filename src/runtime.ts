@@ -20,7 +20,10 @@ import { createVerifyGate } from './fhir-api/operations/verify-gate.js';
 import { createFhirApiRouter, fhirApiCapability } from './fhir-api/routes.js';
 import { createSmartStage, type SmartStage } from './fhir-api/smart/index.js';
 import { createIngestStage, type IngestStage } from './ingest/index.js';
+import { createCohortRouter } from './research/cohort.js';
+import { createExportStage } from './research/export/index.js';
 import { createDeidRouter } from './research/index.js';
+import { openExportStore } from './store/export-store.js';
 import { openClientStore } from './store/clients-store.js';
 import { createEvmAnchor } from './integrity/anchors/evm.js';
 import { createIntegrityStage, loadLogKey, type IntegrityStage, type LedgerAnchor } from './integrity/index.js';
@@ -38,10 +41,10 @@ export interface Roles {
 }
 
 /** Research endpoints need a valid access token (any client); consent and purpose checks apply to exports. */
-function researchRouter(smart: SmartStage, inner: Router): Router {
+function researchRouter(smart: SmartStage, ...inner: Router[]): Router {
   const r = Router();
   r.use(smart.authenticator.middleware);
-  r.use(inner);
+  for (const i of inner) r.use(i);
   return r;
 }
 
@@ -195,11 +198,29 @@ export async function startService(options: StartOptions): Promise<RunningServic
     localBases: [smart.options.fhirBaseUrl],
   });
   const researchOn = config.research.keys.cryptoHashKey !== undefined;
+  // Bulk Data $export (research exports need the de-identification keys; treatment exports do not).
+  const exportStore = openExportStore({ connectionString: database.connectionString, schema: config.databaseSchema, clock });
+  const exportStage = createExportStage({
+    store: database.store,
+    exports: exportStore,
+    queues,
+    recorder,
+    consentDefault: config.consentDefault,
+    researchConsentDefault: config.research.consentDefault,
+    deidKeys: config.research.keys,
+    clock,
+    logger,
+    baseUrl: `${config.http.publicBaseUrl}/fhir/R4`,
+    exportDir: config.research.exportDir,
+    expiryMs: config.research.exportExpiryMs,
+    authenticate: smart.authenticator.middleware,
+  });
   if (!researchOn) logger.warn('research access is off: set DEID_CRYPTO_HASH_KEY to enable de-identification and research exports');
 
   let reconcileTimer: NodeJS.Timeout | undefined;
   let auditTimer: NodeJS.Timeout | undefined;
   let subscriptionTimer: NodeJS.Timeout | undefined;
+  let exportSweepTimer: NodeJS.Timeout | undefined;
   if (roles.workers) {
     ingest.startWorkers(config.workerConcurrency);
     await integrity.start();
@@ -210,6 +231,11 @@ export async function startService(options: StartOptions): Promise<RunningServic
       },
       { concurrency: Math.max(4, config.workerConcurrency) },
     );
+    queues.work('export', (job) => exportStage.runner.processJob(job), { concurrency: 1 });
+    exportSweepTimer = setInterval(() => {
+      exportStage.runner.sweep().catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'export expiry sweep failed'));
+    }, 10 * 60_000);
+    exportSweepTimer.unref();
     if (config.ingest.subscriptionCheckIntervalMs > 0) {
       const manage = (): void => {
         ingest.manageSubscriptions().catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'subscription check failed'));
@@ -225,8 +251,22 @@ export async function startService(options: StartOptions): Promise<RunningServic
       auditTimer.unref();
     }
     if (config.ingest.reconcileIntervalMs > 0) {
+      const staleMs = config.ingest.reconcileStaleMs;
       reconcileTimer = setInterval(() => {
-        ingest.reconcile().catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'reconcile pass failed'));
+        ingest.reconcile({ staleMs }).catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'reconcile pass failed'));
+        // Versions stored but never committed (their integrity job was lost): enqueue them again.
+        integrityStore
+          .uncommittedVersions(new Date(clock.now().getTime() - staleMs), 5000)
+          .then(async (lost) => {
+            if (lost.length === 0) return;
+            const pass = clock.now().getTime();
+            await queues.enqueueBulk(
+              'integrity',
+              lost.map((v) => ({ data: v, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}.reconcile.${pass}` } })),
+            );
+            logger.warn({ count: lost.length }, 'reconciler re-enqueued versions with no commitment');
+          })
+          .catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'integrity reconcile pass failed'));
       }, config.ingest.reconcileIntervalMs);
       reconcileTimer.unref();
     }
@@ -256,10 +296,21 @@ export async function startService(options: StartOptions): Promise<RunningServic
         { path: '/', router: smart.wellKnownRouter },
         { path: '/fhir/R4', router: smart.wellKnownRouter },
         ...(researchOn
-          ? [{ path: '/research', router: researchRouter(smart, createDeidRouter({ config: { keys: config.research.keys, clock }, bodyLimitBytes: config.http.bodyLimitBytes })) }]
+          ? [
+              {
+                path: '/research',
+                router: researchRouter(
+                  smart,
+                  createDeidRouter({ config: { keys: config.research.keys, clock }, bodyLimitBytes: config.http.bodyLimitBytes }),
+                  createCohortRouter({ store: database.store, recorder, researchConsentDefault: config.research.consentDefault, clock, baseUrl: `${config.http.publicBaseUrl}/fhir/R4` }),
+                ),
+              },
+            ]
           : []),
         { path: '/hooks', router: ingest.hooksRouter },
         { path: '/', router: cdsHooks },
+        // Before the generic /{type}/{id} routes, which would otherwise catch /Patient/$export.
+        { path: '/fhir/R4', router: exportStage.router, capability: exportStage.capability },
         { path: '/ledger', router: integrity.ledgerRouter },
         // $verify: consent-gated like a read (the salt is as sensitive as the record), then proven.
         { path: '/fhir/R4', router: createVerifyGate(fhirDeps) },
@@ -297,6 +348,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       if (reconcileTimer) clearInterval(reconcileTimer);
       if (auditTimer) clearInterval(auditTimer);
       if (subscriptionTimer) clearInterval(subscriptionTimer);
+      if (exportSweepTimer) clearInterval(exportSweepTimer);
       if (server) {
         const s = server;
         await new Promise<void>((resolve) => {
@@ -319,6 +371,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       await Promise.allSettled(anchors.map((a) => a.close()));
       await integrityStore.close();
       await clientStore.close();
+      await exportStore.close();
       await database.close();
       logger.info('database closed; bye');
     })();

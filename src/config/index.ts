@@ -31,6 +31,7 @@ export const ENV_VARS = {
   SOURCES_FILE: 'JSON file of source EHR definitions loaded (created or replaced) at start-up. Optional.',
   LINK_IDENTIFIER_SYSTEMS: 'Comma-separated identifier systems whose shared values link patients across sources (Patient.link). Default none.',
   RECONCILE_INTERVAL_MS: 'How often workers re-enqueue inbox items whose jobs were lost (0 turns it off). Default 60000.',
+  RECONCILE_STALE_MS: 'An inbox item untouched this long, or a stored version with no commitment this old, counts as lost and is re-enqueued. Default 300000.',
   SUBSCRIPTION_CHECK_INTERVAL_MS: 'How often workers create missing Subscriptions on sources with subscribe settings and re-create ones in error/off (0 turns it off). Default 300000.',
   JOB_ATTEMPTS: 'Attempts per queue job before it is dead-lettered (transient failures retry). Default 8.',
   JOB_BACKOFF_MS: 'First retry delay in ms; doubles per attempt. Default 1000.',
@@ -49,6 +50,9 @@ export const ENV_VARS = {
   SMART_CLOCK_SKEW_S: 'Clock skew tolerated on token and assertion times, seconds. Default 30.',
   SMART_EXTERNAL_ISSUERS: 'JSON array of external authorization servers whose access tokens are accepted: [{"issuer","jwksUrl","audience"}]. Default [].',
   CONSENT_DEFAULT_DECISION: 'Decision when no Consent of the patient applies: deny (opt-in jurisdictions) or permit (opt-out). Default deny.',
+  RESEARCH_CONSENT_DEFAULT: 'Whether a patient with no research Consent is included in research exports and cohort counts: deny or permit. Default deny.',
+  EXPORT_DIR: 'Directory for Bulk $export NDJSON files (shared by api and worker processes). Default DATA_DIR/exports.',
+  EXPORT_EXPIRY_MS: 'How long a finished export and its files are kept, ms. Default 86400000 (24 h).',
   DEID_CRYPTO_HASH_KEY: 'HMAC-SHA256 key for de-identification pseudonyms (cryptoHash). Required for research access; unset turns research off with a warning.',
   DEID_DATE_SHIFT_KEY: 'Key deriving per-patient date-shift offsets (policies with dateShift rules, e.g. safe-harbor-dateshift). Optional.',
   DEID_ENCRYPT_KEY: 'AES key (16, 24 or 32 bytes) for encrypt rules in de-identification policies. Optional.',
@@ -91,6 +95,9 @@ export interface Config {
   };
   readonly consentDefault: 'permit' | 'deny';
   readonly research: {
+    readonly consentDefault: 'permit' | 'deny';
+    readonly exportDir: string;
+    readonly exportExpiryMs: number;
     readonly keys: { readonly cryptoHashKey?: string; readonly dateShiftKey?: string; readonly encryptKey?: string };
   };
   readonly integrity: {
@@ -116,6 +123,7 @@ export interface Config {
     readonly sourcesFile: string | undefined;
     readonly linkIdentifierSystems: readonly string[];
     readonly reconcileIntervalMs: number;
+    readonly reconcileStaleMs: number;
     readonly subscriptionCheckIntervalMs: number;
   };
 }
@@ -173,6 +181,7 @@ const envSchema = z.object({
     .optional(),
   RECONCILE_INTERVAL_MS: int(0, 86_400_000).default(60_000),
   SUBSCRIPTION_CHECK_INTERVAL_MS: int(0, 86_400_000).default(300_000),
+  RECONCILE_STALE_MS: int(1000, 86_400_000).default(300_000),
   JOB_ATTEMPTS: int(1, 100).default(8),
   JOB_BACKOFF_MS: int(1, 3_600_000).default(1000),
   LOG_ORIGIN: z
@@ -214,6 +223,9 @@ const envSchema = z.object({
     .pipe(z.array(z.object({ issuer: z.url(), jwksUrl: z.url(), audience: z.string().min(1) })))
     .optional(),
   CONSENT_DEFAULT_DECISION: z.enum(['permit', 'deny']).default('deny'),
+  RESEARCH_CONSENT_DEFAULT: z.enum(['permit', 'deny']).default('deny'),
+  EXPORT_DIR: z.string().min(1).optional(),
+  EXPORT_EXPIRY_MS: int(60_000, 30 * 86_400_000).default(86_400_000),
   DEID_CRYPTO_HASH_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
   DEID_DATE_SHIFT_KEY: z.string().min(8, 'must be at least 8 characters').optional(),
   DEID_ENCRYPT_KEY: z.string().refine((v) => [16, 24, 32].includes(Buffer.byteLength(v, 'utf8')), 'must be exactly 16, 24 or 32 bytes').optional(),
@@ -294,6 +306,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     consentDefault: e.CONSENT_DEFAULT_DECISION,
     research: {
+      consentDefault: e.RESEARCH_CONSENT_DEFAULT,
+      exportDir: e.EXPORT_DIR ? path.resolve(e.EXPORT_DIR) : path.join(dataDir, 'exports'),
+      exportExpiryMs: e.EXPORT_EXPIRY_MS,
       keys: {
         ...(e.DEID_CRYPTO_HASH_KEY ? { cryptoHashKey: e.DEID_CRYPTO_HASH_KEY } : {}),
         ...(e.DEID_DATE_SHIFT_KEY ? { dateShiftKey: e.DEID_DATE_SHIFT_KEY } : {}),
@@ -324,6 +339,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       linkIdentifierSystems: e.LINK_IDENTIFIER_SYSTEMS ?? [],
       reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
       subscriptionCheckIntervalMs: e.SUBSCRIPTION_CHECK_INTERVAL_MS,
+      reconcileStaleMs: e.RECONCILE_STALE_MS,
     },
   };
 }

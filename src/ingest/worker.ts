@@ -335,7 +335,9 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
           resourceType: normalized.resource.resourceType,
           id: normalized.resource.id!,
           resource: normalized.resource,
-          dedupKey: sourceVersion ? `v:${sourceVersion}` : `h:${contentHash(normalized.resource)}@${sourceTimeOk?.toISOString() ?? ''}`,
+          // Without a source versionId the key hashes the resource AS RECEIVED: its normalised form can
+          // differ between runs (conditional references resolving later), the source bytes cannot.
+          dedupKey: sourceVersion ? `v:${sourceVersion}` : `h:${contentHash(w.resource as unknown as Resource)}@${sourceTimeOk?.toISOString() ?? ''}`,
           ...(sourceTimeOk ? { sourceTime: sourceTimeOk } : {}),
           sourceId: source.id,
           validation: { valid: validation.valid, outcome: validation.outcome },
@@ -365,7 +367,9 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       // Patient linking across sources by configured identifier systems.
       const linkVersions = await linkPatients(stored.map((r) => r.version).filter((v) => v.resourceType === 'Patient' && !v.deleted).map((v) => v.resource as Patient));
 
-      const versions = [...stored.map((r) => r.version), ...linkVersions];
+      // Duplicates too: their integrity job may have been lost (e.g. Redis restarted empty) before this
+      // re-run; committing is idempotent, so re-enqueueing costs one cheap no-op at most.
+      const versions = [...results.map((r) => r.version), ...linkVersions];
       if (versions.length > 0) {
         await deps.queues.enqueueBulk(
           'integrity',

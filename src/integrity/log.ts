@@ -246,9 +246,23 @@ export class IntegrityLog {
   private async tick(): Promise<void> {
     try {
       if (this.localPending > 0 || (await this.options.store.hasPending())) await this.flush();
+      else await this.catchUpAnchors();
     } catch (err) {
       this.options.logger.error({ err: (err as Error).message }, 'integrity log flush failed');
     }
+  }
+
+  /**
+   * An anchor that failed (e.g. its chain was down) is retried on the next tick even when no new
+   * checkpoint is written, so anchoring catches up as soon as the anchor is back.
+   */
+  private async catchUpAnchors(): Promise<void> {
+    if (this.anchors.length === 0) return;
+    const latest = await this.options.store.latestCheckpoint();
+    if (!latest || latest.size === 0) return;
+    const have = new Set((await this.options.store.anchorReceipts(latest.size)).map((r) => r.anchor));
+    if (this.anchors.every((a) => have.has(a.name))) return;
+    await this.anchorLatest(latest, have);
   }
 
   /**
@@ -353,11 +367,11 @@ export class IntegrityLog {
   }
 
   /** Hands the checkpoint to every anchor not already busy; failures are logged and retried next time. */
-  private async anchorLatest(cp: CheckpointRecord): Promise<void> {
+  private async anchorLatest(cp: CheckpointRecord, done: ReadonlySet<string> = new Set()): Promise<void> {
     const input = { origin: this.origin, size: cp.size, rootHash: cp.rootHash, signedNote: cp.signedNote };
     await Promise.all(
       this.anchors.map(async (anchor) => {
-        if (this.anchoring.has(anchor.name)) return;
+        if (this.anchoring.has(anchor.name) || done.has(anchor.name)) return;
         this.anchoring.add(anchor.name);
         try {
           const receipt = await anchor.anchor(input);

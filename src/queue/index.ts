@@ -9,7 +9,7 @@ import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
-import { assertIdsOnly, type JobData, type QueueName } from './jobs.js';
+import { QUEUE_NAMES, assertIdsOnly, type JobData, type QueueName } from './jobs.js';
 
 export * from './jobs.js';
 
@@ -219,7 +219,7 @@ export async function createQueueRegistry(options: {
     },
 
     dashboardQueues() {
-      for (const name of ['ingest', 'integrity'] as const) queue(name);
+      for (const name of QUEUE_NAMES) queue(name);
       return [...queues.values()];
     },
 

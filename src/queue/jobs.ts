@@ -11,12 +11,14 @@ export interface JobDataByQueue {
   readonly ingest: { readonly inboxId: string };
   /** Commit one stored version to the integrity log. */
   readonly integrity: { readonly resourceType: string; readonly id: string; readonly versionId: string };
+  /** Run (or resume from its saved cursor) one Bulk Data export; everything else is re-read from PostgreSQL. */
+  readonly export: { readonly exportId: string };
 }
 
 export type QueueName = keyof JobDataByQueue;
 export type JobData<Q extends QueueName> = JobDataByQueue[Q];
 
-export const QUEUE_NAMES: readonly QueueName[] = ['ingest', 'integrity'];
+export const QUEUE_NAMES: readonly QueueName[] = ['ingest', 'integrity', 'export'];
 
 /**
  * Limits that keep job payloads to ids: at most this many fields, each a string of at most

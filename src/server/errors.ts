@@ -55,6 +55,11 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
       sendOutcome(res, parsed.status, parsed.outcome);
       return;
     }
+    if (isUnavailable(err)) {
+      logger.warn({ err: errMessage(err), method: req.method, route: req.route?.path }, 'dependency unavailable');
+      sendOutcome(res, 503, outcome('error', 'transient', 'Service temporarily unavailable; retry later'), { 'Retry-After': '5' });
+      return;
+    }
     const status = typeof err === 'object' && err !== null && 'status' in err ? Number((err as { status: unknown }).status) : NaN;
     if (status >= 400 && status < 500) {
       // Some other 4xx raised by middleware (e.g. a malformed URI): say so, without its internals.
@@ -69,6 +74,20 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
 export const notFoundHandler: RequestHandler = (req, _res, next) => {
   next(httpError(404, 'not-found', `No route for ${req.method} ${req.path.slice(0, 200)}`));
 };
+
+/**
+ * Connection-level failures of a dependency (PostgreSQL down or restarting, a pool that cannot
+ * connect, Redis refusing): the request may succeed later, so 503 with Retry-After, not 500.
+ * SQLSTATE classes 08 (connection exception) and 57P (operator intervention: shutdown, restart).
+ */
+function isUnavailable(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === 'string' ? e.code : '';
+  if (/^(08|57P0)/.test(code) || ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND'].includes(code)) return true;
+  const message = typeof e.message === 'string' ? e.message : '';
+  return /Connection terminated|timeout exceeded when trying to connect|Cannot use a pool after calling end|connect ECONNREFUSED|Connection is closed|Stream isn't writeable/.test(message);
+}
 
 function errMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);

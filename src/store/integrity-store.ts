@@ -216,6 +216,17 @@ export class PgIntegrityStore implements IntegrityStore {
     return (r.rowCount ?? 0) > 0;
   }
 
+  async uncommittedVersions(before: Date, limit: number): Promise<Array<{ resourceType: string; id: string; versionId: string }>> {
+    const r = await this.pool.query<{ resource_type: string; id: string; version_id: number }>(
+      `SELECT h.resource_type, h.id, h.version_id FROM resource_history h
+       WHERE h.last_updated < $1
+         AND NOT EXISTS (SELECT 1 FROM commitment c WHERE c.resource_type = h.resource_type AND c.id = h.id AND c.version_id = h.version_id)
+       ORDER BY h.last_updated LIMIT $2`,
+      [before, limit],
+    );
+    return r.rows.map((row) => ({ resourceType: row.resource_type, id: row.id, versionId: String(row.version_id) }));
+  }
+
   async pendingStats(): Promise<{ count: number; oldest: Date | undefined }> {
     const r = await this.pool.query<{ count: number; oldest: Date | null }>(
       `SELECT count(*)::int AS count, min(created_at) AS oldest FROM commitment WHERE leaf_index IS NULL`,

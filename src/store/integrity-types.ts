@@ -124,6 +124,11 @@ export interface IntegrityStore {
   getCommitment(key: VersionKey): Promise<CommitmentRecord | undefined>;
   /** Whether any commitment awaits sequencing. */
   hasPending(): Promise<boolean>;
+  /**
+   * Stored versions that have no commitment yet and were stored before `before` (their integrity job
+   * was lost, e.g. Redis restarted empty): for the integrity reconciler to re-enqueue.
+   */
+  uncommittedVersions(before: Date, limit: number): Promise<Array<{ resourceType: string; id: string; versionId: string }>>;
   /** Number of pending commitments and the creation time of the oldest. */
   pendingStats(): Promise<{ readonly count: number; readonly oldest: Date | undefined }>;
   /**

@@ -49,6 +49,12 @@ export function createPool(options: PoolOptions): pg.Pool {
   // An idle client losing its connection (database restart) must not crash the process; the next
   // query reconnects and readiness reports the database as down meanwhile.
   pool.on('error', () => undefined);
+  // pg-pool removes its own error listener while a client is checked out: a server restart between
+  // two queries would then emit an unhandled 'error' and kill the process. The failed query rejects
+  // anyway; the listener only keeps the process alive.
+  pool.on('connect', (client) => {
+    client.on('error', () => undefined);
+  });
   return pool;
 }
 
