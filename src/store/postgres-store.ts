@@ -195,9 +195,9 @@ class PgResourceStore implements ResourceStore {
   async findByIdentifier(resourceType: string, system: string, value: string, limit = 10): Promise<StoredVersion[]> {
     const r = await this.pool.query<VersionRow>(
       `SELECT ${VERSION_COLUMNS} FROM resource
-       WHERE resource_type = $1 AND NOT deleted AND version_id IS NOT NULL AND content @> $2::jsonb
+       WHERE resource_type = $1 AND NOT deleted AND version_id IS NOT NULL AND (content -> 'identifier') @> $2::jsonb
        ORDER BY id LIMIT $3`,
-      [resourceType, JSON.stringify({ identifier: [{ system, value }] }), limit],
+      [resourceType, JSON.stringify([{ system, value }]), limit],
     );
     return r.rows.map(toVersion);
   }
