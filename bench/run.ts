@@ -17,9 +17,10 @@ import { runFoundation, type Baselines } from './foundation.js';
 import { runIngest } from './ingest.js';
 import { runGas } from './integrity-gas.js';
 import { runIntegrity } from './integrity.js';
+import { runRead } from './read.js';
 import { DATABASE_URL, QUICK, REDIS_URL, RUNS, loadAverage, machineLine, say, type Section } from './lib.js';
 
-const ONLY = new Set((process.env.BENCH_ONLY || 'foundation,ingest,integrity').split(',').map((s) => s.trim()));
+const ONLY = new Set((process.env.BENCH_ONLY || 'foundation,ingest,integrity,read,research').split(',').map((s) => s.trim()));
 
 function serverVersions(): string {
   const pgVersion = (() => {
@@ -60,6 +61,19 @@ async function main(): Promise<void> {
     say('integrity (+ EVM gas)');
     const gas = await runGas();
     sections.push(await runIntegrity(gas));
+  }
+  if (ONLY.has('read')) {
+    say('read (consent-gated FHIR API, autocannon)');
+    sections.push((await runRead()).section);
+  }
+  if (ONLY.has('research')) {
+    say('research (de-identification, $export throughput and RSS) — separate process so its RSS is its own');
+    const out = execFileSync(process.execPath, ['--expose-gc', '--import', 'tsx', 'bench/research.ts'], {
+      encoding: 'utf8',
+      env: { ...process.env, ...(QUICK ? { BENCH_SIZES: '20000' } : {}) },
+      maxBuffer: 64 * 1024 * 1024,
+    });
+    sections.push({ title: 'Research: de-identification and Bulk $export', markdown: '```\n' + out.trim() + '\n```' });
   }
   const minutes = (Date.now() - started) / 60_000;
   const md = `# Benchmarks
