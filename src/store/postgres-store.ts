@@ -25,6 +25,7 @@ import type {
   Store,
   StoredVersion,
 } from './types.js';
+import { toVersion, type VersionRow } from './rows.js';
 
 // Return bigint columns as JS numbers (version numbers stay far below 2^53) and keep timestamps as Date.
 pg.types.setTypeParser(pg.types.builtins.INT8, (v) => Number(v));
@@ -58,25 +59,6 @@ export function createPool(options: PoolOptions): pg.Pool {
   return pool;
 }
 
-interface VersionRow {
-  resource_type: string;
-  id: string;
-  version_id: number;
-  last_updated: Date;
-  deleted: boolean;
-  content: Resource | null;
-}
-
-function toVersion(row: VersionRow): StoredVersion {
-  return {
-    resourceType: row.resource_type,
-    id: row.id,
-    versionId: String(row.version_id),
-    lastUpdated: row.last_updated,
-    deleted: row.deleted,
-    resource: row.content ?? undefined,
-  };
-}
 
 const VERSION_COLUMNS = 'resource_type, id, version_id, last_updated, deleted, content';
 

@@ -13,6 +13,7 @@ import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import type { DateComparison, SearchClause, SearchQuery, SearchStore, StoredVersion } from './types.js';
+import { toVersion, type VersionRow } from './rows.js';
 
 /** Kinds of search parameter the index supports. */
 export type SearchParamKind = 'token' | 'reference' | 'date';
@@ -297,25 +298,6 @@ function ts(d: Date): string {
 // ---------------------------------------------------------------------------------------------
 // Queries
 
-interface VersionRow {
-  resource_type: string;
-  id: string;
-  version_id: number;
-  last_updated: Date;
-  deleted: boolean;
-  content: Resource | null;
-}
-
-function toVersion(row: VersionRow): StoredVersion {
-  return {
-    resourceType: row.resource_type,
-    id: row.id,
-    versionId: String(row.version_id),
-    lastUpdated: row.last_updated,
-    deleted: row.deleted,
-    resource: row.content ?? undefined,
-  };
-}
 
 const COLUMNS = 'r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content';
 
