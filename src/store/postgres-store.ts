@@ -62,6 +62,28 @@ export function createPool(options: PoolOptions): pg.Pool {
 
 const VERSION_COLUMNS = 'resource_type, id, version_id, last_updated, deleted, content';
 
+/** A resource's head row while a batch is applied (locked for the transaction). */
+interface Head {
+  versionId: number | null;
+  lastVersion: number;
+  sourceTime: Date | null;
+  changed: boolean;
+  /** The version that is current at the end of the batch, when the batch moved it. */
+  current: { versionId: number; sourceTime: Date | null; deleted: boolean; content: Resource | null; valid: boolean | null } | undefined;
+}
+
+/** One version to insert. */
+interface HistoryInsert {
+  readonly input: PutVersionInput;
+  readonly versionId: number;
+  readonly sourceTime: Date | null;
+  readonly deleted: boolean;
+  readonly content: Resource | null;
+  readonly valid: boolean | null;
+  readonly validation: string | null;
+  readonly status: 'created' | 'updated' | 'historical';
+}
+
 async function inTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   try {
@@ -96,7 +118,8 @@ class PgResourceStore implements ResourceStore {
     }
     if (inputs.length === 0) return [];
     return inTransaction(this.pool, async (client) => {
-      // Lock (creating if needed) every head row, in a fixed order so concurrent batches cannot deadlock.
+      // Lock (creating if needed) every head row, in a fixed order so concurrent batches cannot deadlock,
+      // and read the heads in the same statement.
       const keys = [...new Set(inputs.map((i) => `${i.resourceType}\u0000${i.id}`))].sort();
       const types = keys.map((k) => k.split('\u0000')[0]!);
       const ids = keys.map((k) => k.split('\u0000')[1]!);
@@ -105,73 +128,159 @@ class PgResourceStore implements ResourceStore {
          SELECT t, i, 0 FROM unnest($1::text[], $2::text[]) AS u(t, i) ORDER BY t, i ON CONFLICT DO NOTHING`,
         [types, ids],
       );
-      await client.query(
-        `SELECT 1 FROM resource r JOIN unnest($1::text[], $2::text[]) AS u(t, i) ON r.resource_type = u.t AND r.id = u.i
-         ORDER BY r.resource_type, r.id FOR UPDATE OF r`,
-        [types, ids],
-      );
-      const results: PutVersionResult[] = [];
-      for (const input of inputs) results.push(await this.applyLocked(client, input));
-      return results;
-    });
-  }
-
-  /** Writes one version; the caller holds the head row lock. */
-  private async applyLocked(client: pg.PoolClient, input: PutVersionInput): Promise<PutVersionResult> {
-    const deleted = input.deleted ?? false;
-    const head = (
-      await client.query<{ version_id: number | null; last_version: number; source_time: Date | null }>(
-        `SELECT version_id, last_version, source_time FROM resource WHERE resource_type = $1 AND id = $2`,
-        [input.resourceType, input.id],
-      )
-    ).rows[0]!;
-
-    if (input.dedupKey !== undefined) {
-      const existing = await client.query<VersionRow>(
-        `SELECT ${VERSION_COLUMNS} FROM resource_history WHERE resource_type = $1 AND id = $2 AND dedup_key = $3`,
-        [input.resourceType, input.id, input.dedupKey],
-      );
-      if (existing.rows[0]) {
-        return { status: 'duplicate', version: toVersion(existing.rows[0]) };
+      const heads = new Map<string, Head>();
+      for (const h of (
+        await client.query<{ resource_type: string; id: string; version_id: number | null; last_version: number; source_time: Date | null }>(
+          `SELECT r.resource_type, r.id, r.version_id, r.last_version, r.source_time
+           FROM resource r JOIN unnest($1::text[], $2::text[]) AS u(t, i) ON r.resource_type = u.t AND r.id = u.i
+           ORDER BY r.resource_type, r.id FOR UPDATE OF r`,
+          [types, ids],
+        )
+      ).rows) {
+        heads.set(`${h.resource_type}\u0000${h.id}`, { versionId: h.version_id, lastVersion: h.last_version, sourceTime: h.source_time, changed: false, current: undefined });
       }
-    }
 
-    const versionId = head.last_version + 1;
-    const lastUpdated = this.clock.now();
-    const content: Resource | null = deleted
-      ? null
-      : ({
-          ...input.resource,
-          resourceType: input.resourceType,
-          id: input.id,
-          meta: { ...input.resource!.meta, versionId: String(versionId), lastUpdated: lastUpdated.toISOString() },
-        } as Resource);
-    const sourceTime = input.sourceTime ?? null;
-    // A late, older version goes to history only; without source times, arrival order decides.
-    const becomesCurrent =
-      head.version_id === null || sourceTime === null || head.source_time === null || sourceTime.getTime() >= head.source_time.getTime();
-    const valid = input.validation ? input.validation.valid : null;
-    const validation = input.validation ? JSON.stringify(input.validation.outcome ?? null) : null;
+      // Versions already stored under the dedup keys asked for: one query for the whole batch.
+      const withKey = inputs.filter((i) => i.dedupKey !== undefined);
+      const existing = new Map<string, VersionRow>();
+      if (withKey.length > 0) {
+        for (const row of (
+          await client.query<VersionRow & { dedup_key: string }>(
+            `SELECT ${VERSION_COLUMNS.split(', ').map((c) => `h.${c}`).join(', ')}, h.dedup_key
+             FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(t, i, k)
+               ON h.resource_type = u.t AND h.id = u.i AND h.dedup_key = u.k`,
+            [withKey.map((i) => i.resourceType), withKey.map((i) => i.id), withKey.map((i) => i.dedupKey!)],
+          )
+        ).rows) {
+          existing.set(`${row.resource_type}\u0000${row.id}\u0000${row.dedup_key}`, row);
+        }
+      }
 
-    const inserted = await client.query<VersionRow>(
-      `INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ${VERSION_COLUMNS}`,
-      [input.resourceType, input.id, versionId, lastUpdated, sourceTime, deleted, input.dedupKey ?? null, input.sourceId ?? null, content, valid, validation],
-    );
-    if (becomesCurrent) {
-      await client.query(
-        `UPDATE resource SET version_id = $3, last_version = $3, last_updated = $4, source_time = $5, deleted = $6, content = $7, valid = $8
-         WHERE resource_type = $1 AND id = $2`,
-        [input.resourceType, input.id, versionId, lastUpdated, sourceTime, deleted, content, valid],
-      );
-      // The search index describes the current version; same transaction, so it never lags.
-      await indexResource(client, input.resourceType, input.id, content ?? undefined);
-    } else {
-      await client.query(`UPDATE resource SET last_version = $3 WHERE resource_type = $1 AND id = $2`, [input.resourceType, input.id, versionId]);
-    }
-    const version = toVersion(inserted.rows[0]!);
-    const status = !becomesCurrent ? 'historical' : head.version_id === null ? 'created' : 'updated';
-    return { status, version };
+      // Assign versions in input order (dense per resource), decide which become current.
+      const lastUpdated = this.clock.now();
+      const results: Array<PutVersionResult | { pending: number }> = [];
+      const rows: HistoryInsert[] = [];
+      const batchKeys = new Map<string, number>(); // dedup key → index in rows (a repeat within the batch)
+      for (const input of inputs) {
+        const key = `${input.resourceType}\u0000${input.id}`;
+        if (input.dedupKey !== undefined) {
+          const dk = `${key}\u0000${input.dedupKey}`;
+          const hit = existing.get(dk);
+          if (hit) {
+            results.push({ status: 'duplicate', version: toVersion(hit) });
+            continue;
+          }
+          const inBatch = batchKeys.get(dk);
+          if (inBatch !== undefined) {
+            results.push({ pending: -1 - inBatch });
+            continue;
+          }
+        }
+        const head = heads.get(key)!;
+        const deleted = input.deleted ?? false;
+        const versionId = head.lastVersion + 1;
+        head.lastVersion = versionId;
+        const content: Resource | null = deleted
+          ? null
+          : ({
+              ...input.resource,
+              resourceType: input.resourceType,
+              id: input.id,
+              meta: { ...input.resource!.meta, versionId: String(versionId), lastUpdated: lastUpdated.toISOString() },
+            } as Resource);
+        const sourceTime = input.sourceTime ?? null;
+        // A late, older version goes to history only; without source times, arrival order decides.
+        const becomesCurrent = head.versionId === null || sourceTime === null || head.sourceTime === null || sourceTime.getTime() >= head.sourceTime.getTime();
+        const wasNew = head.versionId === null;
+        head.changed = true;
+        const valid = input.validation ? input.validation.valid : null;
+        if (becomesCurrent) {
+          head.versionId = versionId;
+          head.sourceTime = sourceTime;
+          head.current = { versionId, sourceTime, deleted, content, valid };
+        }
+        if (input.dedupKey !== undefined) batchKeys.set(`${key}\u0000${input.dedupKey}`, rows.length);
+        rows.push({
+          input,
+          versionId,
+          sourceTime,
+          deleted,
+          content,
+          valid,
+          validation: input.validation ? JSON.stringify(input.validation.outcome ?? null) : null,
+          status: !becomesCurrent ? 'historical' : wasNew ? 'created' : 'updated',
+        });
+        results.push({ pending: rows.length - 1 });
+      }
+
+      // One INSERT for every new version.
+      const inserted = rows.length
+        ? (
+            await client.query<VersionRow>(
+              `INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
+               SELECT t, i, v, $4, st, d, k, src, c, ok, val
+               FROM unnest($1::text[], $2::text[], $3::bigint[], $5::timestamptz[], $6::boolean[], $7::text[], $8::text[], $9::jsonb[], $10::boolean[], $11::jsonb[])
+                 AS u(t, i, v, st, d, k, src, c, ok, val)
+               RETURNING ${VERSION_COLUMNS}`,
+              [
+                rows.map((r) => r.input.resourceType),
+                rows.map((r) => r.input.id),
+                rows.map((r) => r.versionId),
+                lastUpdated,
+                rows.map((r) => r.sourceTime),
+                rows.map((r) => r.deleted),
+                rows.map((r) => r.input.dedupKey ?? null),
+                rows.map((r) => r.input.sourceId ?? null),
+                rows.map((r) => (r.content === null ? null : JSON.stringify(r.content))),
+                rows.map((r) => r.valid),
+                rows.map((r) => r.validation),
+              ],
+            )
+          ).rows
+        : [];
+      const byKey = new Map(inserted.map((r) => [`${r.resource_type}\u0000${r.id}\u0000${r.version_id}`, r]));
+
+      // One UPDATE for every touched head: its final current version (if it moved) and last version.
+      const touched = [...heads.entries()].filter(([, h]) => h.changed);
+      if (touched.length > 0) {
+        await client.query(
+          `UPDATE resource r SET
+             last_version = u.lv,
+             version_id = CASE WHEN u.moved THEN u.v ELSE r.version_id END,
+             last_updated = CASE WHEN u.moved THEN $3 ELSE r.last_updated END,
+             source_time = CASE WHEN u.moved THEN u.st ELSE r.source_time END,
+             deleted = CASE WHEN u.moved THEN u.d ELSE r.deleted END,
+             content = CASE WHEN u.moved THEN u.c ELSE r.content END,
+             valid = CASE WHEN u.moved THEN u.ok ELSE r.valid END
+           FROM unnest($1::text[], $2::text[], $4::bigint[], $5::boolean[], $6::bigint[], $7::timestamptz[], $8::boolean[], $9::jsonb[], $10::boolean[])
+             AS u(t, i, lv, moved, v, st, d, c, ok)
+           WHERE r.resource_type = u.t AND r.id = u.i`,
+          [
+            touched.map(([k]) => k.split('\u0000')[0]!),
+            touched.map(([k]) => k.split('\u0000')[1]!),
+            lastUpdated,
+            touched.map(([, h]) => h.lastVersion),
+            touched.map(([, h]) => h.current !== undefined),
+            touched.map(([, h]) => h.current?.versionId ?? null),
+            touched.map(([, h]) => h.current?.sourceTime ?? null),
+            touched.map(([, h]) => h.current?.deleted ?? false),
+            touched.map(([, h]) => (h.current?.content ? JSON.stringify(h.current.content) : null)),
+            touched.map(([, h]) => h.current?.valid ?? null),
+          ],
+        );
+        // The search index describes the current version; same transaction, so it never lags.
+        for (const [k, h] of touched) {
+          if (h.current) await indexResource(client, k.split('\u0000')[0]!, k.split('\u0000')[1]!, h.current.content ?? undefined);
+        }
+      }
+
+      return results.map((r) => {
+        if ('status' in r) return r;
+        const row = rows[r.pending < 0 ? -1 - r.pending : r.pending]!;
+        const version = toVersion(byKey.get(`${row.input.resourceType}\u0000${row.input.id}\u0000${row.versionId}`)!);
+        return r.pending < 0 ? { status: 'duplicate' as const, version } : { status: row.status, version };
+      });
+    });
   }
 
   async findByIdentifier(resourceType: string, system: string, value: string, limit = 10): Promise<StoredVersion[]> {
