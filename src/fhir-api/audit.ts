@@ -221,17 +221,56 @@ export interface DisclosureRecorderDeps {
  */
 export function createDisclosureRecorder(deps: DisclosureRecorderDeps): DisclosureRecorder {
   const { store, queues, logger } = deps;
+  /**
+   * Group commit: AuditEvents from concurrent requests are written in one transaction and one
+   * enqueue. Each request still waits until its own event is durable (audit first, fail closed);
+   * under load many requests share one write instead of queueing for the pool one by one.
+   */
+  type Waiting = { resource: AuditEvent; id: string; event: DisclosureEvent; resolve: () => void; reject: (err: unknown) => void };
+  let batch: Waiting[] = [];
+  let scheduled = false;
+  const flush = async (items: Waiting[]): Promise<void> => {
+    try {
+      const results = await store.resources.putVersions(
+        items.map((w) => ({ resourceType: 'AuditEvent', id: w.id, resource: w.resource, sourceId: AUDIT_SOURCE_ID })),
+      );
+      await queues.enqueueBulk(
+        'integrity',
+        results.map(({ version: v }) => ({ data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } })),
+      );
+      for (const w of items) {
+        // Ids and outcome only (the patient id is a reference, not PHI; no query values, no token).
+        logger.debug({ auditEvent: w.id, outcome: w.event.outcome, interaction: w.event.interaction, breakGlass: w.event.breakGlass }, 'disclosure audited');
+        w.resolve();
+      }
+    } catch (err) {
+      for (const w of items) w.reject(err);
+    }
+  };
   return {
-    async record(event) {
+    record(event) {
       const id = randomUUID();
       const resource = buildAuditEvent(event, id, deps.clock.now());
-      const result = await store.resources.putVersion({ resourceType: 'AuditEvent', id, resource, sourceId: AUDIT_SOURCE_ID });
-      const v = result.version;
-      await queues.enqueueBulk('integrity', [
-        { data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } },
-      ]);
-      // Ids and outcome only (the patient id is a reference, not PHI; no query values, no token).
-      logger.debug({ auditEvent: id, outcome: event.outcome, interaction: event.interaction, breakGlass: event.breakGlass }, 'disclosure audited');
+      return new Promise<void>((resolve, reject) => {
+        batch.push({ resource, id, event, resolve, reject });
+        if (batch.length >= AUDIT_BATCH_MAX) {
+          const items = batch;
+          batch = [];
+          void flush(items);
+        } else if (!scheduled) {
+          // Collect what arrives in the same turn of the event loop (no added latency when idle).
+          scheduled = true;
+          setImmediate(() => {
+            scheduled = false;
+            const items = batch;
+            batch = [];
+            if (items.length > 0) void flush(items);
+          });
+        }
+      });
     },
   };
 }
+
+/** Most AuditEvents written in one group commit. */
+export const AUDIT_BATCH_MAX = 200;
