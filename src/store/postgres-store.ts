@@ -6,7 +6,7 @@ import pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
 import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatusStore } from './ingest-store.js';
-import { PgSearchStore, indexResource } from './search-store.js';
+import { PgSearchStore, indexResources } from './search-store.js';
 import { quoteIdent } from './sql.js';
 import type {
   BackfillStore,
@@ -269,9 +269,10 @@ class PgResourceStore implements ResourceStore {
           ],
         );
         // The search index describes the current version; same transaction, so it never lags.
-        for (const [k, h] of touched) {
-          if (h.current) await indexResource(client, k.split('\u0000')[0]!, k.split('\u0000')[1]!, h.current.content ?? undefined);
-        }
+        await indexResources(
+          client,
+          touched.flatMap(([k, h]) => (h.current ? [{ resourceType: k.split('\u0000')[0]!, id: k.split('\u0000')[1]!, content: h.current.content ?? undefined }] : [])),
+        );
       }
 
       return results.map((r) => {

@@ -289,6 +289,64 @@ export async function indexResource(client: pg.ClientBase, resourceType: string,
   });
 }
 
+/**
+ * {@link indexResource} for many resources in one statement (a batch of stored versions): deletes
+ * their old rows and inserts the rows of their new current versions. Call it inside the transaction
+ * that stores the versions; each resource must appear at most once.
+ */
+export async function indexResources(client: pg.ClientBase, items: ReadonlyArray<{ resourceType: string; id: string; content: Resource | undefined }>): Promise<void> {
+  if (items.length === 0) return;
+  const tok = { t: [] as string[], i: [] as string[], p: [] as string[], s: [] as (string | null)[], c: [] as string[] };
+  const ref = { t: [] as string[], i: [] as string[], p: [] as string[], tt: [] as string[], ti: [] as string[] };
+  const dat = { t: [] as string[], i: [] as string[], p: [] as string[], lo: [] as string[], hi: [] as string[] };
+  for (const item of items) {
+    if (!item.content) continue;
+    const rows = extractIndexRows(item.content);
+    for (const r of rows.tokens) {
+      tok.t.push(item.resourceType);
+      tok.i.push(item.id);
+      tok.p.push(r.param);
+      tok.s.push(r.system);
+      tok.c.push(r.code);
+    }
+    for (const r of rows.references) {
+      ref.t.push(item.resourceType);
+      ref.i.push(item.id);
+      ref.p.push(r.param);
+      ref.tt.push(r.type);
+      ref.ti.push(r.id);
+    }
+    for (const r of rows.dates) {
+      dat.t.push(item.resourceType);
+      dat.i.push(item.id);
+      dat.p.push(r.param);
+      dat.lo.push(ts(r.lo));
+      dat.hi.push(ts(r.hi));
+    }
+  }
+  await client.query({
+    name: 'fa_index_resources',
+    text: `WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(t, i)),
+                d1 AS (DELETE FROM search_token s USING k WHERE s.resource_type = k.t AND s.id = k.i),
+                d2 AS (DELETE FROM search_reference s USING k WHERE s.resource_type = k.t AND s.id = k.i),
+                d3 AS (DELETE FROM search_date s USING k WHERE s.resource_type = k.t AND s.id = k.i),
+                i1 AS (INSERT INTO search_token (resource_type, id, param, system, code)
+                       SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[])),
+                i2 AS (INSERT INTO search_reference (resource_type, id, param, target_type, target_id)
+                       SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[])),
+                i3 AS (INSERT INTO search_date (resource_type, id, param, lo, hi)
+                       SELECT * FROM unnest($13::text[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[]))
+           SELECT 1`,
+    values: [
+      items.map((x) => x.resourceType),
+      items.map((x) => x.id),
+      tok.t, tok.i, tok.p, tok.s, tok.c,
+      ref.t, ref.i, ref.p, ref.tt, ref.ti,
+      dat.t, dat.i, dat.p, dat.lo, dat.hi,
+    ],
+  });
+}
+
 function ts(d: Date): string {
   if (d.getTime() <= NEG_INF.getTime()) return '-infinity';
   if (d.getTime() >= POS_INF.getTime()) return 'infinity';
