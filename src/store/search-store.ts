@@ -260,33 +260,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
  * undefined for a delete). One statement; call it inside the transaction that stores the version.
  */
 export async function indexResource(client: pg.ClientBase, resourceType: string, id: string, content: Resource | undefined): Promise<void> {
-  const rows = content ? extractIndexRows(content) : { tokens: [], references: [], dates: [] };
-  await client.query({
-    name: 'fa_index_resource',
-    text: `WITH d1 AS (DELETE FROM search_token WHERE resource_type = $1 AND id = $2),
-                d2 AS (DELETE FROM search_reference WHERE resource_type = $1 AND id = $2),
-                d3 AS (DELETE FROM search_date WHERE resource_type = $1 AND id = $2),
-                i1 AS (INSERT INTO search_token (resource_type, id, param, system, code)
-                       SELECT $1, $2, p, s, c FROM unnest($3::text[], $4::text[], $5::text[]) AS u(p, s, c)),
-                i2 AS (INSERT INTO search_reference (resource_type, id, param, target_type, target_id)
-                       SELECT $1, $2, p, t, i FROM unnest($6::text[], $7::text[], $8::text[]) AS u(p, t, i)),
-                i3 AS (INSERT INTO search_date (resource_type, id, param, lo, hi)
-                       SELECT $1, $2, p, l, h FROM unnest($9::text[], $10::timestamptz[], $11::timestamptz[]) AS u(p, l, h))
-           SELECT 1`,
-    values: [
-      resourceType,
-      id,
-      rows.tokens.map((t) => t.param),
-      rows.tokens.map((t) => t.system),
-      rows.tokens.map((t) => t.code),
-      rows.references.map((t) => t.param),
-      rows.references.map((t) => t.type),
-      rows.references.map((t) => t.id),
-      rows.dates.map((t) => t.param),
-      rows.dates.map((t) => ts(t.lo)),
-      rows.dates.map((t) => ts(t.hi)),
-    ],
-  });
+  await indexResources(client, [{ resourceType, id, content }]);
 }
 
 /**
