@@ -56,6 +56,8 @@ const SLICE_SECONDS = Math.max(1, Number(process.env.BENCH_READ_SLICE_SECONDS ||
 const SLICES = Math.max(1, Math.round(SECONDS / SLICE_SECONDS));
 const CONNECTIONS = [10, 50] as const;
 const SEARCH_COUNT = 20;
+/** BENCH_READ_CASES=read:gated,search:raw runs only those cases (for profiling one path). */
+const ONLY = (process.env.BENCH_READ_CASES ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
 
 const LOINC = 'http://loinc.org';
 const OBS_CATEGORY = 'http://terminology.hl7.org/CodeSystem/observation-category';
@@ -269,6 +271,8 @@ interface Sample {
   readonly errors: number;
   /** Seconds. */
   readonly duration: number;
+  /** Busy time of this process's main thread (the service's event loop) during the slice, ms. */
+  readonly busyMs: number;
 }
 
 interface LoadResult {
@@ -282,6 +286,8 @@ interface LoadResult {
   readonly errors: number;
   /** Lowest and highest req/s of the slices. */
   readonly sliceRps: readonly [number, number];
+  /** Event-loop busy time per response, ms: the service's CPU cost per request, steadier than req/s on a shared machine. */
+  readonly busyPerRequest: number;
 }
 
 /**
@@ -319,13 +325,14 @@ instance.on('response', (_client, status, _bytes, responseTime) => {
 const autocannonPath = createRequire(import.meta.url).resolve('autocannon');
 
 function load(url: string, paths: readonly string[], headers: Record<string, string>, connections: number, duration: number): Promise<Sample> {
+  const elu0 = performance.eventLoopUtilization();
   return new Promise((resolve, reject) => {
     const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { autocannonPath, url, paths, headers, connections, duration } });
     worker.once('error', reject);
     worker.once('message', (msg: { error?: string; latencies: Float64Array; statuses: Record<string, number>; errors: number; timeouts: number; duration: number }) => {
       void worker.terminate();
       if (msg.error) reject(new Error(msg.error));
-      else resolve({ latencies: msg.latencies, statuses: msg.statuses, errors: msg.errors + msg.timeouts, duration: msg.duration });
+      else resolve({ latencies: msg.latencies, statuses: msg.statuses, errors: msg.errors + msg.timeouts, duration: msg.duration, busyMs: performance.eventLoopUtilization(elu0).active });
     });
   });
 }
@@ -351,6 +358,7 @@ function summarize(samples: readonly Sample[]): LoadResult {
     notFound: sum((x) => countOf(x, (st) => st === 404)),
     errors: sum((x) => x.errors + countOf(x, (st) => st >= 500)),
     sliceRps: [Math.min(...slice), Math.max(...slice)],
+    busyPerRequest: sum((x) => x.busyMs) / Math.max(1, responses),
   };
 }
 
@@ -473,7 +481,7 @@ export async function runRead(): Promise<ReadBenchResult> {
     const searchBody = (await (await fetch(`${gated.url!}${targets.gated.paths.search[0]!}`, { headers: gatedAuth })).json()) as { entry?: unknown[] };
     if (searchBody.entry?.length !== SEARCH_COUNT) throw new Error(`sanity check failed: gated search returned ${searchBody.entry?.length ?? 0} entries`);
 
-    const cases: Array<{ endpoint: Endpoint; variant: Variant }> = [
+    const allCases: Array<{ endpoint: Endpoint; variant: Variant }> = [
       { endpoint: 'read', variant: 'raw' },
       { endpoint: 'read', variant: 'ungated' },
       { endpoint: 'read', variant: 'gated' },
@@ -484,6 +492,7 @@ export async function runRead(): Promise<ReadBenchResult> {
       { endpoint: 'search', variant: 'gated' },
       { endpoint: 'search', variant: 'gated-noaudit' },
     ];
+    const cases = allCases.filter((c) => ONLY.length === 0 || ONLY.includes(`${c.endpoint}:${c.variant}`));
     say(`warm-up (${WARMUP_SECONDS} s per case)`);
     for (const c of cases) {
       const t = targets[c.variant];
@@ -493,6 +502,7 @@ export async function runRead(): Promise<ReadBenchResult> {
     for (const connections of CONNECTIONS) {
       for (const endpoint of ['read', 'search'] as const) {
         const group = cases.filter((c) => c.endpoint === endpoint);
+        if (group.length === 0) continue;
         const samples = new Map<Variant, Sample[]>(group.map((c) => [c.variant, []]));
         // Slices alternate between the cases, each slice in a rotated order (no case always runs first).
         for (let k = 0; k < SLICES; k++) {
@@ -506,7 +516,7 @@ export async function runRead(): Promise<ReadBenchResult> {
           const m = summarize(samples.get(c.variant)!);
           measured.push({ ...c, connections, median: m });
           say(
-            `  ${endpoint.padEnd(6)} ${c.variant.padEnd(13)} c=${String(connections).padEnd(2)} ${fmt(m.rps).padStart(6)} req/s (slices ${fmt(m.sliceRps[0])}–${fmt(m.sliceRps[1])})  p50 ${ms(m.p50)} ms  p99 ${ms(m.p99)} ms` +
+            `  ${endpoint.padEnd(6)} ${c.variant.padEnd(13)} c=${String(connections).padEnd(2)} ${fmt(m.rps).padStart(6)} req/s (slices ${fmt(m.sliceRps[0])}–${fmt(m.sliceRps[1])})  p50 ${ms(m.p50)} ms  p99 ${ms(m.p99)} ms  loop ${m.busyPerRequest.toFixed(3)} ms/req` +
               `${m.notFound ? `  404: ${fmt((100 * m.notFound) / m.responses)}%` : ''}${m.errors ? `  errors: ${m.errors}` : ''}  (load ${loadAverage()})`,
           );
         }

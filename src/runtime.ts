@@ -26,7 +26,7 @@ import { createDeidRouter } from './research/index.js';
 import { openExportStore } from './store/export-store.js';
 import { openClientStore } from './store/clients-store.js';
 import { createEvmAnchor } from './integrity/anchors/evm.js';
-import { createIntegrityStage, loadLogKey, type IntegrityStage, type LedgerAnchor } from './integrity/index.js';
+import { createIntegrityStage, loadLogKey, versionCommitter, type IntegrityStage, type LedgerAnchor } from './integrity/index.js';
 import { parseVerifierKey } from './integrity/note.js';
 import { openIntegrityStore } from './store/integrity-store.js';
 import { createApp } from './server/app.js';
@@ -81,7 +81,8 @@ export async function startService(options: StartOptions): Promise<RunningServic
   logger.info({ config: describeConfig(config), roles }, 'starting fhir-anchor');
 
   const adminToken = await resolveAdminToken({ configured: config.adminToken, dataDir: config.dataDir });
-  const database = await openDatabase({ config, logger, clock, applicationName: `fhir-anchor-${roles.api ? 'api' : ''}${roles.workers ? 'worker' : ''}` });
+  // Every version is committed to the integrity log in the transaction that stores it.
+  const database = await openDatabase({ config, logger, clock, committer: versionCommitter(), applicationName: `fhir-anchor-${roles.api ? 'api' : ''}${roles.workers ? 'worker' : ''}` });
 
   let queues: QueueRegistry;
   try {

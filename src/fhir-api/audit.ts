@@ -215,29 +215,34 @@ export interface DisclosureRecorderDeps {
 }
 
 /**
- * Creates the {@link DisclosureRecorder}. `record` resolves once the AuditEvent is stored and its
- * integrity job enqueued; it throws when either fails, and the caller must then not disclose (audit
- * first, fail closed). The job id `AuditEvent.<id>.<version>` makes a retried enqueue harmless.
+ * Creates the {@link DisclosureRecorder}. `record` resolves once the AuditEvent is stored and
+ * committed to the integrity log (by the store in the same statement, or, for a store without a
+ * committer, by an integrity job enqueued before resolving); it throws when that fails, and the
+ * caller must then not disclose (audit first, fail closed). The job id `AuditEvent.<id>.<version>`
+ * makes a retried enqueue harmless.
  */
 export function createDisclosureRecorder(deps: DisclosureRecorderDeps): DisclosureRecorder {
   const { store, queues, logger } = deps;
   /**
-   * Group commit: AuditEvents from concurrent requests are written in one transaction and one
-   * enqueue. Each request still waits until its own event is durable (audit first, fail closed);
-   * under load many requests share one write instead of queueing for the pool one by one.
+   * Group commit: AuditEvents from concurrent requests are written together, in one statement
+   * (`createResources`: head, history, search index and integrity commitment at once). At most
+   * {@link AUDIT_MAX_IN_FLIGHT} writes run at a time; whatever arrives meanwhile waits for the next
+   * one, so the busier the API, the larger each write (classic group commit). Each request still
+   * waits until its own event is durable (audit first, fail closed).
    */
   type Waiting = { resource: AuditEvent; id: string; event: DisclosureEvent; resolve: () => void; reject: (err: unknown) => void };
-  let batch: Waiting[] = [];
+  const waiting: Waiting[] = [];
+  let inFlight = 0;
   let scheduled = false;
-  const flush = async (items: Waiting[]): Promise<void> => {
+  const write = async (items: readonly Waiting[]): Promise<void> => {
     try {
-      const results = await store.resources.putVersions(
-        items.map((w) => ({ resourceType: 'AuditEvent', id: w.id, resource: w.resource, sourceId: AUDIT_SOURCE_ID })),
-      );
-      await queues.enqueueBulk(
-        'integrity',
-        results.map(({ version: v }) => ({ data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } })),
-      );
+      const versions = await store.resources.createResources(items.map((w) => ({ resourceType: 'AuditEvent', id: w.id, resource: w.resource, sourceId: AUDIT_SOURCE_ID })));
+      if (!store.resources.commitsVersions) {
+        await queues.enqueueBulk(
+          'integrity',
+          versions.map((v) => ({ data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } })),
+        );
+      }
       for (const w of items) {
         // Ids and outcome only (the patient id is a reference, not PHI; no query values, no token).
         logger.debug({ auditEvent: w.id, outcome: w.event.outcome, interaction: w.event.interaction, breakGlass: w.event.breakGlass }, 'disclosure audited');
@@ -247,24 +252,28 @@ export function createDisclosureRecorder(deps: DisclosureRecorderDeps): Disclosu
       for (const w of items) w.reject(err);
     }
   };
+  const pump = (): void => {
+    while (inFlight < AUDIT_MAX_IN_FLIGHT && waiting.length > 0) {
+      const items = waiting.splice(0, AUDIT_BATCH_MAX);
+      inFlight += 1;
+      void write(items).finally(() => {
+        inFlight -= 1;
+        pump();
+      });
+    }
+  };
   return {
     record(event) {
       const id = randomUUID();
       const resource = buildAuditEvent(event, id, deps.clock.now());
       return new Promise<void>((resolve, reject) => {
-        batch.push({ resource, id, event, resolve, reject });
-        if (batch.length >= AUDIT_BATCH_MAX) {
-          const items = batch;
-          batch = [];
-          void flush(items);
-        } else if (!scheduled) {
+        waiting.push({ resource, id, event, resolve, reject });
+        if (!scheduled) {
           // Collect what arrives in the same turn of the event loop (no added latency when idle).
           scheduled = true;
           setImmediate(() => {
             scheduled = false;
-            const items = batch;
-            batch = [];
-            if (items.length > 0) void flush(items);
+            pump();
           });
         }
       });
@@ -274,3 +283,5 @@ export function createDisclosureRecorder(deps: DisclosureRecorderDeps): Disclosu
 
 /** Most AuditEvents written in one group commit. */
 export const AUDIT_BATCH_MAX = 200;
+/** Group-commit writes running at once (one can wait for its fsync while the next is being sent). */
+export const AUDIT_MAX_IN_FLIGHT = 2;

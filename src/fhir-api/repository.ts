@@ -259,22 +259,25 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     return false;
   };
 
-  const loadConsents = async (patients: readonly string[]): Promise<void> => {
-    const missing = [...new Set(patients)].filter((p) => p !== self && !consentCache.has(p));
-    if (missing.length === 0) return;
-    const rows = await store.search.consentsFor(missing);
-    const byPatient = new Map<string, Consent[]>();
-    for (const { patient, version } of rows) {
-      if (version.resource?.resourceType !== 'Consent') continue;
-      const list = byPatient.get(patient) ?? [];
-      list.push(version.resource);
-      byPatient.set(patient, list);
-    }
-    for (const p of missing) {
-      const compiled = compileConsents(byPatient.get(p) ?? [], { localBases });
+  /** Compiles and caches the Consents of `patients` (each patient in `byPatient` gets an entry, possibly no Consent). */
+  const cacheConsents = (patients: readonly string[], byPatient: ReadonlyMap<string, readonly StoredVersion[]>): void => {
+    for (const p of patients) {
+      const consents = (byPatient.get(p) ?? []).flatMap((v) => (v.resource?.resourceType === 'Consent' ? [v.resource] : []));
+      const compiled = compileConsents(consents, { localBases });
       if (compiled.problems.length > 0) logger.debug({ problems: compiled.problems.length }, 'consents compiled with problems');
       consentCache.set(p, compiled);
     }
+  };
+  const loadConsents = async (patients: readonly string[]): Promise<void> => {
+    const missing = [...new Set(patients)].filter((p) => p !== self && !consentCache.has(p));
+    if (missing.length === 0) return;
+    const byPatient = new Map<string, StoredVersion[]>();
+    for (const { patient, version } of await store.search.consentsFor(missing)) {
+      const list = byPatient.get(patient) ?? [];
+      list.push(version);
+      byPatient.set(patient, list);
+    }
+    cacheConsents(missing, byPatient);
   };
 
   const baseRequest = (resource: Resource, patient: string): AccessRequest => {
@@ -436,7 +439,9 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
   };
 
   const commit = async (version: StoredVersion): Promise<void> => {
-    // Committed to the integrity log like every ingested version (src/ingest/worker.ts).
+    // Committed to the integrity log like every ingested version: by the store in the same
+    // transaction when it has a committer (the runtime's), else by an integrity job.
+    if (store.resources.commitsVersions) return;
     await queues.enqueueBulk('integrity', [
       {
         data: { resourceType: version.resourceType, id: version.id, versionId: version.versionId },
@@ -461,8 +466,11 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
   return {
     async read(resourceType, id) {
       requireType(resourceType, 'read');
-      const v = await store.search.readCurrent(resourceType, id);
+      // One round trip for the resource and the Consents of the patients its index references; any
+      // other patient it concerns is looked up by `evaluate` as usual.
+      const { version: v, consents } = await store.search.readCurrentWithConsents(resourceType, id);
       if (!v) return undefined;
+      cacheConsents([...consents.keys()].filter((p) => p !== self && !consentCache.has(p)), consents);
       const o = await evaluate(v, 'read');
       if (!o) return undefined;
       disclose([o]);

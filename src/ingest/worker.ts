@@ -367,9 +367,10 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       // Patient linking across sources by configured identifier systems.
       const linkVersions = await linkPatients(stored.map((r) => r.version).filter((v) => v.resourceType === 'Patient' && !v.deleted).map((v) => v.resource as Patient));
 
-      // Duplicates too: their integrity job may have been lost (e.g. Redis restarted empty) before this
-      // re-run; committing is idempotent, so re-enqueueing costs one cheap no-op at most.
-      const versions = [...results.map((r) => r.version), ...linkVersions];
+      // A store with a committer committed every new version in the transaction that stored it.
+      // Otherwise integrity jobs do it: duplicates too, as their job may have been lost (e.g. Redis
+      // restarted empty) before this re-run; committing is idempotent, so a repeat is a cheap no-op.
+      const versions = store.resources.commitsVersions ? [] : [...results.map((r) => r.version), ...linkVersions];
       if (versions.length > 0) {
         await deps.queues.enqueueBulk(
           'integrity',

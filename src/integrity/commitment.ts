@@ -21,6 +21,8 @@ import { sha256 } from '@noble/hashes/sha2.js';
 import { randomBytes } from '@noble/hashes/utils.js';
 import { canonicalizeToBytes } from './canonical.js';
 import { bytesEqual } from './encoding.js';
+import { committedValue } from './record.js';
+import type { VersionCommitter } from '../store/types.js';
 
 /** Salt length in bytes (256 bits). */
 export const SALT_LENGTH = 32;
@@ -78,4 +80,18 @@ export function verifyCommitment(resource: unknown, salt: Uint8Array, commitment
     return false;
   }
   return bytesEqual(expected, commitment);
+}
+
+/**
+ * The store's {@link VersionCommitter}: a fresh salt and the commitment to the version exactly as
+ * stored (its served body, or the delete marker). Handed to `openDatabase`, it makes the store write
+ * each new version's pending commitment in the same transaction as the version.
+ *
+ * @param random - CSPRNG (injectable for tests only).
+ */
+export function versionCommitter(random: RandomBytes = randomBytes): VersionCommitter {
+  return (version) => {
+    const salt = newSalt(random);
+    return { salt, commitment: computeCommitment(committedValue(version), salt) };
+  };
 }

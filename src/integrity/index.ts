@@ -27,6 +27,7 @@ export { createLedgerRouter, createVerifyRouter, integrityCapability, verifyVers
 export { loadLogKey, LogKeyError, type LogKey, type SignerKeyOptions } from './keys.js';
 export { IntegrityLog, LogIntegrityError, type CommitOutcome, type FlushResult, type VersionProof } from './log.js';
 export { committedValue, deleteMarker } from './record.js';
+export { versionCommitter } from './commitment.js';
 export { verifyOffline, type OfflineVerifyInput, type OfflineVerifyResult, type AnchorReceiptVerifier } from './verifier.js';
 export { registerVerifyCommand } from './cli-verify.js';
 

@@ -8,7 +8,7 @@ import type { Logger } from '../platform/logger.js';
 import { startEmbeddedPostgres, type RunningPostgres } from './embedded-postgres.js';
 import { runMigrations } from './migrate.js';
 import { PostgresStore, createPool } from './postgres-store.js';
-import type { Store } from './types.js';
+import type { Store, VersionCommitter } from './types.js';
 
 export type * from './types.js';
 export { EmbeddedPostgresError, startEmbeddedPostgres, type RunningPostgres } from './embedded-postgres.js';
@@ -29,6 +29,11 @@ export interface OpenDatabaseOptions {
   /** Apply pending migrations (default true). */
   readonly migrate?: boolean;
   readonly applicationName?: string;
+  /**
+   * Commits every new version to the integrity log in the transaction that stores it (the runtime
+   * passes the integrity stage's). Without one, versions are committed by integrity jobs.
+   */
+  readonly committer?: VersionCommitter;
 }
 
 export async function openDatabase(options: OpenDatabaseOptions): Promise<Database> {
@@ -57,7 +62,7 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     await embedded?.stop();
     throw err;
   }
-  const store = new PostgresStore(pool, options.clock);
+  const store = new PostgresStore(pool, options.clock, options.committer);
   return {
     store,
     connectionString,

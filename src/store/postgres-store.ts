@@ -6,7 +6,7 @@ import pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
 import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatusStore } from './ingest-store.js';
-import { PgSearchStore, indexResources } from './search-store.js';
+import { PgSearchStore, indexArrays, indexInsertCtes, indexInsertValues, indexResources } from './search-store.js';
 import { quoteIdent } from './sql.js';
 import type {
   BackfillStore,
@@ -18,12 +18,14 @@ import type {
   InboxReceiveInput,
   InboxState,
   InboxStore,
+  NewResourceInput,
   PutVersionInput,
   PutVersionResult,
   ResourceStore,
   SearchStore,
   Store,
   StoredVersion,
+  VersionCommitter,
 } from './types.js';
 import { toVersion, type VersionRow } from './rows.js';
 
@@ -99,11 +101,80 @@ async function inTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Pr
   }
 }
 
+/** Column arrays of pending commitments (`commitment` rows) for unnest. */
+function commitmentArrays(versions: readonly StoredVersion[], committer: VersionCommitter): unknown[] {
+  const t: string[] = [];
+  const i: string[] = [];
+  const v: number[] = [];
+  const salts: Buffer[] = [];
+  const commitments: Buffer[] = [];
+  for (const version of versions) {
+    const c = committer(version);
+    t.push(version.resourceType);
+    i.push(version.id);
+    v.push(Number(version.versionId));
+    salts.push(Buffer.from(c.salt.buffer, c.salt.byteOffset, c.salt.byteLength));
+    commitments.push(Buffer.from(c.commitment.buffer, c.commitment.byteOffset, c.commitment.byteLength));
+  }
+  return [t, i, v, salts, commitments];
+}
+
+/** Inserts pending commitments over parameters `$n`..`$n+4` and the creation time `$at` (a data-modifying CTE). */
+function commitmentInsertCte(n: number, at: string): string {
+  return `c AS (INSERT INTO commitment (resource_type, id, version_id, salt, commitment, created_at)
+               SELECT u.t, u.i, u.v, u.s, u.c, ${at}
+               FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::bigint[], $${n + 3}::bytea[], $${n + 4}::bytea[]) AS u(t, i, v, s, c)
+               ORDER BY 1, 2, 3
+               ON CONFLICT (resource_type, id, version_id) DO NOTHING)`;
+}
+
 class PgResourceStore implements ResourceStore {
+  readonly commitsVersions: boolean;
+
   constructor(
     private readonly pool: pg.Pool,
     private readonly clock: Clock,
-  ) {}
+    private readonly committer?: VersionCommitter,
+  ) {
+    this.commitsVersions = committer !== undefined;
+  }
+
+  async createResources(inputs: readonly NewResourceInput[]): Promise<StoredVersion[]> {
+    if (inputs.length === 0) return [];
+    const lastUpdated = this.clock.now();
+    const stamp = lastUpdated.toISOString();
+    const texts: string[] = [];
+    const versions: StoredVersion[] = inputs.map((input) => {
+      const content = { ...input.resource, resourceType: input.resourceType, id: input.id, meta: { ...input.resource.meta, versionId: '1', lastUpdated: stamp } };
+      const text = JSON.stringify(content);
+      texts.push(text);
+      // What a read of the stored jsonb returns (JSON drops undefined members), so the commitment
+      // computed here is the one a verifier recomputes from the stored version.
+      return { resourceType: input.resourceType, id: input.id, versionId: '1', lastUpdated, deleted: false, resource: JSON.parse(text) as Resource };
+    });
+    const committer = this.committer;
+    const values: unknown[] = [
+      inputs.map((x) => x.resourceType),
+      inputs.map((x) => x.id),
+      lastUpdated,
+      inputs.map((x) => x.sourceId ?? null),
+      texts,
+      ...indexInsertValues(indexArrays(versions.map((v) => ({ resourceType: v.resourceType, id: v.id, content: v.resource })))),
+      ...(committer ? commitmentArrays(versions, committer) : []),
+    ];
+    // One statement, so one round trip and an implicit transaction: all of it or nothing.
+    await this.pool.query(
+      `WITH h AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, source_id, content)
+                  SELECT t, i, 1, $3, false, src, c FROM unnest($1::text[], $2::text[], $4::text[], $5::jsonb[]) AS u(t, i, src, c)),
+            r AS (INSERT INTO resource (resource_type, id, version_id, last_version, last_updated, deleted, content)
+                  SELECT t, i, 1, 1, $3, false, c FROM unnest($1::text[], $2::text[], $5::jsonb[]) AS u(t, i, c)),
+            ${indexInsertCtes(6)}${committer ? `,
+            ${commitmentInsertCte(21, '$3::timestamptz')}` : ''}
+       SELECT 1`,
+      values,
+    );
+    return versions;
+  }
 
   async putVersion(input: PutVersionInput): Promise<PutVersionResult> {
     const [result] = await this.putVersions([input]);
@@ -243,8 +314,10 @@ class PgResourceStore implements ResourceStore {
       // One UPDATE for every touched head: its final current version (if it moved) and last version.
       const touched = [...heads.entries()].filter(([, h]) => h.changed);
       if (touched.length > 0) {
+        // With a committer, the new versions' pending commitments go in with the same statement.
+        const commit = this.committer && inserted.length > 0 ? commitmentArrays(inserted.map(toVersion), this.committer) : undefined;
         await client.query(
-          `UPDATE resource r SET
+          `${commit ? `WITH ${commitmentInsertCte(11, '$3::timestamptz')}\n` : ''}UPDATE resource r SET
              last_version = u.lv,
              version_id = CASE WHEN u.moved THEN u.v ELSE r.version_id END,
              last_updated = CASE WHEN u.moved THEN $3 ELSE r.last_updated END,
@@ -266,6 +339,7 @@ class PgResourceStore implements ResourceStore {
             touched.map(([, h]) => h.current?.deleted ?? false),
             touched.map(([, h]) => (h.current?.content ? JSON.stringify(h.current.content) : null)),
             touched.map(([, h]) => h.current?.valid ?? null),
+            ...(commit ?? []),
           ],
         );
         // The search index describes the current version; same transaction, so it never lags.
@@ -462,11 +536,13 @@ export class PostgresStore implements Store {
   readonly deadLetters: DeadLetterStore;
   readonly backfill: BackfillStore;
 
+  /** @param committer - commits every new version in its own transaction (see {@link VersionCommitter}). */
   constructor(
     private readonly pool: pg.Pool,
     clock: Clock,
+    committer?: VersionCommitter,
   ) {
-    this.resources = new PgResourceStore(pool, clock);
+    this.resources = new PgResourceStore(pool, clock, committer);
     this.search = new PgSearchStore(pool);
     this.inbox = new PgInboxStore(pool, clock);
     this.sources = new PgSourceStore(pool, clock);

@@ -263,13 +263,15 @@ export async function indexResource(client: pg.ClientBase, resourceType: string,
   await indexResources(client, [{ resourceType, id, content }]);
 }
 
-/**
- * {@link indexResource} for many resources in one statement (a batch of stored versions): deletes
- * their old rows and inserts the rows of their new current versions. Call it inside the transaction
- * that stores the versions; each resource must appear at most once.
- */
-export async function indexResources(client: pg.ClientBase, items: ReadonlyArray<{ resourceType: string; id: string; content: Resource | undefined }>): Promise<void> {
-  if (items.length === 0) return;
+/** The search-index rows of some resources, as the column arrays the index statements unnest. */
+export interface IndexArrays {
+  readonly tok: { t: string[]; i: string[]; p: string[]; s: (string | null)[]; c: string[] };
+  readonly ref: { t: string[]; i: string[]; p: string[]; tt: string[]; ti: string[] };
+  readonly dat: { t: string[]; i: string[]; p: string[]; lo: string[]; hi: string[] };
+}
+
+/** Extracts the index rows of `items` (those without content get none). */
+export function indexArrays(items: ReadonlyArray<{ resourceType: string; id: string; content: Resource | undefined }>): IndexArrays {
   const tok = { t: [] as string[], i: [] as string[], p: [] as string[], s: [] as (string | null)[], c: [] as string[] };
   const ref = { t: [] as string[], i: [] as string[], p: [] as string[], tt: [] as string[], ti: [] as string[] };
   const dat = { t: [] as string[], i: [] as string[], p: [] as string[], lo: [] as string[], hi: [] as string[] };
@@ -298,26 +300,44 @@ export async function indexResources(client: pg.ClientBase, items: ReadonlyArray
       dat.hi.push(ts(r.hi));
     }
   }
+  return { tok, ref, dat };
+}
+
+/**
+ * The index INSERTs as data-modifying CTEs (`i1`, `i2`, `i3`) over parameters `$n`..`$n+14`, for
+ * statements that write resources and their index rows at once.
+ */
+export function indexInsertCtes(n: number): string {
+  const $ = (k: number): string => `$${n + k}`;
+  return `i1 AS (INSERT INTO search_token (resource_type, id, param, system, code)
+                SELECT * FROM unnest(${$(0)}::text[], ${$(1)}::text[], ${$(2)}::text[], ${$(3)}::text[], ${$(4)}::text[])),
+          i2 AS (INSERT INTO search_reference (resource_type, id, param, target_type, target_id)
+                SELECT * FROM unnest(${$(5)}::text[], ${$(6)}::text[], ${$(7)}::text[], ${$(8)}::text[], ${$(9)}::text[])),
+          i3 AS (INSERT INTO search_date (resource_type, id, param, lo, hi)
+                SELECT * FROM unnest(${$(10)}::text[], ${$(11)}::text[], ${$(12)}::text[], ${$(13)}::timestamptz[], ${$(14)}::timestamptz[]))`;
+}
+
+/** The 15 parameter values {@link indexInsertCtes} expects, in order. */
+export function indexInsertValues(a: IndexArrays): unknown[] {
+  return [a.tok.t, a.tok.i, a.tok.p, a.tok.s, a.tok.c, a.ref.t, a.ref.i, a.ref.p, a.ref.tt, a.ref.ti, a.dat.t, a.dat.i, a.dat.p, a.dat.lo, a.dat.hi];
+}
+
+/**
+ * {@link indexResource} for many resources in one statement (a batch of stored versions): deletes
+ * their old rows and inserts the rows of their new current versions. Call it inside the transaction
+ * that stores the versions; each resource must appear at most once.
+ */
+export async function indexResources(client: pg.ClientBase, items: ReadonlyArray<{ resourceType: string; id: string; content: Resource | undefined }>): Promise<void> {
+  if (items.length === 0) return;
   await client.query({
     name: 'fa_index_resources',
     text: `WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(t, i)),
                 d1 AS (DELETE FROM search_token s USING k WHERE s.resource_type = k.t AND s.id = k.i),
                 d2 AS (DELETE FROM search_reference s USING k WHERE s.resource_type = k.t AND s.id = k.i),
                 d3 AS (DELETE FROM search_date s USING k WHERE s.resource_type = k.t AND s.id = k.i),
-                i1 AS (INSERT INTO search_token (resource_type, id, param, system, code)
-                       SELECT * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[])),
-                i2 AS (INSERT INTO search_reference (resource_type, id, param, target_type, target_id)
-                       SELECT * FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[])),
-                i3 AS (INSERT INTO search_date (resource_type, id, param, lo, hi)
-                       SELECT * FROM unnest($13::text[], $14::text[], $15::text[], $16::timestamptz[], $17::timestamptz[]))
+                ${indexInsertCtes(3)}
            SELECT 1`,
-    values: [
-      items.map((x) => x.resourceType),
-      items.map((x) => x.id),
-      tok.t, tok.i, tok.p, tok.s, tok.c,
-      ref.t, ref.i, ref.p, ref.tt, ref.ti,
-      dat.t, dat.i, dat.p, dat.lo, dat.hi,
-    ],
+    values: [items.map((x) => x.resourceType), items.map((x) => x.id), ...indexInsertValues(indexArrays(items))],
   });
 }
 
@@ -453,6 +473,36 @@ export class PgSearchStore implements SearchStore {
       values: [resourceType, id],
     });
     return r.rows[0] ? toVersion(r.rows[0]) : undefined;
+  }
+
+  async readCurrentWithConsents(resourceType: string, id: string): Promise<{ version: StoredVersion | undefined; consents: Map<string, StoredVersion[]> }> {
+    // kind: 'r' the resource, 'p' one covered patient (so that "no Consent" is known too), 'c' a Consent.
+    const r = await this.pool.query<VersionRow & { kind: 'r' | 'p' | 'c'; patient: string | null }>({
+      name: 'fa_read_current_with_consents',
+      text: `WITH p AS (
+               SELECT s.target_id AS patient FROM search_reference s
+               WHERE s.resource_type = $1 AND s.id = $2 AND s.target_type = 'Patient'
+               UNION SELECT $2 WHERE $1 = 'Patient'
+             )
+             SELECT 'r' AS kind, NULL AS patient, ${COLUMNS} FROM resource r
+             WHERE r.resource_type = $1 AND r.id = $2 AND r.version_id IS NOT NULL
+             UNION ALL
+             SELECT 'p', p.patient, NULL, NULL, NULL, NULL, NULL, NULL FROM p
+             UNION ALL
+             SELECT 'c', s.target_id, ${COLUMNS} FROM search_reference s
+             JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id
+             WHERE s.target_type = 'Patient' AND s.target_id IN (SELECT patient FROM p) AND s.param = 'patient' AND s.resource_type = 'Consent'
+               AND r.version_id IS NOT NULL AND NOT r.deleted`,
+      values: [resourceType, id],
+    });
+    let version: StoredVersion | undefined;
+    const consents = new Map<string, StoredVersion[]>();
+    for (const row of r.rows) {
+      if (row.kind === 'r') version = toVersion(row);
+      else if (row.kind === 'p' && !consents.has(row.patient!)) consents.set(row.patient!, []);
+    }
+    for (const row of r.rows) if (row.kind === 'c') consents.get(row.patient!)?.push(toVersion(row));
+    return { version, consents };
   }
 
   async reindex(batchSize = 500): Promise<number> {

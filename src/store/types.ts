@@ -33,6 +33,22 @@ export interface PutVersionInput {
   readonly validation?: { readonly valid: boolean; readonly outcome: unknown };
 }
 
+/**
+ * Computes a stored version's integrity commitment (a fresh salt and `SHA-256(salt ‖ JCS(version))`).
+ * Supplied by the integrity stage at start-up; with one, the store writes every new version's
+ * pending commitment in the same transaction as the version itself, so a version can never be
+ * stored without being committed, nor committed twice.
+ */
+export type VersionCommitter = (version: StoredVersion) => { readonly salt: Uint8Array; readonly commitment: Uint8Array };
+
+/** A brand-new resource the service itself creates (e.g. an AuditEvent): version 1 of a fresh id. */
+export interface NewResourceInput {
+  readonly resourceType: string;
+  readonly id: string;
+  readonly resource: Resource;
+  readonly sourceId?: string;
+}
+
 export type PutVersionResult =
   | { readonly status: 'created' | 'updated'; readonly version: StoredVersion }
   /** Stored in history, but the current version is newer (it arrived late). */
@@ -55,6 +71,17 @@ export interface ResourceStore {
    * applied in input order.
    */
   putVersions(inputs: readonly PutVersionInput[]): Promise<PutVersionResult[]>;
+  /**
+   * Stores version 1 of resources whose ids were never used (server-assigned UUIDs) in ONE statement:
+   * head, history, search index and (with a committer) the pending commitment. Fails as a whole if
+   * any id exists. The fast path for records written on every request (AuditEvents).
+   */
+  createResources(inputs: readonly NewResourceInput[]): Promise<StoredVersion[]>;
+  /**
+   * True when the store commits every new version to the integrity log itself (a
+   * {@link VersionCommitter} was given): callers then need not enqueue integrity jobs.
+   */
+  readonly commitsVersions: boolean;
   /** Current, non-deleted resources of a type carrying identifier system|value (at most `limit`). */
   findByIdentifier(resourceType: string, system: string, value: string, limit?: number): Promise<StoredVersion[]>;
   /** Validation stored with a version, if any. */
@@ -236,6 +263,14 @@ export interface SearchStore {
   consentsFor(patientIds: readonly string[]): Promise<Array<{ readonly patient: string; readonly version: StoredVersion }>>;
   /** Current version by id (a prepared statement; the hot read path). */
   readCurrent(resourceType: string, id: string): Promise<StoredVersion | undefined>;
+  /**
+   * {@link readCurrent} and, in the same statement (one round trip, one snapshot), the current
+   * Consents of every patient the resource's search index references (and of the Patient itself).
+   * `consents` has an entry, possibly empty, for each such patient; patients referenced only
+   * outside the index (e.g. in a contained resource) are not covered, so a caller must look those
+   * up with {@link consentsFor}.
+   */
+  readCurrentWithConsents(resourceType: string, id: string): Promise<{ readonly version: StoredVersion | undefined; readonly consents: ReadonlyMap<string, readonly StoredVersion[]> }>;
   /** Rebuilds the index of every current resource (after upgrading); returns resources indexed. */
   reindex(batchSize?: number): Promise<number>;
 }

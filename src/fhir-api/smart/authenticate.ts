@@ -51,7 +51,10 @@ export interface AuthenticatorDeps {
   readonly logger: Logger;
   /** JWK Set resolver for external issuers (default: jose `createRemoteJWKSet`, cached per URL). */
   readonly remoteJwks?: (url: string) => JWTVerifyGetKey;
-  /** How long a client registration is cached per process, in ms (default 30 000; 0 disables). */
+  /**
+   * How long a client registration, and a token verified with it, is cached per process, in ms
+   * (default 30 000; 0 disables both).
+   */
   readonly clientCacheMs?: number;
 }
 
@@ -65,6 +68,9 @@ export interface Authenticator {
 }
 
 class TokenRejected extends Error {}
+
+/** Verified tokens remembered per process at most (the cache is emptied when full). */
+const TOKEN_CACHE_MAX = 10_000;
 
 function stringClaim(payload: JWTPayload, name: string): string | undefined {
   const v = payload[name];
@@ -171,10 +177,29 @@ export function createAuthenticator(deps: AuthenticatorDeps): Authenticator {
     });
   }
 
+  /**
+   * Verified tokens, so that a client's every request does not pay for an ECDSA verification and a
+   * registration look-up. An entry lives until the token expires or for the registration cache
+   * time, whichever is first, so a narrowed or deleted registration takes effect as soon as it
+   * would without this cache. Only successes are cached.
+   */
+  const verified = new Map<string, { until: number; context: AccessContext }>();
+
   async function verifyAccessToken(token: string): Promise<AccessContext> {
+    const now = clock.now().getTime();
+    const hit = verified.get(token);
+    if (hit) {
+      if (now < hit.until) return hit.context;
+      verified.delete(token);
+    }
     try {
       const { payload, ours } = await verify(token);
-      return await toContext(payload, ours);
+      const context = await toContext(payload, ours);
+      if (cacheMs > 0 && typeof payload.exp === 'number') {
+        if (verified.size >= TOKEN_CACHE_MAX) verified.clear();
+        verified.set(token, { until: Math.min(payload.exp * 1000, now + cacheMs), context });
+      }
+      return context;
     } catch (err) {
       const reason = err instanceof TokenRejected ? err.message : ((err as { code?: string }).code ?? 'verification failed');
       logger.debug({ reason }, 'access token rejected');

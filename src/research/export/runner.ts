@@ -417,9 +417,11 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
     });
     const v = stored.version;
     const manifestRef = `${v.resourceType}/${v.id}/_history/${v.versionId}`;
-    await deps.queues.enqueueBulk('integrity', [
-      { data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } },
-    ]);
+    if (!deps.store.resources.commitsVersions) {
+      await deps.queues.enqueueBulk('integrity', [
+        { data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } },
+      ]);
+    }
     const manifest = bulkManifest({
       transactionTime: rec.transactionTime,
       requestUrl: rec.requestUrl,
