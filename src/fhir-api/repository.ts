@@ -38,6 +38,7 @@ import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import type { QueueRegistry } from '../queue/index.js';
+import { isExportManifest } from '../research/export/manifest.js';
 import { clinicalDate, extractIndexRows, referenceKey, searchParamKind } from '../store/search-store.js';
 import type { SearchClause, Store, StoredVersion } from '../store/types.js';
 import type { AccessContext, DisclosureRecorder } from './access.js';
@@ -146,7 +147,10 @@ export function patientsOf(resource: Resource): string[] {
       for (const n of node) walk(n);
       return;
     }
-    for (const [k, v] of Object.entries(node as Record<string, unknown>)) {
+    // for…in rather than Object.entries: no pair arrays per node (this runs on every resource read and exported).
+    const obj = node as Record<string, unknown>;
+    for (const k in obj) {
+      const v = obj[k];
       if (k === 'reference' && typeof v === 'string') {
         const ref = referenceKey(v);
         if (ref?.type === 'Patient') out.add(ref.id);
@@ -312,12 +316,14 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     const policy: string[] = [];
     let breakGlass = false;
     if (patients.length === 0) {
-      // No patient is concerned: reference data is governed by scopes alone; patient-type data
+      // No patient is concerned: reference data (reference types, and the export manifests the
+      // export job writes: file names and hashes, no PHI) is governed by scopes alone; other data
       // that names no patient gets the default decision (fail closed under opt-in).
-      const dflt = NON_PATIENT_TYPES.has(resource.resourceType) ? 'permit' : consentDefault;
+      const reference = NON_PATIENT_TYPES.has(resource.resourceType) || isExportManifest(resource);
+      const dflt = reference ? 'permit' : consentDefault;
       const d = NO_CONSENTS.decide({ ...baseRequest(resource, '-'), patient: 'Patient/-' }, now, { defaultDecision: dflt });
       decisions.push(d);
-      policy.push(dflt === 'permit' && NON_PATIENT_TYPES.has(resource.resourceType) ? POLICY.noPatient : policyOf(d, dflt)[0]!);
+      policy.push(reference ? POLICY.noPatient : policyOf(d, dflt)[0]!);
     }
     for (const p of patients) {
       let d: ConsentDecision;
@@ -366,7 +372,8 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     if (count === 0) return { items: [] };
     let position = after;
     let examined = 0;
-    const batch = Math.min(Math.max(count * 2, 20), 500);
+    // count + 1 rows answer a full page and whether a further row exists in one fetch (the export's 500-resource pages).
+    const batch = Math.min(Math.max(count * 2, 20), Math.max(500, count + 1));
     for (;;) {
       const rows = await fetch(position, batch);
       for (const row of rows) {

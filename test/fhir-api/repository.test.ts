@@ -9,6 +9,7 @@ import type { Observation } from '@medplum/fhirtypes';
 import type { OperationResult } from '../../src/fhir-api/operations/context.js';
 import { createScopedRepository, patientsOf, type FhirApiDeps } from '../../src/fhir-api/repository.js';
 import { parseSearch } from '../../src/fhir-api/search-params.js';
+import { MANIFEST_CODE, manifestResource } from '../../src/research/export/index.js';
 import { silentLogger } from '../helpers/env.js';
 import { accessContext, consent, denyActor, observation, openFhirEnv, patient, type FhirEnv } from './env.js';
 
@@ -132,5 +133,29 @@ describe('createScopedRepository', () => {
     // Same patient context without fhirUser = the patient (e.g. a clinician's app launched for p2): consent applies.
     const launched = createScopedRepository(accessContext({ scope: 'patient/*.rs', patient: 'p2' }), optIn);
     expect(await launched.read('Observation', 'o2')).toBeUndefined();
+  });
+
+  it('opt-in: an export manifest (and only that kind of Basic) is non-patient data, governed by scopes alone', async () => {
+    const manifest = manifestResource({
+      exportId: '0b7c3f4e-1d2a-4c5b-8e9f-0a1b2c3d4e5f',
+      transactionTime: new Date('2026-03-01T12:00:00Z'),
+      requestUrl: 'https://anchor.test/fhir/R4/$export',
+      level: 'system',
+      consent: 'research',
+      files: [{ type: 'Observation', name: 'Observation.ndjson', url: 'https://anchor.test/x', count: 1, bytes: 10, sha256: '0'.repeat(64) }],
+      patients: { included: 1, excluded: 0 },
+    });
+    await env.put(manifest);
+    await env.put({ resourceType: 'Basic', id: 'other-basic', code: { coding: [{ system: 'urn:test', code: 'x' }] } } as typeof manifest);
+    await env.put({ resourceType: 'Basic', id: 'look-alike', code: { coding: [{ ...MANIFEST_CODE }] } } as typeof manifest);
+    const optIn: FhirApiDeps = { ...deps, consentDefault: 'deny' };
+    const system = createScopedRepository(accessContext({ scope: 'system/Basic.rs' }), optIn);
+    expect((await system.read('Basic', manifest.id))?.resource.id).toBe(manifest.id);
+    expect(await system.vread('Basic', manifest.id, '1')).toBeDefined();
+    expect(await system.read('Basic', 'other-basic')).toBeUndefined();
+    expect(await system.read('Basic', 'look-alike')).toBeUndefined();
+    // Scopes still apply: no Basic scope, no manifest; a patient-context scope does not reach it (in no patient's compartment).
+    await expect(createScopedRepository(accessContext({ scope: 'system/Observation.rs' }), optIn).read('Basic', manifest.id)).rejects.toThrow();
+    expect(await createScopedRepository(accessContext({ scope: 'patient/Basic.rs', patient: 'p1', fhirUser: 'Patient/p1' }), optIn).read('Basic', manifest.id)).toBeUndefined();
   });
 });

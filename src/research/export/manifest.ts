@@ -14,12 +14,26 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import type { Basic, Extension } from '@medplum/fhirtypes';
+import type { Basic, Extension, Resource } from '@medplum/fhirtypes';
 
 /** Coding that marks a `Basic` resource as an export manifest. */
 export const MANIFEST_CODE = { system: 'urn:fhir-anchor:resource-kind', code: 'export-manifest', display: 'fhir-anchor export manifest' } as const;
 /** Base of the manifest's extension URLs. */
 export const MANIFEST_EXT = 'https://fhir-anchor.dev/fhir/StructureDefinition/export-manifest';
+
+/** Id of an export's manifest resource: `export-` and the export id (a UUID; ingested ids never look like this). */
+const MANIFEST_ID_RE = /^export-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/**
+ * Whether a resource is an export manifest written by the export job: a `Basic` with id
+ * `export-{exportId}` carrying {@link MANIFEST_CODE}. Ingested resources get UUID ids
+ * (src/normalize/anchor-id.ts), so a source cannot make one of its resources look like a manifest by
+ * copying the coding. The consent-scoped repository treats manifests as non-patient reference data.
+ */
+export function isExportManifest(resource: Resource): boolean {
+  if (resource.resourceType !== 'Basic' || typeof resource.id !== 'string' || !MANIFEST_ID_RE.test(resource.id)) return false;
+  return (resource.code?.coding ?? []).some((c) => c.system === MANIFEST_CODE.system && c.code === MANIFEST_CODE.code);
+}
 
 /** One hashed output or error file. */
 export interface HashedFile {

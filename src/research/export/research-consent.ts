@@ -41,8 +41,12 @@ export interface ResearchOutcome {
 export interface ResearchGate {
   /** Loads the research consents of these patients in one query (call once per page). */
   prepare(patients: readonly string[]): Promise<void>;
-  /** Decides about one resource; its patients must have been prepared. */
-  decide(resource: Resource): ResearchOutcome;
+  /**
+   * Decides about one resource; its patients must have been prepared.
+   *
+   * @param patients - `patientsOf(resource)` when the caller already has it (saves a walk of the resource)
+   */
+  decide(resource: Resource, patients?: readonly string[]): ResearchOutcome;
 }
 
 function policyOf(d: ConsentDecision, dflt: 'permit' | 'deny'): string[] {
@@ -98,8 +102,8 @@ export function createResearchGate(options: {
       }
       for (const p of missing) cache.set(p, compileConsents(byPatient.get(p) ?? [], { localBases: options.localBases }));
     },
-    decide(resource) {
-      const patients = patientsOf(resource);
+    decide(resource, known) {
+      const patients = known ?? patientsOf(resource);
       if (patients.length === 0) {
         if (REFERENCE_TYPES.has(resource.resourceType)) return { permit: true, patients, policy: [RESEARCH_POLICY.noPatient] };
         // Patient-type data naming no patient: the research default (fail closed under opt-in).

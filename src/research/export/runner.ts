@@ -56,6 +56,22 @@ interface Unit {
   readonly chunk: number;
 }
 
+/** What one page leaves behind once read: compact data only (see `readPage` in {@link createExportRunner}). */
+interface PageOutput {
+  /** The page's NDJSON lines (undefined when nothing is written). */
+  readonly ndjson: Buffer | undefined;
+  readonly count: number;
+  /** Resources the de-identification safety net withheld. */
+  readonly dropped: number;
+  /** Resources the repository withheld (scope constraints, patient-privacy denials). */
+  readonly withheld: number;
+  /** Where the unit continues (absent: the unit is done). */
+  readonly next?: string;
+  readonly delta: PatientDecisionDelta[];
+}
+
+const PATIENT_PRIVACY_POLICY: readonly string[] = [RESEARCH_POLICY.patientPrivacy];
+
 /** The directory of one export's files. */
 export function exportDirectory(exportDir: string, exportId: string): string {
   if (!EXPORT_ID_RE.test(exportId)) throw new Error('invalid export id');
@@ -191,8 +207,7 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
     }
   };
 
-  const append = async (file: string, data: string): Promise<number> => {
-    const buf = Buffer.from(data, 'utf8');
+  const append = async (file: string, buf: Buffer): Promise<number> => {
     const fh = await open(file, 'a', 0o600);
     try {
       await fh.write(buf);
@@ -255,8 +270,12 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
       queues: deps.queues,
     };
 
-    while (cursor.unit < units.length) {
-      const unit = units[cursor.unit]!;
+    /**
+     * Reads, gates and serialises one page. Only compact results leave this function (the NDJSON
+     * bytes, counts and the patients' decisions), so the page's resource objects are no longer
+     * reachable while the page is written, synced and committed.
+     */
+    const readPage = async (unit: Unit, after: string | undefined): Promise<PageOutput> => {
       if (!repo || repoPages >= REPO_PAGES) {
         repo = createScopedRepository(access, repoDeps);
         gate = params.research
@@ -268,7 +287,7 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
       }
       repoPages += 1;
       const base = [...sinceClause(params), ...filterClauses(params, unit.type, unit.filter)];
-      const result = await repo.search(query(unit.type, [...base, ...chunkClause(unit.type, members, unit.chunk)], pageSize), cursor.after !== undefined ? [cursor.after] : undefined);
+      const result = await repo.search(query(unit.type, [...base, ...chunkClause(unit.type, members, unit.chunk)], pageSize), after !== undefined ? [after] : undefined);
 
       let items: Array<ConsentChecked<Resource>> = result.items.map((i) => i.resource);
       if (rec.level !== 'system' && unit.type !== 'Patient') items = items.filter((r) => compartmentPatients(r).length > 0);
@@ -301,17 +320,19 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
           for (const x of policy) d.policy.add(x);
         }
       };
+      // One walk per resource for its patients (the gate and the consent record both need them).
+      const patientsOfItem = items.map((r) => patientsOf(r));
       let released: Array<ConsentChecked<Resource>> = items;
       if (gate) {
-        await gate.prepare(items.flatMap((r) => patientsOf(r)));
+        await gate.prepare(patientsOfItem.flat());
         released = [];
-        for (const r of items) {
-          const o = gate.decide(r);
+        items.forEach((r, i) => {
+          const o = gate!.decide(r, patientsOfItem[i]);
           note(o.patients, o.permit, o.policy);
           if (o.permit) released.push(r);
-        }
+        });
       } else {
-        for (const r of items) note(patientsOf(r), true, [RESEARCH_POLICY.patientPrivacy]);
+        for (const patients of patientsOfItem) note(patients, true, PATIENT_PRIVACY_POLICY);
       }
 
       const lines: string[] = [];
@@ -323,28 +344,39 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
           else dropped += 1;
         } else lines.push(JSON.stringify(r));
       }
+      return {
+        ndjson: lines.length > 0 ? Buffer.from(`${lines.join('\n')}\n`, 'utf8') : undefined,
+        count: lines.length,
+        dropped,
+        withheld,
+        ...(result.next?.[0] !== undefined ? { next: result.next[0] } : {}),
+        delta: [...decisions].map(([patientId, d]) => ({ patientId, included: d.included, excluded: d.excluded, policy: [...d.policy] })),
+      };
+    };
 
+    while (cursor.unit < units.length) {
+      const unit = units[cursor.unit]!;
+      const out = await readPage(unit, cursor.after);
       let files = cursor.files;
-      if (lines.length > 0) {
+      if (out.ndjson) {
         const name = `${unit.type}.ndjson`;
         let f = files.find((x) => x.name === name);
         if (!f) {
           f = { type: unit.type, name, bytes: 0, count: 0 };
           files = [...files, f];
         }
-        const bytes = await append(path.join(dir, name), `${lines.join('\n')}\n`);
-        const updated: FileState = { ...f, bytes: f.bytes + bytes, count: f.count + lines.length };
+        const bytes = await append(path.join(dir, name), out.ndjson);
+        const updated: FileState = { ...f, bytes: f.bytes + bytes, count: f.count + out.count };
         files = files.map((x) => (x.name === name ? updated : x));
       }
       const next: ExportCursor = {
-        unit: result.next ? cursor.unit : cursor.unit + 1,
-        ...(result.next?.[0] !== undefined ? { after: result.next[0] } : {}),
+        unit: out.next !== undefined ? cursor.unit : cursor.unit + 1,
+        ...(out.next !== undefined ? { after: out.next } : {}),
         files,
-        deidDropped: dropped > 0 ? { ...cursor.deidDropped, [unit.type]: (cursor.deidDropped[unit.type] ?? 0) + dropped } : cursor.deidDropped,
-        accessWithheld: cursor.accessWithheld + withheld,
+        deidDropped: out.dropped > 0 ? { ...cursor.deidDropped, [unit.type]: (cursor.deidDropped[unit.type] ?? 0) + out.dropped } : cursor.deidDropped,
+        accessWithheld: cursor.accessWithheld + out.withheld,
       };
-      const delta: PatientDecisionDelta[] = [...decisions].map(([patientId, d]) => ({ patientId, included: d.included, excluded: d.excluded, policy: [...d.policy] }));
-      if (!(await deps.exports.savePage(exportId, next, lines.length, delta))) {
+      if (!(await deps.exports.savePage(exportId, next, out.count, out.delta))) {
         await removeDir(exportId); // cancelled meanwhile
         return;
       }
