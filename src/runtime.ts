@@ -106,6 +106,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
       publicBaseUrl: config.http.publicBaseUrl,
       bodyLimitBytes: config.http.bodyLimitBytes,
       linkIdentifierSystems: config.ingest.linkIdentifierSystems,
+      ...(config.validationThreads !== undefined ? { validationThreads: config.validationThreads } : {}),
       ...(config.ingest.sourcesFile ? { sourcesFile: config.ingest.sourcesFile } : {}),
     });
   } catch (err) {
@@ -367,6 +368,7 @@ export async function startService(options: StartOptions): Promise<RunningServic
         logger.info('HTTP drained');
       }
       await queues.close();
+      await ingest.close();
       logger.info('workers and queues closed');
       await integrity.stop().catch((err: unknown) => logger.error({ err: err instanceof Error ? err.message : String(err) }, 'integrity flush at shutdown failed'));
       await Promise.allSettled(anchors.map((a) => a.close()));

@@ -7,7 +7,7 @@ import type { Router } from 'express';
 import { compileCodeLists, type SensitivityCodeIndex } from '../consent/index.js';
 import type { Clock } from '../platform/clock.js';
 import type { Logger } from '../platform/logger.js';
-import { loadNormalizationRules, createValidator, type NormalizationRules, type Validator } from '../normalize/index.js';
+import { createValidatorPool, defaultValidationThreads, loadNormalizationRules, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
 import type { QueueRegistry } from '../queue/index.js';
 import type { Store } from '../store/index.js';
 import { createIngestAdminRouter } from './admin.js';
@@ -40,6 +40,8 @@ export interface IngestStageOptions {
   readonly linkIdentifierSystems: readonly string[];
   /** JSON file of sources to load at start-up. */
   readonly sourcesFile?: string;
+  /** Validation worker threads (0: in the event loop; default {@link defaultValidationThreads}). */
+  readonly validationThreads?: number;
 }
 
 export interface IngestStage {
@@ -56,6 +58,8 @@ export interface IngestStage {
   manageSubscriptions(sourceId?: string): Promise<Array<SubscriptionSummary | { sourceId: string; error: string }>>;
   /** Re-enqueues inbox items whose jobs were lost (Redis restarted empty, a crash between commit and enqueue). */
   reconcile(options?: { staleMs?: number }): Promise<number>;
+  /** Stops the validation threads (after the queues stopped delivering jobs). */
+  close(): Promise<void>;
 }
 
 export async function createIngestStage(options: IngestStageOptions): Promise<IngestStage> {
@@ -66,7 +70,7 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
     logger.info({ sources: n }, 'sources loaded from file');
   }
 
-  let validator: Promise<Validator> | undefined;
+  let validator: Promise<BatchValidator> | undefined;
   const sensitivity: SensitivityCodeIndex = compileCodeLists(JSON.parse(await readFile(SENSITIVITY_CODE_LISTS, 'utf8')) as unknown);
   const rulesCache = new Map<string, Promise<NormalizationRules>>();
   const clients = new Map<string, { client: SourceClient; definition: string }>();
@@ -104,7 +108,7 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
     manageSubscriptions,
 
     startWorkers(concurrency) {
-      validator ??= createValidator();
+      validator ??= createValidatorPool({ threads: options.validationThreads ?? defaultValidationThreads() });
       const ready = validator;
       const rules = (sourceId: string): Promise<NormalizationRules> => {
         let r = rulesCache.get(sourceId);
@@ -134,6 +138,12 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
         },
         { concurrency },
       );
+    },
+
+    async close() {
+      const v = validator;
+      validator = undefined;
+      if (v) await (await v.catch(() => undefined))?.close();
     },
 
     async reconcile(reconcileOptions = {}) {

@@ -20,7 +20,7 @@ import type { Logger } from '../platform/logger.js';
 import { TerminalJobError, type JobContext, type QueueRegistry } from '../queue/index.js';
 import type { PutVersionInput, Store } from '../store/index.js';
 import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/index.js';
-import { anchorId, isStructurallyFhir, normalizeResource, type NormalizationRules, type Validator } from '../normalize/index.js';
+import { anchorId, isStructurallyFhir, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
 import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParsedNotification } from './notification.js';
 import type { Source } from './source.js';
 import { SourceError, type SourceClient } from './source-client.js';
@@ -37,7 +37,8 @@ export interface IngestDeps {
   readonly registry: SourceRegistry;
   readonly clock: Clock;
   readonly logger: Logger;
-  readonly validator: Validator;
+  /** Validates a notification's resources as one batch (on worker threads in the runtime). */
+  readonly validator: BatchValidator;
   /** Normalisation rules for a source (cached by the caller). */
   readonly rules: (sourceId: string) => Promise<NormalizationRules>;
   /** A client for calling the source back (cached per source by the caller). */
@@ -295,9 +296,8 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         else notes.push(`${found.length === 0 ? 'unresolved' : 'ambiguous'} conditional reference ${ref.slice(0, 200)}`);
       }
 
-      // Normalise and validate.
-      const inputs: PutVersionInput[] = [];
-      const inputIndex: number[] = [];
+      // Normalise each resource, then validate them all as one batch (off the event loop).
+      const normalizedItems: Array<{ w: (typeof valid)[number]; normalized: ReturnType<typeof normalizeResource> }> = [];
       for (const w of valid) {
         if (w.ifNoneExist) {
           const q = identifierQuery(w.ifNoneExist);
@@ -324,8 +324,15 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         }
         // DS4P labels so consent can deny "all my mental health data" (src/consent/labels.ts).
         const labelled = deps.sensitivity ? applySensitivityLabels(normalized.resource, deps.sensitivity) : normalized.resource;
-        normalized = { ...normalized, resource: labelled };
-        const validation = deps.validator.validate(normalized.resource, normalized.targetProfile);
+        normalizedItems.push({ w, normalized: { ...normalized, resource: labelled } });
+      }
+      const validations = await deps.validator.validateMany(
+        normalizedItems.map(({ normalized }) => ({ resource: normalized.resource, ...(normalized.targetProfile ? { profile: normalized.targetProfile } : {}) })),
+      );
+      const inputs: PutVersionInput[] = [];
+      const inputIndex: number[] = [];
+      normalizedItems.forEach(({ w, normalized }, k) => {
+        const validation = validations[k]!;
         if (!validation.valid) summary.invalid += 1;
         const srcMeta = isObject(w.resource.meta) ? w.resource.meta : {};
         const sourceVersion = typeof srcMeta.versionId === 'string' ? srcMeta.versionId : undefined;
@@ -343,7 +350,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
           validation: { valid: validation.valid, outcome: validation.outcome },
         });
         inputIndex.push(w.index);
-      }
+      });
       for (const d of deletes) {
         const id = anchorId(source.id, d.delete!.resourceType, d.delete!.id);
         const current = await store.resources.readCurrent(d.delete!.resourceType, id);
@@ -418,14 +425,14 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
             if (links.some((l) => l.other?.reference === `Patient/${to}`)) continue;
             const { meta, ...rest } = res;
             const updated: Patient = { ...rest, meta: { ...(meta?.profile ? { profile: meta.profile } : {}), ...(meta?.source ? { source: meta.source } : {}), ...(meta?.security ? { security: meta.security } : {}) }, link: [...links, { other: { reference: `Patient/${to}` }, type: 'seealso' }] };
-            const validation = deps.validator.validate(updated, meta?.profile?.[0]);
+            const [validation] = await deps.validator.validateMany([{ resource: updated, ...(meta?.profile?.[0] ? { profile: meta.profile[0] } : {}) }]);
             const r = await store.resources.putVersion({
               resourceType: 'Patient',
               id: from,
               resource: updated,
               dedupKey: `link:Patient/${to}`,
               sourceId: 'fhir-anchor',
-              validation: { valid: validation.valid, outcome: validation.outcome },
+              validation: { valid: validation!.valid, outcome: validation!.outcome },
             });
             if (r.status !== 'duplicate') out.push(r.version);
           }

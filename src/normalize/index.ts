@@ -7,4 +7,12 @@ export { anchorId, ANCHOR_NAMESPACE } from './anchor-id.js';
 export { normalizeResource, sourceIdentifierSystem, type NormalizeContext, type NormalizeResult } from './normalize.js';
 export { loadNormalizationRules, RulesError, type NormalizationRules } from './rules.js';
 export { createValidator, type Validator } from './validate.js';
+export {
+  createValidatorPool,
+  defaultValidationThreads,
+  inProcessValidator,
+  type BatchValidator,
+  type ValidationRequest,
+  type ValidationResult,
+} from './validator-pool.js';
 export { isStructurallyFhir } from './structural.js';
