@@ -31,6 +31,7 @@ import { parseVerifierKey } from './integrity/note.js';
 import { openIntegrityStore } from './store/integrity-store.js';
 import { createApp } from './server/app.js';
 import type { HealthCheck } from './server/health.js';
+import { collectGarbage } from './platform/gc.js';
 import { openDatabase, type Database } from './store/index.js';
 
 export interface Roles {
@@ -342,6 +343,8 @@ export async function startService(options: StartOptions): Promise<RunningServic
     url = `http://${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}`;
     logger.info({ url, publicBaseUrl: config.http.publicBaseUrl }, 'HTTP server listening');
   }
+  // Start-up (migrations, profiles, rules, policies) leaves garbage V8 would keep for a long time.
+  collectGarbage();
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {

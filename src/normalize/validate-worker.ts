@@ -5,6 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Resource } from '@medplum/fhirtypes';
+import { collectGarbage } from '../platform/gc.js';
 import { createValidator } from './validate.js';
 
 interface Batch {
@@ -16,6 +17,8 @@ const port = parentPort;
 if (!port) throw new Error('validate-worker must run in a worker thread');
 const { profilesDir } = (workerData ?? {}) as { profilesDir?: string };
 const validator = await createValidator(profilesDir ? { profilesDir } : {});
+// Loading allocated ~180 MB of which ~16 MB stays: release the rest now rather than whenever V8 gets to it.
+collectGarbage();
 port.on('message', (batch: Batch) => {
   try {
     port.postMessage({ id: batch.id, results: batch.items.map((i) => validator.validate(i.resource, i.profile)) });

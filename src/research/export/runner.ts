@@ -21,6 +21,7 @@ import { parseScopes, type ConsentChecked } from '../../consent/index.js';
 import type { AccessContext, DisclosureRecorder } from '../../fhir-api/access.js';
 import { createScopedRepository, patientsOf, type FhirApiDeps, type ScopedRepository } from '../../fhir-api/repository.js';
 import { parseSearch, type ParsedSearch } from '../../fhir-api/search-params.js';
+import { collectGarbage } from '../../platform/gc.js';
 import { TerminalJobError } from '../../queue/index.js';
 import type { ExportRecord, PatientDecisionDelta } from '../../store/export-store.js';
 import { extractIndexRows, referenceKey } from '../../store/search-store.js';
@@ -39,6 +40,12 @@ export const DEFAULT_EXPIRY_MS = 24 * 3600 * 1000;
 const GROUP_CHUNK = 100;
 /** Pages one consent-scoped repository serves before a fresh one (bounds its audit sets to ~10^4 entries). */
 const REPO_PAGES = 20;
+/**
+ * A full garbage collection every this many pages: each page's resources die young, but V8, sized for
+ * the host's memory, would let them accumulate to hundreds of MB before collecting; collecting every
+ * few pages keeps the export's memory bounded by a few pages, whatever the heap limit.
+ */
+const GC_EVERY_PAGES = 10;
 /** Error file name (manifest `error`). */
 const ERROR_FILE = 'OperationOutcome.ndjson';
 const EXPORT_ID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -382,6 +389,7 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
       }
       cursor = next;
       page += 1;
+      if (page % GC_EVERY_PAGES === 0) collectGarbage();
       await deps.afterPage?.(exportId, page);
     }
     await finish(rec, params, access, cursor, dir);
