@@ -109,6 +109,8 @@ export function serviceConfig(queue: 'redis' | 'postgres', overrides: Record<str
     HOST: '127.0.0.1',
     LOG_LEVEL: 'silent',
     DATA_DIR: `/tmp/fhir-anchor-bench-${randomUUID()}`,
+    // Passed through so that a run can compare settings (e.g. VALIDATION_THREADS=0).
+    ...(process.env.VALIDATION_THREADS !== undefined ? { VALIDATION_THREADS: process.env.VALIDATION_THREADS } : {}),
     ...overrides,
   });
 }

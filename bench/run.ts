@@ -107,6 +107,9 @@ node --import tsx bench/foundation.ts
 node --import tsx bench/ingest.ts         # HOOK_RATE=500 HOOK_SECONDS=10 BENCH_PROFILE=0|1
 node --import tsx bench/integrity.ts
 node --import tsx bench/integrity-gas.ts
+node --import tsx bench/read.ts           # BENCH_READ_CASES=read:gated,read:raw BENCH_READ_SECONDS=10
+npm run build && node --import tsx bench/research.ts   # BENCH_SIZES=100000,300000
+VALIDATION_THREADS=0 node --import tsx bench/ingest.ts   # compare validation in the event loop
 \`\`\`
 `;
   writeFileSync(new URL('../docs/benchmarks.md', import.meta.url), md);
