@@ -30,6 +30,7 @@
  *   node --import tsx bench/read.ts
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { createRequire } from 'node:module';
@@ -612,6 +613,8 @@ async function main(): Promise<void> {
   say(`bench:read — ${SECONDS} s per case${QUICK ? ' (BENCH_QUICK)' : ''}, ${os.cpus().length} CPUs, load ${loadAverage()}`);
   const { section } = await runRead();
   say(`\n## ${section.title}\n\n${section.markdown}`);
+  // For `npm run bench`, which runs this benchmark in its own process and collects the section.
+  if (process.env.BENCH_SECTION_OUT) writeFileSync(process.env.BENCH_SECTION_OUT, JSON.stringify(section));
 }
 
 if (isMain(import.meta.url)) {
