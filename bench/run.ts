@@ -102,7 +102,7 @@ ${sections
   .map((s) => `- ${s}`)
   .join('\n')}
 
-${sections.map((s) => s.markdown.trim()).join('\n\n')}
+${sections.map((s) => (s.markdown.trim().startsWith('## ') ? s.markdown.trim() : `## ${s.title}\n\n${s.markdown.trim()}`)).join('\n\n')}
 
 ## Reproduce
 
