@@ -96,7 +96,7 @@ async function procMemory(pid: number): Promise<{ rss: number; hwm: number }> {
 async function startServiceProcess(env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
   const args = RUNTIME === 'tsx' ? ['--import', 'tsx', 'src/cli.ts', 'serve'] : [SERVICE_CLI, 'serve'];
   const nodeOptions = process.env.BENCH_SERVICE_NODE_OPTIONS;
-  const child = spawn(process.execPath, args, { env: { PATH: process.env.PATH ?? '', ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, args, { env: { PATH: process.env.PATH ?? '', ...(nodeOptions ? { NODE_OPTIONS: nodeOptions } : {}), ...(process.env.VALIDATION_THREADS !== undefined ? { VALIDATION_THREADS: process.env.VALIDATION_THREADS } : {}), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-4000);

@@ -4,12 +4,14 @@
  * store; in the event loop it also delays every other job and the hook's acknowledgements. With
  * `threads: 0` the same interface validates in-process (tests, single-core machines).
  *
- * A batch (one notification's resources) goes to the least busy thread in one message. A thread
- * that dies fails its batches (the ingest job is retried) and is replaced.
+ * Threads start with the first batch. A batch (one notification's resources) goes to the least busy
+ * thread in one message. A thread that dies fails its batches (the ingest job is retried) and is
+ * replaced.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { OperationOutcome, Resource } from '@medplum/fhirtypes';
+import { collectGarbage } from '../platform/gc.js';
 import { createValidator, type Validator } from './validate.js';
 
 export interface ValidationRequest {
@@ -29,6 +31,8 @@ export interface BatchValidator {
   validateMany(items: readonly ValidationRequest[]): Promise<ValidationResult[]>;
   /** Stops the threads (pending batches fail). */
   close(): Promise<void>;
+  /** Worker threads running (0 in-process, and before the first batch). */
+  readonly threads: number;
 }
 
 /** Threads to use by default: one per core beyond the first (the event loop's), at most 4. */
@@ -39,6 +43,7 @@ export function defaultValidationThreads(): number {
 /** The in-process {@link BatchValidator}. */
 export function inProcessValidator(validator: Validator): BatchValidator {
   return {
+    threads: 0,
     validateMany: async (items) => items.map((i) => validator.validate(i.resource, i.profile)),
     close: async () => undefined,
   };
@@ -81,7 +86,12 @@ function workerEntry(): { script: URL | string; eval: boolean } {
  * @param options.profilesDir - default `<repo>/fhir-profiles/`
  */
 export async function createValidatorPool(options: { threads: number; profilesDir?: string }): Promise<BatchValidator> {
-  if (options.threads <= 0) return inProcessValidator(await createValidator(options.profilesDir ? { profilesDir: options.profilesDir } : {}));
+  if (options.threads <= 0) {
+    const validator = await createValidator(options.profilesDir ? { profilesDir: options.profilesDir } : {});
+    // Loading allocated ~180 MB of which ~16 MB stays: release the rest now (see platform/gc.ts).
+    collectGarbage();
+    return inProcessValidator(validator);
+  }
   const entry = workerEntry();
   let nextId = 1;
   let closed = false;
@@ -116,22 +126,29 @@ export async function createValidatorPool(options: { threads: number; profilesDi
       for (const p of slot.pending.values()) p.reject(new Error(`validation thread exited (${code})`));
       slot.pending.clear();
       slot.load = 0;
-      if (!closed && slot.started) {
-        const i = slots.indexOf(slot);
-        if (i >= 0) slots[i] = spawn();
-      }
+      const i = slots.indexOf(slot);
+      if (i < 0) return;
+      // A thread that worked is replaced at once; one that never started is dropped, so the next
+      // batch tries again (one attempt per batch, no restart loop on a broken install).
+      if (!closed && slot.started) slots[i] = spawn();
+      else slots.splice(i, 1);
     });
     worker.unref();
     return slot;
   };
 
-  const slots: Slot[] = Array.from({ length: options.threads }, spawn);
-  await Promise.all(slots.map((s) => s.ready));
+  // Threads start with the first batch: each holds ~100 MB of RSS (its own isolate and definitions),
+  // which a process that never ingests (or has not yet) should not carry.
+  const slots: Slot[] = [];
 
   return {
+    get threads() {
+      return slots.length;
+    },
     async validateMany(items) {
       if (items.length === 0) return [];
       if (closed) throw new Error('validator pool is closed');
+      if (slots.length === 0) for (let i = 0; i < options.threads; i++) slots.push(spawn());
       const slot = slots.reduce((a, b) => (b.load < a.load ? b : a));
       await slot.ready;
       const id = nextId++;

@@ -40,9 +40,25 @@ describe('validator pool', () => {
     expect(results.map((r) => r.map((x) => x.valid))).toEqual(batches.map(() => [true, false]));
   });
 
-  it('answers an empty batch without a thread', async () => {
-    expect(await pool.validateMany([])).toEqual([]);
-  });
+  it('starts its threads with the first batch, not before', async () => {
+    const lazy = await createValidatorPool({ threads: 1 });
+    expect(lazy.threads).toBe(0);
+    expect(await lazy.validateMany([])).toEqual([]);
+    expect(lazy.threads).toBe(0);
+    expect((await lazy.validateMany([{ resource: good }]))[0]!.valid).toBe(true);
+    expect(lazy.threads).toBe(1);
+    await lazy.close();
+  }, 120_000);
+
+  it('fails a batch (and tries again with the next) when a thread cannot start', async () => {
+    const broken = await createValidatorPool({ threads: 1, profilesDir: '/nonexistent/fhir-profiles' });
+    await expect(broken.validateMany([{ resource: good }])).rejects.toThrow(/ENOENT|exited/);
+    // The dead thread is dropped once it has exited; the next batch starts a new one (and fails the same way).
+    for (let i = 0; i < 100 && broken.threads > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(broken.threads).toBe(0);
+    await expect(broken.validateMany([{ resource: good }])).rejects.toThrow(/ENOENT|exited/);
+    await broken.close();
+  }, 120_000);
 
   it('with 0 threads validates in-process', async () => {
     const inline = await createValidatorPool({ threads: 0 });
