@@ -6,7 +6,7 @@
  * reads go through `merkle_tile`: any RFC 9162 proof needs O(log n) tile rows, fetched in one query.
  */
 import type pg from 'pg';
-import { createPool } from './postgres-store.js';
+import { commitmentInsertSql, commitmentValues, createPool } from './postgres-store.js';
 import type {
   AnchorReceiptRecord,
   AuditRow,
@@ -184,20 +184,8 @@ export class PgIntegrityStore implements IntegrityStore {
       if (!VERSION_RE.test(row.versionId)) throw new RangeError(`invalid version id ${JSON.stringify(row.versionId)}`);
     }
     const r = await this.pool.query<{ resource_type: string; id: string; version_id: number }>(
-      `INSERT INTO commitment (resource_type, id, version_id, salt, commitment, created_at)
-       SELECT u.resource_type, u.id, u.version_id, u.salt, u.commitment, $6::timestamptz
-       FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::bytea[]) AS u(resource_type, id, version_id, salt, commitment)
-       ORDER BY 1, 2, 3
-       ON CONFLICT (resource_type, id, version_id) DO NOTHING
-       RETURNING resource_type, id, version_id`,
-      [
-        rows.map((c) => c.resourceType),
-        rows.map((c) => c.id),
-        rows.map((c) => Number(c.versionId)),
-        rows.map((c) => buf(c.salt)),
-        rows.map((c) => buf(c.commitment)),
-        now,
-      ],
+      `${commitmentInsertSql(1, '$6::timestamptz')} RETURNING resource_type, id, version_id`,
+      [...commitmentValues(rows), now],
     );
     return r.rows.map((row) => ({ resourceType: row.resource_type, id: row.id, versionId: String(row.version_id) }));
   }

@@ -101,31 +101,33 @@ async function inTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Pr
   }
 }
 
-/** Column arrays of pending commitments (`commitment` rows) for unnest. */
-function commitmentArrays(versions: readonly StoredVersion[], committer: VersionCommitter): unknown[] {
-  const t: string[] = [];
-  const i: string[] = [];
-  const v: number[] = [];
-  const salts: Buffer[] = [];
-  const commitments: Buffer[] = [];
-  for (const version of versions) {
-    const c = committer(version);
-    t.push(version.resourceType);
-    i.push(version.id);
-    v.push(Number(version.versionId));
-    salts.push(Buffer.from(c.salt.buffer, c.salt.byteOffset, c.salt.byteLength));
-    commitments.push(Buffer.from(c.commitment.buffer, c.commitment.byteOffset, c.commitment.byteLength));
-  }
-  return [t, i, v, salts, commitments];
+/**
+ * The INSERT of pending commitments over parameters `$n`..`$n+4` (type, id, version, salt,
+ * commitment arrays) and the creation time `at`; a repeat of a version is ignored. One statement
+ * text for every writer: the store's version writes (as a CTE) and `IntegrityStore.insertCommitments`.
+ */
+export function commitmentInsertSql(n: number, at: string): string {
+  return `INSERT INTO commitment (resource_type, id, version_id, salt, commitment, created_at)
+          SELECT u.t, u.i, u.v, u.s, u.c, ${at}
+          FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::bigint[], $${n + 3}::bytea[], $${n + 4}::bytea[]) AS u(t, i, v, s, c)
+          ORDER BY 1, 2, 3
+          ON CONFLICT (resource_type, id, version_id) DO NOTHING`;
 }
 
-/** Inserts pending commitments over parameters `$n`..`$n+4` and the creation time `$at` (a data-modifying CTE). */
+/** The five array parameters of {@link commitmentInsertSql}. */
+export function commitmentValues(rows: ReadonlyArray<{ resourceType: string; id: string; versionId: string; salt: Uint8Array; commitment: Uint8Array }>): unknown[] {
+  const buf = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  return [rows.map((r) => r.resourceType), rows.map((r) => r.id), rows.map((r) => Number(r.versionId)), rows.map((r) => buf(r.salt)), rows.map((r) => buf(r.commitment))];
+}
+
+/** Commits `versions` with `committer` and returns the parameters of {@link commitmentInsertSql}. */
+function commitmentArrays(versions: readonly StoredVersion[], committer: VersionCommitter): unknown[] {
+  return commitmentValues(versions.map((v) => ({ resourceType: v.resourceType, id: v.id, versionId: v.versionId, ...committer(v) })));
+}
+
+/** {@link commitmentInsertSql} as the data-modifying CTE `c`. */
 function commitmentInsertCte(n: number, at: string): string {
-  return `c AS (INSERT INTO commitment (resource_type, id, version_id, salt, commitment, created_at)
-               SELECT u.t, u.i, u.v, u.s, u.c, ${at}
-               FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::bigint[], $${n + 3}::bytea[], $${n + 4}::bytea[]) AS u(t, i, v, s, c)
-               ORDER BY 1, 2, 3
-               ON CONFLICT (resource_type, id, version_id) DO NOTHING)`;
+  return `c AS (${commitmentInsertSql(n, at)})`;
 }
 
 class PgResourceStore implements ResourceStore {
