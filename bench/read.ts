@@ -25,7 +25,7 @@
  * Environment: DATABASE_URL, REDIS_URL; BENCH_QUICK=1 (3 s per case, fewer patients);
  * BENCH_READ_SECONDS per case (default 10), run as slices of BENCH_READ_SLICE_SECONDS (default 2) that alternate
  * between the cases of one endpoint and connection count, so that the background load of a shared machine falls on
- * gated and ungated alike; BENCH_READ_PATIENTS (default 400).
+ * gated and ungated alike; BENCH_READ_PATIENTS (default 400); BENCH_KEEP_SCHEMA=1 keeps the seeded schema for diagnosis.
  *
  *   node --import tsx bench/read.ts
  */
@@ -424,7 +424,8 @@ export async function runRead(): Promise<ReadBenchResult> {
     await noAudit?.close().catch(() => undefined);
     await open?.close().catch(() => undefined);
     await gated?.close().catch(() => undefined);
-    await cleanupConfig(gatedConfig).catch((err: unknown) => say(`cleanup failed: ${String(err)}`));
+    if (process.env.BENCH_KEEP_SCHEMA === '1') say(`kept schema ${gatedConfig.databaseSchema} (BENCH_KEEP_SCHEMA=1)`);
+    else await cleanupConfig(gatedConfig).catch((err: unknown) => say(`cleanup failed: ${String(err)}`));
     if (openConfig.queue.backend === 'redis') await deletePrefix(openConfig.queue.prefix).catch((err: unknown) => say(`cleanup failed: ${String(err)}`));
     await rm(gatedConfig.dataDir, { recursive: true, force: true });
     await rm(openConfig.dataDir, { recursive: true, force: true });
