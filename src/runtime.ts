@@ -5,7 +5,6 @@
  */
 import type { Server } from 'node:http';
 import { Router } from 'express';
-import type { DisclosureRecorder } from './fhir-api/access.js';
 import type { AddressInfo } from 'node:net';
 import { describeConfig, type Config } from './config/index.js';
 import { resolveAdminToken } from './config/secrets.js';
@@ -14,7 +13,8 @@ import { createLogger, type Logger } from './platform/logger.js';
 import { createMetrics, type Metrics } from './platform/metrics.js';
 import { createQueueRegistry, type QueueBackendConfig, type QueueRegistry } from './queue/index.js';
 import { createHmac } from 'node:crypto';
-import { createDisclosureRecorder } from './fhir-api/audit.js';
+import { createDisclosureRecorder, drainAuditOutbox, type AuditRecorder } from './fhir-api/audit.js';
+import { createAdaptiveDrain, createMaterialiserThread } from './fhir-api/audit-materialiser.js';
 import { consentsFromSearch, createCdsHooksRouter } from './fhir-api/cds-hooks.js';
 import { createVerifyGate } from './fhir-api/operations/verify-gate.js';
 import { createFhirApiRouter, fhirApiCapability } from './fhir-api/routes.js';
@@ -51,7 +51,7 @@ function researchRouter(smart: SmartStage, ...inner: Router[]): Router {
 
 export interface RunningService {
   readonly smart: SmartStage;
-  readonly recorder: DisclosureRecorder;
+  readonly recorder: AuditRecorder;
   readonly ingest: IngestStage;
   readonly integrity: IntegrityStage;
   /** Base URL the HTTP server listens on (when the api role runs). */
@@ -178,7 +178,13 @@ export async function startService(options: StartOptions): Promise<RunningServic
     await database.close();
     throw err;
   }
-  const recorder = createDisclosureRecorder({ store: database.store, queues, clock, logger });
+  // AuditEvents are built and committed in the event loop while few requests are audited, on a worker
+  // thread once the API is busy (see createAdaptiveDrain).
+  const auditThread = createAdaptiveDrain({
+    inProcess: (wait) => drainAuditOutbox(database.store, wait),
+    thread: createMaterialiserThread({ connectionString: database.connectionString, schema: config.databaseSchema, logger }),
+  });
+  const recorder = createDisclosureRecorder({ store: database.store, queues, clock, logger, drain: auditThread });
   const fhirDeps = {
     store: database.store,
     recorder,
@@ -372,6 +378,9 @@ export async function startService(options: StartOptions): Promise<RunningServic
       }
       await queues.close();
       await ingest.close();
+      // After the HTTP drain and the workers (export jobs record too): what they recorded becomes AuditEvents now.
+      await recorder.close();
+      await auditThread.close();
       logger.info('workers and queues closed');
       await integrity.stop().catch((err: unknown) => logger.error({ err: err instanceof Error ? err.message : String(err) }, 'integrity flush at shutdown failed'));
       await Promise.allSettled(anchors.map((a) => a.close()));

@@ -53,4 +53,10 @@ export interface DisclosureEvent {
 /** Writes AuditEvents durably (and commits them to the integrity log). */
 export interface DisclosureRecorder {
   record(event: DisclosureEvent): Promise<void>;
+  /**
+   * Makes every event recorded before the call readable as an AuditEvent (a recorder that writes
+   * AuditEvents asynchronously implements it; the API calls it before any request that can return
+   * AuditEvents).
+   */
+  flush?(): Promise<void>;
 }

@@ -16,7 +16,8 @@ import { OAUTH_CLIENT_ID_SYSTEM, PURPOSE_OF_USE_SYSTEM } from '../consent/index.
 import type { Clock } from '../platform/clock.js';
 import type { Logger } from '../platform/logger.js';
 import type { QueueRegistry } from '../queue/index.js';
-import type { Store } from '../store/index.js';
+import type { AuditOutboxRecord, NewResourceInput, Store, StoredVersion } from '../store/index.js';
+import type { AuditDrain } from './audit-materialiser.js';
 import type { DisclosureEvent, DisclosureRecorder } from './access.js';
 
 export const AUDIT_EVENT_TYPE_SYSTEM = 'http://terminology.hl7.org/CodeSystem/audit-event-type';
@@ -105,11 +106,63 @@ export function redactQuery(query: string): string {
 }
 
 /**
+ * The durable audit record of one {@link DisclosureEvent}, written before the request is answered
+ * (the audit outbox): exactly what its AuditEvent is built from, and nothing else. References,
+ * codes and ids only: the query keeps its parameter names, not their values; the token its `jti`.
+ */
+export interface AuditRecord {
+  readonly clientId: string;
+  readonly fhirUser?: string;
+  readonly purposeOfUse: readonly string[];
+  readonly tokenId?: string;
+  readonly interaction: string;
+  readonly patient?: string;
+  readonly entities: readonly string[];
+  readonly outcome: 'permit' | 'deny';
+  readonly policy: readonly string[];
+  readonly breakGlass: boolean;
+  /** {@link redactQuery} of the request's path and query. */
+  readonly query?: string;
+  /** When the access happened (ISO 8601). */
+  readonly at: string;
+}
+
+/**
+ * The {@link AuditRecord} of an event. Throws for an interaction the AuditEvent cannot express, so
+ * that a record that is stored can always be materialised.
+ */
+export function auditRecordOf(event: DisclosureEvent): AuditRecord {
+  subtypeOf(event.interaction);
+  const { context } = event;
+  return {
+    clientId: context.clientId,
+    ...(context.fhirUser ? { fhirUser: context.fhirUser } : {}),
+    purposeOfUse: [...new Set(context.purposeOfUse)],
+    ...(context.tokenId ? { tokenId: context.tokenId } : {}),
+    interaction: event.interaction,
+    ...(event.patient ? { patient: event.patient } : {}),
+    entities: [...new Set(event.entities)],
+    outcome: event.outcome,
+    policy: [...new Set(event.policy)],
+    breakGlass: event.breakGlass,
+    ...(event.query ? { query: redactQuery(event.query) } : {}),
+    at: event.at.toISOString(),
+  };
+}
+
+/**
  * Builds the AuditEvent for a disclosure event (pure; exported for tests and previews). `recorded` is
  * when the event is written; `period` is when the access happened (`event.at`).
  */
 export function buildAuditEvent(event: DisclosureEvent, id: string, recorded: Date): AuditEvent {
-  const { context } = event;
+  return auditEventOf(auditRecordOf(event), id, recorded);
+}
+
+/** Builds the AuditEvent of a durable {@link AuditRecord} (pure). */
+export function auditEventOf(record: AuditRecord, id: string, recorded: Date): AuditEvent {
+  const event = record;
+  const context = record;
+  const at = record.at;
   const permit = event.outcome === 'permit';
   const purposes = [...new Set(context.purposeOfUse)];
 
@@ -191,7 +244,7 @@ export function buildAuditEvent(event: DisclosureEvent, id: string, recorded: Da
     type: { system: AUDIT_EVENT_TYPE_SYSTEM, code: 'rest', display: 'Restful Operation' },
     subtype: subtypeOf(event.interaction),
     action: actionOf(event.interaction),
-    period: { start: event.at.toISOString(), end: event.at.toISOString() },
+    period: { start: at, end: at },
     recorded: recorded.toISOString(),
     // 0 success; 4 minor failure: the request was refused, which is the system working as designed.
     outcome: permit ? '0' : '4',
@@ -208,46 +261,142 @@ export function buildAuditEvent(event: DisclosureEvent, id: string, recorded: Da
 }
 
 export interface DisclosureRecorderDeps {
-  readonly store: Pick<Store, 'resources'>;
+  readonly store: Pick<Store, 'resources' | 'auditOutbox'>;
   readonly queues: Pick<QueueRegistry, 'enqueueBulk'>;
   readonly clock: Clock;
   readonly logger: Logger;
+  /** How long the materialiser lets records accumulate after a write before it runs (ms; default 50). */
+  readonly materialiseDelayMs?: number;
+  /**
+   * How often it also looks for records on its own (ms; default 1000; 0 = never): rows another
+   * process wrote and could not materialise (it stopped), or a run that failed.
+   */
+  readonly materialiseIntervalMs?: number;
+  /**
+   * Where materialisation runs (default: in this event loop, through `store`). The service passes a
+   * worker thread ({@link createMaterialiserThread}) whose store commits each AuditEvent itself.
+   */
+  readonly drain?: Pick<AuditDrain, 'drain'>;
+}
+
+/** The AuditEvent resource an audit outbox record becomes. */
+export function auditEventResource(r: AuditOutboxRecord): NewResourceInput {
+  return { resourceType: 'AuditEvent', id: r.id, resource: auditEventOf(r.record as AuditRecord, r.id, r.recorded), sourceId: AUDIT_SOURCE_ID };
 }
 
 /**
- * Creates the {@link DisclosureRecorder}. `record` resolves once the AuditEvent is stored and
- * committed to the integrity log (by the store in the same statement, or, for a store without a
- * committer, by an integrity job enqueued before resolving); it throws when that fails, and the
- * caller must then not disclose (audit first, fail closed). The job id `AuditEvent.<id>.<version>`
- * makes a retried enqueue harmless.
+ * Materialises audit records until none is left (or, without `wait`, none that another materialiser
+ * does not hold), {@link AUDIT_MATERIALISE_BATCH} per transaction; `stored` sees each batch's
+ * versions after its commit. Returns how many were materialised.
  */
-export function createDisclosureRecorder(deps: DisclosureRecorderDeps): DisclosureRecorder {
-  const { store, queues, logger } = deps;
+export async function drainAuditOutbox(
+  store: Pick<Store, 'auditOutbox'>,
+  wait: boolean,
+  stored?: (versions: readonly StoredVersion[]) => Promise<void>,
+): Promise<number> {
+  let total = 0;
+  for (;;) {
+    const versions = await store.auditOutbox.materialise(AUDIT_MATERIALISE_BATCH, auditEventResource, { wait });
+    if (versions.length > 0) await stored?.(versions);
+    total += versions.length;
+    if (versions.length < AUDIT_MATERIALISE_BATCH) return total;
+  }
+}
+
+/** The recorder of the running service: records durably, and materialises its records as AuditEvents. */
+export interface AuditRecorder extends DisclosureRecorder {
   /**
-   * Group commit: AuditEvents from concurrent requests are written together, in one statement
-   * (`createResources`: head, history, search index and integrity commitment at once). At most
-   * {@link AUDIT_MAX_IN_FLIGHT} writes run at a time; whatever arrives meanwhile waits for the next
-   * one, so the busier the API, the larger each write (classic group commit). Each request still
-   * waits until its own event is durable (audit first, fail closed).
+   * Materialises every audit record written before the call, by this process or any other (waiting
+   * for a materialisation another process has under way). Called before answering any request that
+   * can return AuditEvents, so a patient always sees the record of every earlier request.
    */
-  type Waiting = { resource: AuditEvent; id: string; event: DisclosureEvent; resolve: () => void; reject: (err: unknown) => void };
+  flush(): Promise<void>;
+  /** Stops the background materialiser, after materialising what is pending (best effort). */
+  close(): Promise<void>;
+}
+
+/**
+ * Creates the recorder. Two halves:
+ *
+ * - `record` writes the event's compact {@link AuditRecord} to the audit outbox and resolves once it
+ *   is durable; it throws when that fails, and the caller must then not disclose (audit first, fail
+ *   closed). Records from concurrent requests share one INSERT (group commit): at most
+ *   {@link AUDIT_MAX_IN_FLIGHT} INSERTs run at a time, and whatever arrives meanwhile goes into the
+ *   next one, so the busier the API, the larger each write.
+ * - the materialiser turns records into AuditEvent resources: version 1 with head, history, search
+ *   index and the integrity commitment in one transaction that also deletes the records (so each
+ *   becomes exactly one AuditEvent), {@link AUDIT_MATERIALISE_BATCH} at a time. It runs shortly after
+ *   writes, periodically, and on {@link AuditRecorder.flush}. For a store without a committer it
+ *   enqueues the integrity jobs (job id `AuditEvent.<id>.1`, so a repeat is harmless).
+ *
+ * The AuditEvent's id and `recorded` time are fixed when the record is written.
+ */
+export function createDisclosureRecorder(deps: DisclosureRecorderDeps): AuditRecorder {
+  const { store, queues, logger, clock } = deps;
+  const delayMs = deps.materialiseDelayMs ?? 50;
+  const intervalMs = deps.materialiseIntervalMs ?? 1000;
+
+  type Waiting = { record: AuditOutboxRecord; resolve: () => void; reject: (err: unknown) => void };
   const waiting: Waiting[] = [];
   let inFlight = 0;
   let scheduled = false;
-  const write = async (items: readonly Waiting[]): Promise<void> => {
-    try {
-      const versions = await store.resources.createResources(items.map((w) => ({ resourceType: 'AuditEvent', id: w.id, resource: w.resource, sourceId: AUDIT_SOURCE_ID })));
-      if (!store.resources.commitsVersions) {
+  let closed = false;
+
+  const drain =
+    deps.drain?.drain ??
+    ((wait: boolean): Promise<number> =>
+      drainAuditOutbox(store, wait, async (versions) => {
+        if (store.resources.commitsVersions) return;
         await queues.enqueueBulk(
           'integrity',
           versions.map((v) => ({ data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } })),
         );
-      }
+      }));
+  let running: Promise<void> | undefined;
+  let again = false;
+  /** One background run at a time; a request for another while one runs makes it go round once more. */
+  const run = (): Promise<void> => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    again = false;
+    running = drain(false)
+      .then((n) => {
+        if (n > 0) logger.debug({ auditEvents: n }, 'audit records materialised');
+      })
+      .catch((err: unknown) => {
+        // The records stay in the outbox; the next run (at the latest the periodic one) retries them.
+        logger.warn({ err }, 'audit records could not be materialised yet; will retry');
+      })
+      .finally(() => {
+        running = undefined;
+        if (again && !closed) void run();
+      });
+    return running;
+  };
+  let kickTimer: NodeJS.Timeout | undefined;
+  const kick = (): void => {
+    if (kickTimer || closed) return;
+    kickTimer = setTimeout(() => {
+      kickTimer = undefined;
+      void run();
+    }, delayMs);
+    kickTimer.unref();
+  };
+  const periodic = intervalMs > 0 ? setInterval(() => void run(), intervalMs) : undefined;
+  periodic?.unref();
+
+  const write = async (items: readonly Waiting[]): Promise<void> => {
+    try {
+      await store.auditOutbox.append(items.map((w) => w.record));
       for (const w of items) {
         // Ids and outcome only (the patient id is a reference, not PHI; no query values, no token).
-        logger.debug({ auditEvent: w.id, outcome: w.event.outcome, interaction: w.event.interaction, breakGlass: w.event.breakGlass }, 'disclosure audited');
+        const r = w.record.record as AuditRecord;
+        logger.debug({ auditEvent: w.record.id, outcome: r.outcome, interaction: r.interaction, breakGlass: r.breakGlass }, 'disclosure audited');
         w.resolve();
       }
+      kick();
     } catch (err) {
       for (const w of items) w.reject(err);
     }
@@ -264,10 +413,14 @@ export function createDisclosureRecorder(deps: DisclosureRecorderDeps): Disclosu
   };
   return {
     record(event) {
-      const id = randomUUID();
-      const resource = buildAuditEvent(event, id, deps.clock.now());
+      let record: AuditOutboxRecord;
+      try {
+        record = { id: randomUUID(), recorded: clock.now(), record: auditRecordOf(event) };
+      } catch (err) {
+        return Promise.reject(err);
+      }
       return new Promise<void>((resolve, reject) => {
-        waiting.push({ resource, id, event, resolve, reject });
+        waiting.push({ record, resolve, reject });
         if (!scheduled) {
           // Collect what arrives in the same turn of the event loop (no added latency when idle).
           scheduled = true;
@@ -278,10 +431,26 @@ export function createDisclosureRecorder(deps: DisclosureRecorderDeps): Disclosu
         }
       });
     },
+    async flush() {
+      await running;
+      await drain(true);
+    },
+    async close() {
+      closed = true;
+      if (kickTimer) clearTimeout(kickTimer);
+      if (periodic) clearInterval(periodic);
+      await running;
+      await drain(false).catch((err: unknown) => logger.warn({ err }, 'audit records left in the outbox at shutdown; the next start materialises them'));
+    },
   };
 }
 
-/** Most AuditEvents written in one group commit. */
+/** Most audit records written in one group commit. */
 export const AUDIT_BATCH_MAX = 200;
 /** Group-commit writes running at once (one can wait for its fsync while the next is being sent). */
 export const AUDIT_MAX_IN_FLIGHT = 2;
+/**
+ * Records materialised per transaction. Building a batch's AuditEvents and commitments runs on the
+ * event loop, so batches stay small enough (a few ms) not to stall the requests being served.
+ */
+export const AUDIT_MATERIALISE_BATCH = 32;

@@ -92,6 +92,12 @@ export function createFhirApiRouter(deps: FhirApiRouterDeps): Router {
       const pairs = formPairs(rawQuery);
       if (options.formBody && typeof req.body === 'string') pairs.push(...formPairs(req.body));
       const prefer = req.get('prefer') ?? '';
+      // AuditEvents are materialised from the durable audit records shortly after each request: one
+      // that can return AuditEvents first makes every earlier record one (a patient reading "who saw
+      // my data" always sees the request before).
+      if (deps.recorder.flush && (params.type === 'AuditEvent' || interaction === '$everything' || pairs.some(([k, v]) => k.startsWith('_') && v.includes('AuditEvent')))) {
+        await deps.recorder.flush();
+      }
       const repo = createScopedRepository(access, deps);
       const ctx: OperationContext = {
         repo,

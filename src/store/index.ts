@@ -14,6 +14,9 @@ export type * from './types.js';
 export { EmbeddedPostgresError, startEmbeddedPostgres, type RunningPostgres } from './embedded-postgres.js';
 export { runMigrations, loadMigrations } from './migrate.js';
 
+/** Connections of the audit outbox's own pool (its appends run at most 2 at a time). */
+export const AUDIT_POOL_MAX = 2;
+
 export interface Database {
   readonly store: Store;
   /** Connection string of the server in use (embedded or external); for the queue's PostgreSQL backend. */
@@ -62,7 +65,15 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     await embedded?.stop();
     throw err;
   }
-  const store = new PostgresStore(pool, options.clock, options.committer);
+  // The audit outbox's appends (what every FHIR answer waits for) get their own connections, so that
+  // they never queue behind the reads and searches waiting for the main pool.
+  const auditPool = createPool({
+    connectionString,
+    schema: config.databaseSchema,
+    max: AUDIT_POOL_MAX,
+    applicationName: `${options.applicationName ?? 'fhir-anchor'}-audit`,
+  });
+  const store = new PostgresStore(pool, options.clock, options.committer, auditPool);
   return {
     store,
     connectionString,

@@ -9,6 +9,8 @@ import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatus
 import { PgSearchStore, indexArrays, indexInsertCtes, indexInsertValues, indexResources } from './search-store.js';
 import { quoteIdent } from './sql.js';
 import type {
+  AuditOutboxRecord,
+  AuditOutboxStore,
   BackfillStore,
   DeadLetterStore,
   SourceStore,
@@ -130,6 +132,51 @@ function commitmentInsertCte(n: number, at: string): string {
   return `c AS (${commitmentInsertSql(n, at)})`;
 }
 
+/**
+ * The audit outbox (see migration 008): `append` is the one small INSERT a request waits for;
+ * `materialise` moves the oldest rows into AuditEvent resources in one transaction.
+ */
+class PgAuditOutboxStore implements AuditOutboxStore {
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly appendPool: pg.Pool,
+    private readonly resources: PgResourceStore,
+  ) {}
+
+  async append(records: readonly AuditOutboxRecord[]): Promise<void> {
+    if (records.length === 0) return;
+    await this.appendPool.query({
+      name: 'fa_audit_outbox_append',
+      text: `INSERT INTO audit_outbox (id, recorded, record)
+             SELECT i, r, c FROM unnest($1::uuid[], $2::timestamptz[], $3::json[]) WITH ORDINALITY AS u(i, r, c, n) ORDER BY n`,
+      values: [records.map((r) => r.id), records.map((r) => r.recorded), records.map((r) => JSON.stringify(r.record))],
+    });
+  }
+
+  async materialise(limit: number, build: (record: AuditOutboxRecord) => NewResourceInput, options: { wait?: boolean } = {}): Promise<StoredVersion[]> {
+    return inTransaction(this.pool, async (client) => {
+      // SKIP LOCKED: concurrent materialisers take disjoint rows. `wait` (a flush) blocks on rows another
+      // one holds instead, so that when it returns every row older than the call is a resource.
+      const rows = await client.query<{ id: string; recorded: Date; record: unknown }>(
+        `DELETE FROM audit_outbox WHERE seq IN (
+           SELECT seq FROM audit_outbox ORDER BY seq LIMIT $1 FOR UPDATE${options.wait ? '' : ' SKIP LOCKED'})
+         RETURNING id, recorded, record`,
+        [limit],
+      );
+      if (rows.rows.length === 0) return [];
+      return this.resources.createResourcesOn(
+        client,
+        rows.rows.map((r) => build({ id: r.id, recorded: r.recorded, record: r.record })),
+      );
+    });
+  }
+
+  async pending(): Promise<number> {
+    const r = await this.pool.query<{ n: string }>('SELECT count(*) AS n FROM audit_outbox');
+    return Number(r.rows[0]!.n);
+  }
+}
+
 class PgResourceStore implements ResourceStore {
   readonly commitsVersions: boolean;
 
@@ -142,6 +189,11 @@ class PgResourceStore implements ResourceStore {
   }
 
   async createResources(inputs: readonly NewResourceInput[]): Promise<StoredVersion[]> {
+    return this.createResourcesOn(this.pool, inputs);
+  }
+
+  /** {@link createResources} on a given connection (a transaction of the audit outbox). */
+  async createResourcesOn(db: pg.Pool | pg.PoolClient, inputs: readonly NewResourceInput[]): Promise<StoredVersion[]> {
     if (inputs.length === 0) return [];
     const lastUpdated = this.clock.now();
     const stamp = lastUpdated.toISOString();
@@ -164,8 +216,8 @@ class PgResourceStore implements ResourceStore {
       ...indexInsertValues(indexArrays(versions.map((v) => ({ resourceType: v.resourceType, id: v.id, content: v.resource })))),
       ...(committer ? commitmentArrays(versions, committer) : []),
     ];
-    // One statement, so one round trip and an implicit transaction: all of it or nothing.
-    await this.pool.query(
+    // One statement, so one round trip and an implicit transaction (on the pool): all of it or nothing.
+    await db.query(
       `WITH h AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, source_id, content)
                   SELECT t, i, 1, $3, false, src, c FROM unnest($1::text[], $2::text[], $4::text[], $5::jsonb[]) AS u(t, i, src, c)),
             r AS (INSERT INTO resource (resource_type, id, version_id, last_version, last_updated, deleted, content)
@@ -537,14 +589,21 @@ export class PostgresStore implements Store {
   readonly subscriptions: SubscriptionStatusStore;
   readonly deadLetters: DeadLetterStore;
   readonly backfill: BackfillStore;
+  readonly auditOutbox: AuditOutboxStore;
 
-  /** @param committer - commits every new version in its own transaction (see {@link VersionCommitter}). */
+  /**
+   * @param committer - commits every new version in its own transaction (see {@link VersionCommitter}).
+   * @param auditPool - connections reserved for the audit outbox's appends (default: the main pool).
+   */
   constructor(
     private readonly pool: pg.Pool,
     clock: Clock,
     committer?: VersionCommitter,
+    private readonly auditPool: pg.Pool = pool,
   ) {
-    this.resources = new PgResourceStore(pool, clock, committer);
+    const resources = new PgResourceStore(pool, clock, committer);
+    this.resources = resources;
+    this.auditOutbox = new PgAuditOutboxStore(pool, auditPool, resources);
     this.search = new PgSearchStore(pool);
     this.inbox = new PgInboxStore(pool, clock);
     this.sources = new PgSourceStore(pool, clock);
@@ -558,6 +617,7 @@ export class PostgresStore implements Store {
   }
 
   async close(): Promise<void> {
+    if (this.auditPool !== this.pool) await this.auditPool.end();
     await this.pool.end();
   }
 }

@@ -379,6 +379,20 @@ export const READ_WITH_CONSENTS_SQL = `WITH p AS (
                OFFSET 0
              ) c`;
 
+/**
+ * The current Consents of the patients in `$1` (a text array), per patient. As in
+ * {@link READ_WITH_CONSENTS_SQL}, each patient id is an index condition: with
+ * `target_id = ANY($1)`, the generic plan of the prepared statement (used after five executions)
+ * scanned every Consent's index entry and filtered, 3–16 ms per search page at 300 Consents.
+ */
+export const CONSENTS_FOR_SQL = `SELECT p.patient, c.* FROM unnest($1::text[]) AS p(patient) CROSS JOIN LATERAL (
+               SELECT ${COLUMNS} FROM search_reference s
+               JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id
+               WHERE s.target_type = 'Patient' AND s.target_id = p.patient AND s.param = 'patient' AND s.resource_type = 'Consent'
+                 AND r.version_id IS NOT NULL AND NOT r.deleted
+               OFFSET 0
+             ) c`;
+
 /** SQL text with its parameters; every value is a bind parameter, never interpolated. */
 class Sql {
   readonly values: unknown[] = [];
@@ -483,10 +497,7 @@ export class PgSearchStore implements SearchStore {
     if (patientIds.length === 0) return [];
     const r = await this.pool.query<VersionRow & { patient: string }>({
       name: 'fa_consents_for',
-      text: `SELECT s.target_id AS patient, ${COLUMNS} FROM search_reference s
-             JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id
-             WHERE s.target_type = 'Patient' AND s.target_id = ANY($1::text[]) AND s.param = 'patient' AND s.resource_type = 'Consent'
-               AND r.version_id IS NOT NULL AND NOT r.deleted`,
+      text: CONSENTS_FOR_SQL,
       values: [patientIds],
     });
     return r.rows.map((row) => ({ patient: row.patient, version: toVersion(row) }));

@@ -275,6 +275,31 @@ export interface SearchStore {
   reindex(batchSize?: number): Promise<number>;
 }
 
+/** One durable audit record: the id and `recorded` time of the AuditEvent it becomes, and its content. */
+export interface AuditOutboxRecord {
+  readonly id: string;
+  readonly recorded: Date;
+  /** Opaque to the store (references, codes and ids only: the recorder's compact record). */
+  readonly record: unknown;
+}
+
+/**
+ * Durable audit records waiting to become AuditEvent resources. `append` is what a request waits for
+ * (one small INSERT); `materialise` turns the oldest records into resources with `build` and deletes
+ * them in the same transaction, so each record becomes exactly one resource.
+ */
+export interface AuditOutboxStore {
+  append(records: readonly AuditOutboxRecord[]): Promise<void>;
+  /**
+   * Materialises up to `limit` of the oldest records (as {@link ResourceStore.createResources} does,
+   * commitments included) and returns the stored versions. Concurrent callers take disjoint records;
+   * with `wait`, records another caller holds are waited for instead of skipped.
+   */
+  materialise(limit: number, build: (record: AuditOutboxRecord) => NewResourceInput, options?: { wait?: boolean }): Promise<StoredVersion[]>;
+  /** Records not yet materialised. */
+  pending(): Promise<number>;
+}
+
 export interface Store {
   readonly resources: ResourceStore;
   /** The search index over current versions. */
@@ -284,6 +309,7 @@ export interface Store {
   readonly subscriptions: SubscriptionStatusStore;
   readonly deadLetters: DeadLetterStore;
   readonly backfill: BackfillStore;
+  readonly auditOutbox: AuditOutboxStore;
   /** Throws when the database does not answer. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -1,11 +1,12 @@
 /**
- * The disclosure recorder against the real PostgreSQL store: IHE BALP-style AuditEvents for permits,
- * denials and break-glass, stored as versions and handed to the integrity queue exactly like ingested
- * versions. The queue is a recording fake of the QueueRegistry interface.
+ * The disclosure recorder against the real PostgreSQL store: the durable audit record written before a
+ * request is answered, and its materialisation into an IHE BALP-style AuditEvent (permits, denials,
+ * break-glass), stored as a version and handed to the integrity queue exactly like ingested versions
+ * (this store has no committer). The queue is a recording fake of the QueueRegistry interface.
  */
 import type { AuditEvent } from '@medplum/fhirtypes';
 import type { AccessContext, DisclosureEvent } from '../../src/fhir-api/access.js';
-import { BREAK_GLASS_SECURITY, buildAuditEvent, createDisclosureRecorder, redactQuery } from '../../src/fhir-api/audit.js';
+import { BREAK_GLASS_SECURITY, buildAuditEvent, createDisclosureRecorder, redactQuery, type AuditRecorder } from '../../src/fhir-api/audit.js';
 import { ManualClock } from '../../src/platform/clock.js';
 import type { EnqueueOptions, QueueRegistry } from '../../src/queue/index.js';
 import { openDatabase, type Database } from '../../src/store/index.js';
@@ -53,6 +54,17 @@ function event(overrides: Partial<DisclosureEvent> = {}): DisclosureEvent {
   };
 }
 
+/** Every recorder a test creates is closed after it, so none materialises the next test's records. */
+const open: AuditRecorder[] = [];
+function recorderOf(deps: Parameters<typeof createDisclosureRecorder>[0]): AuditRecorder {
+  const r = createDisclosureRecorder(deps);
+  open.push(r);
+  return r;
+}
+afterEach(async () => {
+  await Promise.all(open.splice(0).map((r) => r.close()));
+});
+
 describe('disclosure recorder', () => {
   let schema: string;
   let db: Database;
@@ -75,8 +87,9 @@ describe('disclosure recorder', () => {
 
   it('stores a BALP-style AuditEvent for a permitted read and enqueues its integrity job', async () => {
     const queues = recordingQueues();
-    const recorder = createDisclosureRecorder({ store: db.store, queues, clock, logger: silentLogger });
+    const recorder = recorderOf({ store: db.store, queues, clock, logger: silentLogger, materialiseIntervalMs: 0 });
     await recorder.record(event());
+    await recorder.flush();
 
     expect(queues.calls).toHaveLength(1);
     const { queue, jobs } = queues.calls[0]!;
@@ -127,8 +140,9 @@ describe('disclosure recorder', () => {
 
   it('flags break-glass in meta.security so the patient can be told', async () => {
     const queues = recordingQueues();
-    const recorder = createDisclosureRecorder({ store: db.store, queues, clock, logger: silentLogger });
+    const recorder = recorderOf({ store: db.store, queues, clock, logger: silentLogger, materialiseIntervalMs: 0 });
     await recorder.record(event({ breakGlass: true, context: { ...context, purposeOfUse: ['BTG'] } }));
+    await recorder.flush();
     const { id } = queues.calls[0]!.jobs[0]!.data as { id: string };
     const ae = (await db.store.resources.readCurrent('AuditEvent', id))!.resource as AuditEvent;
     expect(ae.meta?.security).toEqual([expect.objectContaining(BREAK_GLASS_SECURITY)]);
@@ -169,10 +183,74 @@ describe('disclosure recorder', () => {
     ]);
   });
 
-  it('fails (so the caller withholds the data) when the integrity job cannot be enqueued', async () => {
+  it('fails (so the caller withholds the data) when the durable record cannot be written', async () => {
+    const store = { ...db.store, auditOutbox: { ...db.store.auditOutbox, append: async () => Promise.reject(new Error('database down')) } };
+    const recorder = recorderOf({ store, queues: recordingQueues(), clock, logger: silentLogger, materialiseIntervalMs: 0 });
+    await expect(recorder.record(event())).rejects.toThrow('database down');
+    await recorder.close();
+  });
+
+  it('refuses an event its AuditEvent could not express, before anything is written', async () => {
+    const recorder = recorderOf({ store: db.store, queues: recordingQueues(), clock, logger: silentLogger, materialiseIntervalMs: 0 });
+    const before = await db.store.auditOutbox.pending();
+    await expect(recorder.record(event({ interaction: 'teleport' }))).rejects.toThrow(/unknown FHIR interaction/);
+    expect(await db.store.auditOutbox.pending()).toBe(before);
+    await recorder.close();
+  });
+
+  it('answers once the record is durable; the AuditEvent exists after the materialiser ran', async () => {
+    const recorder = recorderOf({ store: db.store, queues: recordingQueues(), clock, logger: silentLogger, materialiseDelayMs: 60_000, materialiseIntervalMs: 0 });
+    await recorder.flush();
+    await recorder.record(event({ entities: ['Observation/o-durable/_history/1'] }));
+    expect(await db.store.auditOutbox.pending()).toBe(1);
+    await recorder.flush();
+    expect(await db.store.auditOutbox.pending()).toBe(0);
+    const found = await db.store.search.search({ resourceType: 'AuditEvent', clauses: [{ kind: 'reference', param: 'patient', values: [{ type: 'Patient', id: 'p-1' }] }], limit: 500 });
+    expect(found.filter((v) => JSON.stringify(v.resource).includes('o-durable'))).toHaveLength(1);
+    await recorder.close();
+  });
+
+  it('keeps a record whose materialisation failed and materialises it on the next run', async () => {
+    let failNext = true;
+    const outbox = db.store.auditOutbox;
+    const store = {
+      ...db.store,
+      auditOutbox: {
+        append: outbox.append.bind(outbox),
+        pending: outbox.pending.bind(outbox),
+        materialise: (...args: Parameters<typeof outbox.materialise>) => {
+          if (failNext) {
+            failNext = false;
+            return Promise.reject(new Error('database restarting'));
+          }
+          return outbox.materialise(...args);
+        },
+      },
+    };
+    const recorder = recorderOf({ store, queues: recordingQueues(), clock, logger: silentLogger, materialiseDelayMs: 60_000, materialiseIntervalMs: 0 });
+    await recorder.record(event({ entities: ['Observation/o-retry/_history/1'] }));
+    await expect(recorder.flush()).rejects.toThrow('database restarting');
+    expect(await db.store.auditOutbox.pending()).toBe(1);
+    await recorder.flush();
+    expect(await db.store.auditOutbox.pending()).toBe(0);
+    await recorder.close();
+  });
+
+  it('turns every record into exactly one AuditEvent when several processes materialise at once', async () => {
     const queues = recordingQueues();
-    queues.fail = true;
-    const recorder = createDisclosureRecorder({ store: db.store, queues, clock, logger: silentLogger });
-    await expect(recorder.record(event())).rejects.toThrow('queue down');
+    const recorders = [0, 1, 2].map(() => recorderOf({ store: db.store, queues, clock, logger: silentLogger, materialiseDelayMs: 1, materialiseIntervalMs: 5 }));
+    const n = 300;
+    await Promise.all(Array.from({ length: n }, (_, i) => recorders[i % 3]!.record(event({ patient: 'p-many', entities: [`Observation/m-${i}/_history/1`] }))));
+    await Promise.all(recorders.map((r) => r.flush()));
+    expect(await db.store.auditOutbox.pending()).toBe(0);
+    const found = await db.store.search.search({ resourceType: 'AuditEvent', clauses: [{ kind: 'reference', param: 'patient', values: [{ type: 'Patient', id: 'p-many' }] }], limit: 1000 });
+    expect(found).toHaveLength(n);
+    const entities = found.map((v) => (v.resource as AuditEvent).entity?.find((e) => e.role?.code === '4')?.what?.reference);
+    expect(new Set(entities).size).toBe(n);
+    // One integrity job per AuditEvent, none twice (once every background run has finished).
+    await Promise.all(recorders.map((r) => r.close()));
+    const jobIds = queues.calls.flatMap((c) => c.jobs.map((j) => j.options?.jobId)).filter((id) => found.some((v) => id === `AuditEvent.${v.id}.1`));
+    expect(jobIds).toHaveLength(n);
+    expect(new Set(jobIds).size).toBe(n);
   });
 });

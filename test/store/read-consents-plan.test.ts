@@ -8,7 +8,7 @@ import pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import { ManualClock } from '../../src/platform/clock.js';
 import { openDatabase, type Database } from '../../src/store/index.js';
-import { READ_WITH_CONSENTS_SQL } from '../../src/store/search-store.js';
+import { CONSENTS_FOR_SQL, READ_WITH_CONSENTS_SQL } from '../../src/store/search-store.js';
 import { TEST_DATABASE_URL, dropSchema, randomNamespace, silentLogger } from '../helpers/env.js';
 
 const PATIENTS = 300;
@@ -65,27 +65,47 @@ function nodes(n: PlanNode): PlanNode[] {
   return [n, ...(n.Plans ?? []).flatMap(nodes)];
 }
 
-async function plan(type: string, id: string): Promise<PlanNode[]> {
-  const r = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(`EXPLAIN (FORMAT JSON) ${READ_WITH_CONSENTS_SQL}`, [type, id]);
-  return nodes(r.rows[0]!['QUERY PLAN'][0]!.Plan);
+/**
+ * The plan of `sql` for `params`: the custom plan, or with `generic` the plan a prepared statement
+ * switches to after five executions (parameters unknown when planning).
+ */
+async function plan(sql: string, params: string, generic: boolean): Promise<PlanNode[]> {
+  const name = `p${Math.random().toString(36).slice(2)}`;
+  await client.query(`SET plan_cache_mode = ${generic ? 'force_generic_plan' : 'force_custom_plan'}`);
+  await client.query(`PREPARE ${name} AS ${sql}`);
+  try {
+    const r = await client.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(`EXPLAIN (FORMAT JSON) EXECUTE ${name}(${params})`);
+    return nodes(r.rows[0]!['QUERY PLAN'][0]!.Plan);
+  } finally {
+    await client.query(`DEALLOCATE ${name}`);
+  }
 }
 
-describe('the read-with-Consents statement', () => {
+/** Every scan of Consent index entries has the patient id as an index condition, never a filter. */
+function expectPatientIndexCondition(all: readonly PlanNode[]): void {
+  const consentScans = all.filter((n) => n['Relation Name'] === 'search_reference' && (n['Index Cond'] ?? '').includes("'Consent'"));
+  expect(consentScans.length).toBeGreaterThan(0);
+  for (const scan of consentScans) expect(scan['Index Cond']).toMatch(/target_id = /);
+  expect(all.some((n) => /target_id = /.test(n['Join Filter'] ?? '') || /target_id = /.test(n.Filter ?? ''))).toBe(false);
+}
+
+describe('the Consent look-ups of reads and searches', () => {
   it.each([
-    ['without statistics (right after a bulk load)', false],
-    ['with statistics', true],
-  ])('finds Consents by an index condition on the patient id, %s', async (_label, analyze) => {
+    ['without statistics (right after a bulk load)', false, false],
+    ['without statistics, generic plan', false, true],
+    ['with statistics', true, false],
+    ['with statistics, generic plan', true, true],
+  ])('find Consents by an index condition on the patient id, %s', async (_label, analyze, generic) => {
     if (analyze) await client.query('ANALYZE search_reference; ANALYZE resource');
-    const all = await plan('Observation', 'po-7');
-    const consentScans = all.filter((n) => n['Relation Name'] === 'search_reference' && (n['Index Cond'] ?? '').includes("'Consent'"));
-    expect(consentScans.length).toBeGreaterThan(0);
-    for (const scan of consentScans) expect(scan['Index Cond']).toMatch(/target_id = /);
-    expect(all.some((n) => /target_id = /.test(n['Join Filter'] ?? '') || /target_id = /.test(n.Filter ?? ''))).toBe(false);
+    expectPatientIndexCondition(await plan(READ_WITH_CONSENTS_SQL, "'Observation', 'po-7'", generic));
+    expectPatientIndexCondition(await plan(CONSENTS_FOR_SQL, "ARRAY['pp-7', 'pp-8']", generic));
   });
 
   it('returns the resource, its patient and that patient\'s Consent only', async () => {
     const r = await db.store.search.readCurrentWithConsents('Observation', 'po-7');
     expect(r.version?.id).toBe('po-7');
     expect([...r.consents.entries()].map(([p, list]) => [p, list.map((v) => v.id)])).toEqual([['pp-7', ['pc-7']]]);
+    const c = await db.store.search.consentsFor(['pp-7', 'pp-8', 'nobody']);
+    expect(c.map((x) => [x.patient, x.version.id]).sort()).toEqual([['pp-7', 'pc-7'], ['pp-8', 'pc-8']]);
   });
 });
