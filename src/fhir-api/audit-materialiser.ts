@@ -11,6 +11,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../platform/logger.js';
+import { workerEntry } from '../platform/worker-entry.js';
 
 /** Materialises audit records; `wait` blocks on records another materialiser holds (a flush). */
 export interface AuditDrain {
@@ -25,16 +26,6 @@ export interface MaterialiserThreadOptions {
   readonly logger: Logger;
 }
 
-/** Compiled: the `.js` entry; from source (tsx, ts-jest) the thread registers tsx's loader first. */
-function workerEntry(): { script: URL | string; eval: boolean } {
-  if (!import.meta.url.endsWith('.ts')) return { script: new URL('./audit-materialise-worker.js', import.meta.url), eval: false };
-  const entry = new URL('./audit-materialise-worker.ts', import.meta.url).href;
-  return {
-    eval: true,
-    script: `import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(entry)}); }).catch((err) => { throw err; });`,
-  };
-}
-
 interface Pending {
   readonly resolve: (n: number) => void;
   readonly reject: (err: Error) => void;
@@ -42,7 +33,7 @@ interface Pending {
 
 /** Starts (lazily) the materialiser thread. */
 export function createMaterialiserThread(options: MaterialiserThreadOptions): AuditDrain {
-  const entry = workerEntry();
+  const entry = workerEntry(import.meta.url, 'audit-materialise-worker');
   let worker: Worker | undefined;
   let ready: Promise<void> | undefined;
   const pending = new Map<number, Pending>();

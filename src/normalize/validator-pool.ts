@@ -12,6 +12,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { OperationOutcome, Resource } from '@medplum/fhirtypes';
 import { collectGarbage } from '../platform/gc.js';
+import { workerEntry } from '../platform/worker-entry.js';
 import { createValidator, type Validator } from './validate.js';
 
 export interface ValidationRequest {
@@ -66,20 +67,6 @@ interface Slot {
 }
 
 /**
- * How to start a validation thread. Compiled: `dist/normalize/validate-worker.js`. From source (tsx,
- * ts-jest), the thread first registers tsx's loader itself, then imports the `.ts` entry: a worker
- * thread does not inherit a loader from a test runner.
- */
-function workerEntry(): { script: URL | string; eval: boolean } {
-  if (!import.meta.url.endsWith('.ts')) return { script: new URL('./validate-worker.js', import.meta.url), eval: false };
-  const entry = new URL('./validate-worker.ts', import.meta.url).href;
-  return {
-    eval: true,
-    script: `import('tsx/esm/api').then(({ register }) => { register(); return import(${JSON.stringify(entry)}); }).catch((err) => { throw err; });`,
-  };
-}
-
-/**
  * Creates the validator: `threads` worker threads, or in-process when 0.
  *
  * @param options.threads - worker threads (0: validate in the event loop)
@@ -92,7 +79,7 @@ export async function createValidatorPool(options: { threads: number; profilesDi
     collectGarbage();
     return inProcessValidator(validator);
   }
-  const entry = workerEntry();
+  const entry = workerEntry(import.meta.url, 'validate-worker');
   let nextId = 1;
   let closed = false;
 
