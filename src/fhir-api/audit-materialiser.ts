@@ -5,8 +5,8 @@
  * thread has its own connections (the same database and schema) and its own store with a committer,
  * so what it writes is committed to the integrity log in the same transaction, as in-process.
  *
- * The thread starts with the first drain (a process that never answers a FHIR request does not carry
- * it). A thread that dies fails the drains in flight (their records stay in the outbox and the next
+ * The thread starts with its first drain; the service sends it drains only once the API is busy
+ * ({@link createAdaptiveDrain}). A thread that dies fails the drains in flight (their records stay in the outbox and the next
  * run retries them) and is started again by the next drain.
  */
 import { Worker } from 'node:worker_threads';

@@ -160,26 +160,24 @@ export function buildAuditEvent(event: DisclosureEvent, id: string, recorded: Da
 
 /** Builds the AuditEvent of a durable {@link AuditRecord} (pure). */
 export function auditEventOf(record: AuditRecord, id: string, recorded: Date): AuditEvent {
-  const event = record;
-  const context = record;
   const at = record.at;
-  const permit = event.outcome === 'permit';
-  const purposes = [...new Set(context.purposeOfUse)];
+  const permit = record.outcome === 'permit';
+  const purposes = [...new Set(record.purposeOfUse)];
 
   const agent: AuditEventAgent[] = [
     {
       // The SMART client (BALP agent[client]: DCM 110150 Application), who = its client_id.
       type: { coding: [{ system: DICOM_SYSTEM, code: '110150', display: 'Application' }] },
-      who: { identifier: { system: OAUTH_CLIENT_ID_SYSTEM, value: context.clientId }, display: context.clientId },
+      who: { identifier: { system: OAUTH_CLIENT_ID_SYSTEM, value: record.clientId }, display: record.clientId },
       requestor: true,
-      ...(context.fhirUser ? {} : purposes.length > 0 ? { purposeOfUse: purposes.map(purposeConcept) } : {}),
+      ...(record.fhirUser ? {} : purposes.length > 0 ? { purposeOfUse: purposes.map(purposeConcept) } : {}),
     },
   ];
-  if (context.fhirUser) {
+  if (record.fhirUser) {
     // BALP agent[user]: v3-ParticipationType IRCP (information recipient), with the purpose of use.
     agent.push({
       type: { coding: [{ system: PARTICIPATION_TYPE_SYSTEM, code: 'IRCP', display: 'information recipient' }] },
-      who: { reference: context.fhirUser },
+      who: { reference: record.fhirUser },
       requestor: true,
       ...(purposes.length > 0 ? { purposeOfUse: purposes.map(purposeConcept) } : {}),
     });
@@ -192,22 +190,22 @@ export function auditEventOf(record: AuditRecord, id: string, recorded: Date): A
   });
 
   const entity: AuditEventEntity[] = [];
-  if (event.patient) {
+  if (record.patient) {
     // BALP entity[patient]: what it is searched by (`AuditEvent?patient=` reads entity.what with role 1).
     entity.push({
-      what: { reference: patientReference(event.patient) },
+      what: { reference: patientReference(record.patient) },
       type: { system: AUDIT_ENTITY_TYPE_SYSTEM, code: '1', display: 'Person' },
       role: { system: OBJECT_ROLE_SYSTEM, code: '1', display: 'Patient' },
     });
   }
-  for (const ref of new Set(event.entities)) {
+  for (const ref of new Set(record.entities)) {
     entity.push({
       what: { reference: ref },
       type: { system: AUDIT_ENTITY_TYPE_SYSTEM, code: '2', display: 'System Object' },
       role: { system: OBJECT_ROLE_SYSTEM, code: '4', display: 'Domain Resource' },
     });
   }
-  for (const policy of new Set(event.policy)) {
+  for (const policy of new Set(record.policy)) {
     // BALP AuthZconsent entity[consent]; a default policy (a URI, not a Consent) by identifier.
     const isConsent = policy.startsWith('Consent/');
     entity.push({
@@ -216,22 +214,22 @@ export function auditEventOf(record: AuditRecord, id: string, recorded: Date): A
       role: { system: OBJECT_ROLE_SYSTEM, code: '13', display: 'Security Resource' },
     });
   }
-  if (context.tokenId) {
+  if (record.tokenId) {
     // BALP entity[token]: the access token's jti (RFC 3553 URN), never the token itself.
     entity.push({
-      what: { identifier: { value: `urn:ietf:params:oauth:jti:${context.tokenId}` } },
+      what: { identifier: { value: `urn:ietf:params:oauth:jti:${record.tokenId}` } },
       type: { system: BALP_USER_AGENT_TYPES_SYSTEM, code: 'UserOauthAgent', display: 'User OAuth Agent participant' },
     });
   }
-  if (event.query) {
+  if (record.query) {
     entity.push({
       type: { system: AUDIT_ENTITY_TYPE_SYSTEM, code: '2', display: 'System Object' },
       role: { system: OBJECT_ROLE_SYSTEM, code: '24', display: 'Query' },
-      description: redactQuery(event.query),
+      description: redactQuery(record.query),
     });
   }
 
-  const outcomeDesc = event.breakGlass
+  const outcomeDesc = record.breakGlass
     ? 'Disclosed by break-glass: an emergency purpose overrode the patient consent'
     : permit
       ? undefined
@@ -240,10 +238,10 @@ export function auditEventOf(record: AuditRecord, id: string, recorded: Date): A
   return {
     resourceType: 'AuditEvent',
     id,
-    ...(event.breakGlass ? { meta: { security: [BREAK_GLASS_SECURITY] } } : {}),
+    ...(record.breakGlass ? { meta: { security: [BREAK_GLASS_SECURITY] } } : {}),
     type: { system: AUDIT_EVENT_TYPE_SYSTEM, code: 'rest', display: 'Restful Operation' },
-    subtype: subtypeOf(event.interaction),
-    action: actionOf(event.interaction),
+    subtype: subtypeOf(record.interaction),
+    action: actionOf(record.interaction),
     period: { start: at, end: at },
     recorded: recorded.toISOString(),
     // 0 success; 4 minor failure: the request was refused, which is the system working as designed.

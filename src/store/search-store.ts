@@ -354,6 +354,16 @@ function ts(d: Date): string {
 const COLUMNS = 'r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content';
 
 /**
+ * The current Consents of the patient `p.patient` of the enclosing query, for a `LATERAL` join:
+ * `OFFSET 0` keeps it a subquery, so the patient id stays an index condition whatever the plan.
+ */
+const CONSENTS_OF_P_PATIENT = `SELECT ${COLUMNS} FROM search_reference s
+               JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id
+               WHERE s.target_type = 'Patient' AND s.target_id = p.patient AND s.param = 'patient' AND s.resource_type = 'Consent'
+                 AND r.version_id IS NOT NULL AND NOT r.deleted
+               OFFSET 0`;
+
+/**
  * A resource and the Consents of the patients it is indexed under, in one statement ($1 type, $2 id).
  * kind: 'r' the resource, 'p' one covered patient (so that "no Consent" is known too), 'c' a Consent.
  * The Consents are looked up per patient (LATERAL, kept a subquery by OFFSET 0), so the patient id is
@@ -371,13 +381,7 @@ export const READ_WITH_CONSENTS_SQL = `WITH p AS (
              UNION ALL
              SELECT 'p', p.patient, NULL, NULL, NULL, NULL, NULL, NULL FROM p
              UNION ALL
-             SELECT 'c', p.patient, c.* FROM p CROSS JOIN LATERAL (
-               SELECT ${COLUMNS} FROM search_reference s
-               JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id
-               WHERE s.target_type = 'Patient' AND s.target_id = p.patient AND s.param = 'patient' AND s.resource_type = 'Consent'
-                 AND r.version_id IS NOT NULL AND NOT r.deleted
-               OFFSET 0
-             ) c`;
+             SELECT 'c', p.patient, c.* FROM p CROSS JOIN LATERAL (${CONSENTS_OF_P_PATIENT}) c`;
 
 /**
  * The current Consents of the patients in `$1` (a text array), per patient. As in
@@ -385,13 +389,7 @@ export const READ_WITH_CONSENTS_SQL = `WITH p AS (
  * `target_id = ANY($1)`, the generic plan of the prepared statement (used after five executions)
  * scanned every Consent's index entry and filtered, 3–16 ms per search page at 300 Consents.
  */
-export const CONSENTS_FOR_SQL = `SELECT p.patient, c.* FROM unnest($1::text[]) AS p(patient) CROSS JOIN LATERAL (
-               SELECT ${COLUMNS} FROM search_reference s
-               JOIN resource r ON r.resource_type = s.resource_type AND r.id = s.id
-               WHERE s.target_type = 'Patient' AND s.target_id = p.patient AND s.param = 'patient' AND s.resource_type = 'Consent'
-                 AND r.version_id IS NOT NULL AND NOT r.deleted
-               OFFSET 0
-             ) c`;
+export const CONSENTS_FOR_SQL = `SELECT p.patient, c.* FROM unnest($1::text[]) AS p(patient) CROSS JOIN LATERAL (${CONSENTS_OF_P_PATIENT}) c`;
 
 /** SQL text with its parameters; every value is a bind parameter, never interpolated. */
 class Sql {
