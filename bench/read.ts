@@ -292,50 +292,88 @@ interface LoadResult {
 }
 
 /**
- * The worker: runs autocannon (programmatic API) with each connection starting at a different offset
- * of the request list, and records every response time (ms, float) itself.
+ * The worker: runs autocannon (programmatic API) once per message, with each connection starting at a
+ * different offset of the request list, and records every response time (ms, float) itself. One
+ * worker serves every slice: starting a thread and loading autocannon per slice took seconds on a busy
+ * machine, and the first request of each connection was timed across that start-up (2–3.6 s "latencies"
+ * at 50 connections, and slices of 2 s that lasted 5.7 s).
  */
 const WORKER_SOURCE = `
 const { workerData, parentPort } = require('node:worker_threads');
 const autocannon = require(workerData.autocannonPath);
-const { paths, headers, connections, duration, url } = workerData;
-let nextClient = 0;
-const latencies = [];
-const statuses = {};
-const step = Math.max(1, Math.floor(paths.length / connections));
-const instance = autocannon({
-  url, connections, duration, headers, timeout: 30,
-  requests: paths.map((path) => ({ method: 'GET', path })),
-  setupClient(client) {
-    const k = (nextClient++ * step) % paths.length;
-    client.setRequests([...paths.slice(k), ...paths.slice(0, k)].map((path) => ({ method: 'GET', path })));
-  },
-}, (err, result) => {
-  if (err) { parentPort.postMessage({ error: String(err) }); return; }
-  parentPort.postMessage({
-    latencies: Float64Array.from(latencies), statuses,
-    errors: result.errors, timeouts: result.timeouts, duration: result.duration, total: result.requests.total,
+parentPort.on('message', ({ id, paths, headers, connections, duration, url }) => {
+  let nextClient = 0;
+  const latencies = [];
+  const statuses = {};
+  const step = Math.max(1, Math.floor(paths.length / connections));
+  // Each connection cycles over its own window of at most 256 paths: autocannon renders every request
+  // of a client up front, and 5,000 per client took ~65 ms each, blocking this thread for seconds at
+  // 50 connections while the first requests' clocks ran.
+  const windowOf = (k) => Array.from({ length: Math.min(256, paths.length) }, (_, i) => ({ method: 'GET', path: paths[(k + i) % paths.length] }));
+  const instance = autocannon({
+    url, connections, duration, headers, timeout: 30,
+    requests: windowOf(0),
+    setupClient(client) {
+      client.setRequests(windowOf((nextClient++ * step) % paths.length));
+    },
+  }, (err, result) => {
+    if (err) { parentPort.postMessage({ id, error: String(err) }); return; }
+    parentPort.postMessage({
+      id, latencies: Float64Array.from(latencies), statuses,
+      errors: result.errors, timeouts: result.timeouts, duration: result.duration, total: result.requests.total,
+    });
+  });
+  instance.on('response', (_client, status, _bytes, responseTime) => {
+    statuses[status] = (statuses[status] || 0) + 1;
+    if (status < 500) latencies.push(responseTime);
   });
 });
-instance.on('response', (_client, status, _bytes, responseTime) => {
-  statuses[status] = (statuses[status] || 0) + 1;
-  if (status < 500) latencies.push(responseTime);
-});
+parentPort.postMessage({ ready: true });
 `;
 
 const autocannonPath = createRequire(import.meta.url).resolve('autocannon');
 
-function load(url: string, paths: readonly string[], headers: Record<string, string>, connections: number, duration: number): Promise<Sample> {
-  const elu0 = performance.eventLoopUtilization();
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { autocannonPath, url, paths, headers, connections, duration } });
+type WorkerReply = { id: number; error?: string; latencies: Float64Array; statuses: Record<string, number>; errors: number; timeouts: number; duration: number };
+let loadWorker: { worker: Worker; ready: Promise<void>; waiting: Map<number, (m: WorkerReply) => void> } | undefined;
+let nextLoadId = 1;
+
+/** The one load-generator thread (started on first use, stopped by {@link stopLoadWorker}). */
+function loadGenerator(): NonNullable<typeof loadWorker> {
+  if (loadWorker) return loadWorker;
+  const worker = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { autocannonPath } });
+  const waiting = new Map<number, (m: WorkerReply) => void>();
+  worker.on('error', (err) => {
+    for (const [id, done] of waiting) done({ id, error: String(err) } as WorkerReply);
+  });
+  const ready = new Promise<void>((resolve, reject) => {
     worker.once('error', reject);
-    worker.once('message', (msg: { error?: string; latencies: Float64Array; statuses: Record<string, number>; errors: number; timeouts: number; duration: number }) => {
-      void worker.terminate();
-      if (msg.error) reject(new Error(msg.error));
-      else resolve({ latencies: msg.latencies, statuses: msg.statuses, errors: msg.errors + msg.timeouts, duration: msg.duration, busyMs: performance.eventLoopUtilization(elu0).active });
+    worker.on('message', (m: WorkerReply & { ready?: boolean }) => {
+      if (m.ready) resolve();
+      else waiting.get(m.id)?.(m);
     });
   });
+  loadWorker = { worker, ready, waiting };
+  return loadWorker;
+}
+
+async function stopLoadWorker(): Promise<void> {
+  const w = loadWorker;
+  loadWorker = undefined;
+  await w?.worker.terminate();
+}
+
+async function load(url: string, paths: readonly string[], headers: Record<string, string>, connections: number, duration: number): Promise<Sample> {
+  const gen = loadGenerator();
+  await gen.ready;
+  const elu0 = performance.eventLoopUtilization();
+  const id = nextLoadId++;
+  const msg = await new Promise<WorkerReply>((resolve) => {
+    gen.waiting.set(id, resolve);
+    gen.worker.postMessage({ id, url, paths, headers, connections, duration });
+  });
+  gen.waiting.delete(id);
+  if (msg.error) throw new Error(msg.error);
+  return { latencies: msg.latencies, statuses: msg.statuses, errors: msg.errors + msg.timeouts, duration: msg.duration, busyMs: performance.eventLoopUtilization(elu0).active };
 }
 
 const countOf = (sample: Sample, pred: (status: number) => boolean): number =>
@@ -420,6 +458,7 @@ export async function runRead(): Promise<ReadBenchResult> {
   const cleanup = async (): Promise<void> => {
     if (cleaned) return;
     cleaned = true;
+    await stopLoadWorker();
     await raw?.close().catch(() => undefined);
     await noAudit?.close().catch(() => undefined);
     await open?.close().catch(() => undefined);
@@ -581,14 +620,14 @@ function report(measured: readonly Measured[], info: { loadStart: string; loadEn
     const u = find(endpoint, 'ungated', c);
     return g && u ? `${(100 * (u.rps / g.rps - 1)).toFixed(0)}%` : 'n/a';
   };
-  const markdown = `Each case is ${SLICES} slices of ${SLICE_SECONDS} s of autocannon 8 (in a worker thread of the bench process, keep-alive,
+  const markdown = `Each case is ${SLICES} slices of ${SLICE_SECONDS} s of autocannon 8 (in one worker thread of the bench process for the whole run, keep-alive,
 one request in flight per connection), after a ${WARMUP_SECONDS} s warm-up. The slices of one endpoint and connection count
 alternate between its cases in rotated order, so that the background load falls on every case alike; req/s is over the
 slices' total time and the notes give the slowest and fastest slice. fhir-anchor runs in-process
 (api role, production mode, PostgreSQL pool of 10, Redis queues, LOG_LEVEL=silent) with ${fmt(PATIENTS)} patients,
 ${fmt(PATIENTS * OBS_PER_PATIENT)} Observations (~1 KB each) and Consents (half the patients permit TREAT, a quarter deny, a quarter
-have none), seeded with \`putVersions\` in ${info.seedSeconds.toFixed(1)} s. Reads cycle over up to 5,000 ids, searches over the
-patients, each connection starting at its own offset. Latencies are exact per-response times (ms); req/s counts every response.
+have none), seeded with \`putVersions\` in ${info.seedSeconds.toFixed(1)} s. Reads use up to 5,000 ids, searches the
+patients: each connection cycles over its own window of 256 of them, starting at its own offset. Latencies are exact per-response times (ms); req/s counts every response.
 
 - **ungated** is the real route on a second fhir-anchor sharing the schema, with \`CONSENT_DEFAULT_DECISION=permit\` and a
   \`system/*.rs\` client reading patients that have no Consent: token verification, the consent look-up (which finds none),
