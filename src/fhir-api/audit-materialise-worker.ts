@@ -9,7 +9,7 @@ import { versionCommitter } from '../integrity/commitment.js';
 import { systemClock } from '../platform/clock.js';
 import { createLogger } from '../platform/logger.js';
 import { openDatabase } from '../store/index.js';
-import { drainAuditOutbox } from './audit.js';
+import { AUDIT_THREAD_MATERIALISE_BATCH, drainAuditOutbox } from './audit.js';
 
 const port = parentPort;
 if (!port) throw new Error('audit-materialise-worker must run in a worker thread');
@@ -39,7 +39,7 @@ port.on('message', (m: { id?: number; wait?: boolean; close?: boolean }) => {
   if (m.id === undefined) return;
   const id = m.id;
   inFlight += 1;
-  drainAuditOutbox(db.store, m.wait === true)
+  drainAuditOutbox(db.store, m.wait === true, undefined, AUDIT_THREAD_MATERIALISE_BATCH)
     .then((count) => port.postMessage({ id, count }))
     .catch((err: unknown) => port.postMessage({ id, error: err instanceof Error ? err.message : String(err) }))
     .finally(() => {

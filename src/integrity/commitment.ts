@@ -11,15 +11,16 @@
  * stored next to the resource and disclosed only to parties allowed to see the
  * resource. SHA-256's collision resistance makes it binding.
  *
- * Hashing uses `@noble/hashes` (audited, pure JS) as the design specifies; the
- * hot Merkle path in `merkle.ts` uses node:crypto instead.
+ * Every stored version (and every AuditEvent) is committed to, so this is a hot path: hashing uses
+ * node:crypto's SHA-256 (OpenSSL; several times faster than the pure-JS `@noble/hashes`, which the
+ * tests keep as an independent cross-check) and salts are cut from a pooled CSPRNG buffer, like the
+ * Merkle path in `merkle.ts`. docs/decisions.md ("Commitment hot path") has the measurements.
  *
  * @see https://www.rfc-editor.org/rfc/rfc8785
  * @packageDocumentation
  */
-import { sha256 } from '@noble/hashes/sha2.js';
-import { randomBytes } from '@noble/hashes/utils.js';
-import { canonicalizeToBytes } from './canonical.js';
+import { createHash, randomFillSync } from 'node:crypto';
+import { canonicalize } from './canonical.js';
 import { bytesEqual } from './encoding.js';
 import { committedValue } from './record.js';
 import type { VersionCommitter } from '../store/types.js';
@@ -32,10 +33,32 @@ export const COMMITMENT_LENGTH = 32;
 /** Source of cryptographically secure random bytes; injectable for deterministic tests. */
 export type RandomBytes = (length: number) => Uint8Array;
 
+/** Salts per refill of the CSPRNG pool. */
+const POOLED_SALTS = 256;
+let pool = new Uint8Array(0);
+let poolOffset = 0;
+
+/**
+ * `length` fresh bytes from node:crypto's CSPRNG, cut from a pool refilled {@link POOLED_SALTS}
+ * salts at a time (one system call per refill instead of one per version). Each byte is handed out
+ * once, as a copy.
+ */
+export function randomBytes(length: number): Uint8Array {
+  if (length > SALT_LENGTH * POOLED_SALTS) return randomFillSync(new Uint8Array(length));
+  if (poolOffset + length > pool.length) {
+    pool = randomFillSync(new Uint8Array(SALT_LENGTH * POOLED_SALTS));
+    poolOffset = 0;
+  }
+  const out = pool.slice(poolOffset, poolOffset + length);
+  pool.fill(0, poolOffset, poolOffset + length);
+  poolOffset += length;
+  return out;
+}
+
 /**
  * Generates a fresh per-version salt.
  *
- * @param random - CSPRNG (defaults to `crypto.getRandomValues` via @noble/hashes).
+ * @param random - CSPRNG (defaults to node:crypto's, pooled: {@link randomBytes}).
  *   Inject a fixed source only in tests: reusing a salt across versions leaks
  *   equality of resources.
  * @returns {@link SALT_LENGTH} (32) random bytes.
@@ -59,7 +82,8 @@ export function newSalt(random: RandomBytes = randomBytes): Uint8Array {
 export function computeCommitment(resource: unknown, salt: Uint8Array): Uint8Array {
   if (salt.length !== SALT_LENGTH) throw new RangeError(`salt must be ${SALT_LENGTH} bytes`);
   // Fixed-length salt first: the concatenation is unambiguous without a length prefix.
-  return sha256.create().update(salt).update(canonicalizeToBytes(resource)).digest();
+  const digest = createHash('sha256').update(salt).update(canonicalize(resource), 'utf8').digest();
+  return new Uint8Array(digest.buffer, digest.byteOffset, digest.length);
 }
 
 /**

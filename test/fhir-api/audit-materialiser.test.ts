@@ -48,10 +48,10 @@ describe('audit materialiser thread', () => {
   });
 
   it('turns every record into an AuditEvent with its commitment, and empties the outbox', async () => {
-    const records = Array.from({ length: 70 }, (_, i) => record(i)); // more than two batches
+    const records = Array.from({ length: 300 }, (_, i) => record(i)); // more than two of the thread's batches
     await db.store.auditOutbox.append(records);
     thread = createMaterialiserThread({ connectionString: TEST_DATABASE_URL, schema, logger: silentLogger });
-    expect(await thread.drain(true)).toBe(70);
+    expect(await thread.drain(true)).toBe(300);
     expect(await db.store.auditOutbox.pending()).toBe(0);
 
     const first = await db.store.resources.readCurrent('AuditEvent', records[0]!.id);
@@ -63,7 +63,7 @@ describe('audit materialiser thread', () => {
     await client.connect();
     try {
       const r = await client.query<{ n: string }>(`SELECT count(*) AS n FROM "${schema}".commitment WHERE resource_type = 'AuditEvent' AND id = ANY($1::text[])`, [records.map((x) => x.id)]);
-      expect(Number(r.rows[0]!.n)).toBe(70);
+      expect(Number(r.rows[0]!.n)).toBe(300);
     } finally {
       await client.end();
     }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from '@jest/globals';
 import fc from 'fast-check';
-import { CanonicalizationError, canonicalize, canonicalizeToBytes } from '../../src/integrity/canonical.js';
+import { CanonicalizationError, canonicalize, canonicalizeToBytes, fastCanonicalize, libraryCanonicalize } from '../../src/integrity/canonical.js';
 import { toHex } from '../../src/integrity/encoding.js';
 import {
   INVALID_NUMBER_SAMPLES,
@@ -77,5 +77,71 @@ describe('canonicalize (RFC 8785 JCS)', () => {
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('canonicalize fast path', () => {
+  // Strings and keys with every kind of code unit, including surrogates (paired and lone), controls
+  // and integer-like names: the fast path must give the library's answer or hand over to it.
+  const unit = fc.oneof(
+    fc.constantFrom('0', '1', '10', '9', '01', '-1', '1.5', '__proto__', 'constructor', 'toJSON', 'a', 'b', '\u20ac', '\ud83d\ude00', '\ud800', '\udc00', '\u0000', '"', '\\', '\u2028'),
+    fc.string({ unit: 'binary', maxLength: 4 }),
+  );
+  const text = fc.array(unit, { maxLength: 4 }).map((parts) => parts.join(''));
+  const json = fc.letrec((tie) => ({
+    value: fc.oneof(
+      { depthSize: 'small' },
+      fc.constant(null),
+      fc.boolean(),
+      fc.double(),
+      fc.integer(),
+      text,
+      fc.array(tie('value'), { maxLength: 4 }),
+      fc.dictionary(text, tie('value'), { maxKeys: 5 }),
+    ),
+  })).value;
+
+  it('agrees with the library on arbitrary JSON data, or hands over to it', () => {
+    let fastHits = 0;
+    fc.assert(
+      fc.property(json, (value) => {
+        let expected: string | Error;
+        try {
+          expected = libraryCanonicalize(value);
+        } catch (err) {
+          expected = err as Error;
+        }
+        const fast = fastCanonicalize(value);
+        if (fast !== undefined) {
+          fastHits += 1;
+          expect(fast).toBe(expected);
+        }
+        if (typeof expected === 'string') expect(canonicalize(value)).toBe(expected);
+        else expect(() => canonicalize(value)).toThrow(CanonicalizationError);
+      }),
+      { numRuns: 3000 },
+    );
+    // The property exercises both paths (not only the hand-over).
+    expect(fastHits).toBeGreaterThan(1000);
+    expect(fastHits).toBeLessThan(3000);
+  });
+
+  it('takes the fast path for FHIR-shaped data and keeps a `__proto__` member as data', () => {
+    const parsed = JSON.parse('{"resourceType":"Patient","name":[{"given":["Zoë"],"family":"O\'Brien"}],"__proto__":{"x":1},"active":true,"n":1e21}') as unknown;
+    const fast = fastCanonicalize(parsed);
+    expect(fast).toBe(libraryCanonicalize(parsed));
+    expect(fast).toBe('{"__proto__":{"x":1},"active":true,"n":1e+21,"name":[{"family":"O\'Brien","given":["Zoë"]}],"resourceType":"Patient"}');
+  });
+
+  it('hands integer-like names, toJSON, class instances and surrogates to the library', () => {
+    expect(fastCanonicalize({ 10: 'a', 9: 'b' })).toBeUndefined();
+    expect(canonicalize({ 10: 'a', 9: 'b' })).toBe('{"10":"a","9":"b"}');
+    expect(fastCanonicalize({ d: new Date(0) })).toBeUndefined();
+    expect(canonicalize({ d: new Date(0) })).toBe('{"d":"1970-01-01T00:00:00.000Z"}');
+    expect(fastCanonicalize({ s: '\ud83d\ude00' })).toBeUndefined();
+    expect(canonicalize({ s: '\ud83d\ude00' })).toBe('{"s":"\ud83d\ude00"}');
+    expect(fastCanonicalize([undefined])).toBeUndefined();
+    expect(canonicalize([undefined])).toBe('[null]');
+    expect(canonicalize({ a: undefined, b: 1 })).toBe('{"b":1}');
   });
 });

@@ -1,11 +1,12 @@
 import { describe, expect, it } from '@jest/globals';
-import { createHash } from 'node:crypto';
-import { canonicalize } from '../../src/integrity/canonical.js';
+import { sha256 } from '@noble/hashes/sha2.js';
+import { canonicalize, canonicalizeToBytes } from '../../src/integrity/canonical.js';
 import {
   COMMITMENT_LENGTH,
   SALT_LENGTH,
   computeCommitment,
   newSalt,
+  randomBytes,
   verifyCommitment,
 } from '../../src/integrity/commitment.js';
 import { toHex } from '../../src/integrity/encoding.js';
@@ -33,11 +34,32 @@ describe('commitment', () => {
     expect(() => newSalt(() => new Uint8Array(16))).toThrow(RangeError);
   });
 
-  it('is SHA-256(salt ‖ JCS(resource)) (cross-checked with node:crypto)', () => {
-    const expected = createHash('sha256').update(fixedSalt).update(canonicalize(patient), 'utf8').digest('hex');
+  it('is SHA-256(salt ‖ JCS(resource)) (cross-checked with @noble/hashes)', () => {
+    const expected = toHex(sha256.create().update(fixedSalt).update(canonicalizeToBytes(patient)).digest());
     const c = computeCommitment(patient, fixedSalt);
     expect(c.length).toBe(COMMITMENT_LENGTH);
+    expect(c).toBeInstanceOf(Uint8Array);
     expect(toHex(c)).toBe(expected);
+    // Non-ASCII text is hashed as UTF-8, exactly as a verifier's JCS bytes.
+    const named = { ...patient, name: [{ family: 'Muñoz', given: ['Zoë'] }] };
+    expect(toHex(computeCommitment(named, fixedSalt))).toBe(toHex(sha256.create().update(fixedSalt).update(canonicalizeToBytes(named)).digest()));
+    expect(canonicalize(named)).toContain('Muñoz');
+  });
+
+  it('cuts every salt from the pool once: fresh, independent copies across refills', () => {
+    const seen = new Set<string>();
+    const salts: Uint8Array[] = [];
+    for (let i = 0; i < 600; i++) {
+      const s = randomBytes(SALT_LENGTH);
+      expect(s.length).toBe(SALT_LENGTH);
+      salts.push(s);
+      seen.add(toHex(s));
+    }
+    expect(seen.size).toBe(600); // more than two refills, no repeat
+    const first = toHex(salts[0]!);
+    salts[1]!.fill(0); // a copy: changing one salt changes no other
+    expect(toHex(salts[0]!)).toBe(first);
+    expect(randomBytes(100_000).length).toBe(100_000);
   });
 
   it('does not depend on key order or whitespace of the source JSON', () => {
