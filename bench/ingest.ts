@@ -16,10 +16,11 @@
  *   node --import tsx bench/ingest.ts
  *
  * Environment: BENCH_RUNS, BENCH_QUICK, SYNTHEA_DIR, HOOK_RATE (default 500), HOOK_SECONDS (default 10),
- * BENCH_PROFILE=0 to skip the CPU profile (one extra Redis run under the V8 sampling profiler).
+ * BENCH_PROFILE=0 to skip the CPU profile (one extra Redis run under the V8 sampling profiler),
+ * BENCH_PROFILE_OUT=FILE.cpuprofile to keep that profile (for Chrome DevTools or a summariser).
  */
 import { availableParallelism } from 'node:os';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -505,6 +506,7 @@ async function profiledRun(): Promise<{ summary: ReturnType<typeof summariseProf
       await session.post('Profiler.start');
     } else {
       profile = ((await session.post('Profiler.stop')) as { profile: unknown }).profile;
+      if (process.env.BENCH_PROFILE_OUT) writeFileSync(process.env.BENCH_PROFILE_OUT, JSON.stringify(profile));
       await session.post('Profiler.disable');
       session.disconnect();
     }

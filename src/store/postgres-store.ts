@@ -73,7 +73,7 @@ interface Head {
   sourceTime: Date | null;
   changed: boolean;
   /** The version that is current at the end of the batch, when the batch moved it. */
-  current: { versionId: number; sourceTime: Date | null; deleted: boolean; content: Resource | null; valid: boolean | null } | undefined;
+  current: { versionId: number; sourceTime: Date | null; deleted: boolean; content: Resource | null; text: string | null; valid: boolean | null } | undefined;
 }
 
 /** One version to insert. */
@@ -83,6 +83,8 @@ interface HistoryInsert {
   readonly sourceTime: Date | null;
   readonly deleted: boolean;
   readonly content: Resource | null;
+  /** `JSON.stringify(content)`, made once for the INSERT, the head UPDATE and the returned version. */
+  readonly text: string | null;
   readonly valid: boolean | null;
   readonly validation: string | null;
   readonly status: 'created' | 'updated' | 'historical';
@@ -325,6 +327,7 @@ class PgResourceStore implements ResourceStore {
               id: input.id,
               meta: { ...input.resource!.meta, versionId: String(versionId), lastUpdated: lastUpdated.toISOString() },
             } as Resource);
+        const text = content === null ? null : JSON.stringify(content);
         const sourceTime = input.sourceTime ?? null;
         // A late, older version goes to history only; without source times, arrival order decides.
         const becomesCurrent = head.versionId === null || sourceTime === null || head.sourceTime === null || sourceTime.getTime() >= head.sourceTime.getTime();
@@ -334,7 +337,7 @@ class PgResourceStore implements ResourceStore {
         if (becomesCurrent) {
           head.versionId = versionId;
           head.sourceTime = sourceTime;
-          head.current = { versionId, sourceTime, deleted, content, valid };
+          head.current = { versionId, sourceTime, deleted, content, text, valid };
         }
         if (input.dedupKey !== undefined) batchKeys.set(`${key}\u0000${input.dedupKey}`, rows.length);
         rows.push({
@@ -343,6 +346,7 @@ class PgResourceStore implements ResourceStore {
           sourceTime,
           deleted,
           content,
+          text,
           valid,
           validation: input.validation ? JSON.stringify(input.validation.outcome ?? null) : null,
           status: !becomesCurrent ? 'historical' : wasNew ? 'created' : 'updated',
@@ -350,16 +354,17 @@ class PgResourceStore implements ResourceStore {
         results.push({ pending: rows.length - 1 });
       }
 
-      // One INSERT for every new version.
+      // One INSERT for every new version. The stored content is not sent back: each version's resource
+      // is `JSON.parse` of the text sent, which is what a read of the stored jsonb yields.
       const inserted = rows.length
         ? (
-            await client.query<VersionRow>(
+            await client.query<Omit<VersionRow, 'content'>>(
               `INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
                SELECT t, i, v, $4, st, d, k, src, NULLIF(c, 'null'::jsonb), ok, val
                FROM ROWS FROM (unnest($1::text[], $2::text[], $3::bigint[], $5::timestamptz[], $6::boolean[], $7::text[], $8::text[]),
                                jsonb_array_elements($9::jsonb), unnest($10::boolean[], $11::jsonb[]))
                  AS u(t, i, v, st, d, k, src, c, ok, val)
-               RETURNING ${VERSION_COLUMNS}`,
+               RETURNING resource_type, id, version_id, last_updated, deleted`,
               [
                 rows.map((r) => r.input.resourceType),
                 rows.map((r) => r.input.id),
@@ -369,20 +374,25 @@ class PgResourceStore implements ResourceStore {
                 rows.map((r) => r.deleted),
                 rows.map((r) => r.input.dedupKey ?? null),
                 rows.map((r) => r.input.sourceId ?? null),
-                jsonArrayParam(rows.map((r) => (r.content === null ? null : JSON.stringify(r.content)))),
+                jsonArrayParam(rows.map((r) => r.text)),
                 rows.map((r) => r.valid),
                 rows.map((r) => r.validation),
               ],
             )
           ).rows
         : [];
-      const byKey = new Map(inserted.map((r) => [`${r.resource_type}\u0000${r.id}\u0000${r.version_id}`, r]));
+      const texts = new Map(rows.map((r) => [`${r.input.resourceType}\u0000${r.input.id}\u0000${r.versionId}`, r.text]));
+      const insertedVersions = inserted.map((row): VersionRow => {
+        const text = texts.get(`${row.resource_type}\u0000${row.id}\u0000${row.version_id}`) ?? null;
+        return { ...row, content: text === null ? null : (JSON.parse(text) as Resource) };
+      });
+      const byKey = new Map(insertedVersions.map((r) => [`${r.resource_type}\u0000${r.id}\u0000${r.version_id}`, r]));
 
       // One UPDATE for every touched head: its final current version (if it moved) and last version.
       const touched = [...heads.entries()].filter(([, h]) => h.changed);
       if (touched.length > 0) {
         // With a committer, the new versions' pending commitments go in with the same statement.
-        const commit = this.committer && inserted.length > 0 ? commitmentArrays(inserted.map(toVersion), this.committer) : undefined;
+        const commit = this.committer && insertedVersions.length > 0 ? commitmentArrays(insertedVersions.map(toVersion), this.committer) : undefined;
         await client.query(
           `${commit ? `WITH ${commitmentInsertCte(11, '$3::timestamptz')}\n` : ''}UPDATE resource r SET
              last_version = u.lv,
@@ -405,7 +415,7 @@ class PgResourceStore implements ResourceStore {
             touched.map(([, h]) => h.current?.versionId ?? null),
             touched.map(([, h]) => h.current?.sourceTime ?? null),
             touched.map(([, h]) => h.current?.deleted ?? false),
-            jsonArrayParam(touched.map(([, h]) => (h.current?.content ? JSON.stringify(h.current.content) : null))),
+            jsonArrayParam(touched.map(([, h]) => h.current?.text ?? null)),
             touched.map(([, h]) => h.current?.valid ?? null),
             ...(commit ?? []),
           ],
