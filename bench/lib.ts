@@ -109,8 +109,9 @@ export function serviceConfig(queue: 'redis' | 'postgres', overrides: Record<str
     HOST: '127.0.0.1',
     LOG_LEVEL: 'silent',
     DATA_DIR: `/tmp/fhir-anchor-bench-${randomUUID()}`,
-    // Passed through so that a run can compare settings (e.g. VALIDATION_THREADS=0).
+    // Passed through so that a run can compare settings (e.g. VALIDATION_THREADS=0, WORKER_CONCURRENCY=16).
     ...(process.env.VALIDATION_THREADS !== undefined ? { VALIDATION_THREADS: process.env.VALIDATION_THREADS } : {}),
+    ...(process.env.WORKER_CONCURRENCY !== undefined ? { WORKER_CONCURRENCY: process.env.WORKER_CONCURRENCY } : {}),
     ...overrides,
   });
 }
