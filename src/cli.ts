@@ -158,6 +158,6 @@ program
   });
 
 registerVerifyCommand(program, { anchorVerifiers: { evm: verifyEvmReceipt } });
-registerDeidCommand(program);
+registerDeidCommand(program, { keys: () => configOrExit().research.keys });
 
 await program.parseAsync(process.argv);

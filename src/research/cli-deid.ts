@@ -22,7 +22,6 @@ import type { Command } from 'commander';
 import type { Resource } from '@medplum/fhirtypes';
 import { DeidConfigError, type DeidKeys } from './deid/config.js';
 import { createDeidentifier, type Deidentifier } from './deid/deidentifier.js';
-import { deidKeysFromEnv } from './deid/keys.js';
 
 /** Non-TTY progress: one line per this many resources (and one per file). */
 export const PROGRESS_EVERY = 10_000;
@@ -31,8 +30,11 @@ const TTY_REFRESH_MS = 250;
 
 /** Options of {@link registerDeidCommand}. */
 export interface DeidCommandOptions {
-  /** Keys (default: from the environment, {@link deidKeysFromEnv}). */
-  readonly keys?: DeidKeys;
+  /**
+   * Keys, or where to get them when the command runs. The CLI passes its loaded configuration's
+   * (`DEID_*` variables, validated once by the config loader); without it, no keys.
+   */
+  readonly keys?: DeidKeys | (() => DeidKeys);
   readonly out?: (text: string) => void;
   readonly err?: (text: string) => void;
   /** Whether stderr is a terminal (default: process.stderr.isTTY). */
@@ -91,7 +93,8 @@ export function registerDeidCommand(program: Command, options: DeidCommandOption
     .option('--policy <name>', 'built-in policy when --config is not given (default safe-harbor)')
     .action(async (opts: CliOptions) => {
       try {
-        await runDeid(opts, options.keys ?? deidKeysFromEnv(), { out, err, tty });
+        const keys = typeof options.keys === 'function' ? options.keys() : (options.keys ?? {});
+        await runDeid(opts, keys, { out, err, tty });
       } catch (e) {
         if (e instanceof DeidConfigError) {
           err(`fhir-anchor deid: ${e.message}\n`);

@@ -22,4 +22,3 @@ export { DeidProcessingError, RuleNotApplicableError } from './deid/engine.js';
 export { createDeidRouter, type DeidRouterOptions } from './http.js';
 export { registerDeidCommand, type DeidCommandOptions } from './cli-deid.js';
 
-export { DEID_ENV_VARS, deidKeysFromEnv } from './deid/keys.js';

@@ -1,3 +1,7 @@
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { ENV_VARS } from '../../src/config/index.js';
 import { TEST_DATABASE_URL, TEST_LOG_KEY, TEST_LOG_ORIGIN, TEST_SMART_KEY, dropSchema, randomNamespace } from '../helpers/env.js';
 import { runCli } from '../helpers/cli.js';
@@ -24,6 +28,28 @@ describe('fhir-anchor CLI', () => {
     for (const v of ['DATABASE_URL', 'REDIS_URL', 'PORT', 'ADMIN_TOKEN']) expect(r.stderr).toContain(v);
     expect(r.stderr).not.toContain('too-short-secret');
     expect(r.stderr).not.toMatch(/at .*\.ts:\d+/);
+  });
+
+  it('deid takes its keys from the configuration, validated by the config loader', async () => {
+    const input = fileURLToPath(new URL('../fixtures/research/Russel238_Konopelski743_0cd9f8d6-ae86-3b42-7350-da4d678961ac.json', import.meta.url));
+    const work = await mkdtemp(path.join(tmpdir(), 'cli-deid-'));
+    try {
+      const output = path.join(work, 'out.json');
+      const ok = await runCli(['deid', '--input', input, '--output', output], { DEID_CRYPTO_HASH_KEY: 'k'.repeat(32) });
+      expect(ok.code).toBe(0);
+      expect(JSON.parse(await readFile(output, 'utf8'))).toMatchObject({ resourceType: 'Bundle' });
+      // Too short for the config loader: refused with its message, the value not echoed.
+      const short = await runCli(['deid', '--input', input, '--output', path.join(work, 'x.json')], { DEID_CRYPTO_HASH_KEY: 'shortkey' });
+      expect(short.code).toBe(1);
+      expect(short.stderr).toContain('DEID_CRYPTO_HASH_KEY');
+      expect(short.stderr).not.toContain('shortkey');
+      // No key: the built-in policy says what is missing.
+      const none = await runCli(['deid', '--input', input, '--output', path.join(work, 'y.json')]);
+      expect(none.code).toBe(2);
+      expect(none.stderr).toMatch(/missing keys: cryptoHashKey/);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
   });
 
   it('migrate applies the schema once and is idempotent', async () => {

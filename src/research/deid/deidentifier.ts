@@ -66,7 +66,7 @@ export interface DeidentifierOptions {
 
 /** Settings from fhir-anchor's configuration. */
 export interface ResearchDeidConfig {
-  /** Keys from configuration (see `deidKeysFromEnv`). */
+  /** Keys from configuration (`config.research.keys`: the `DEID_*` variables). */
   readonly keys?: DeidKeys;
   /** The clock for the "over 89 years" test (default: system time). */
   readonly clock?: Clock;
