@@ -3,7 +3,7 @@
  * down in reverse — drain HTTP, close workers, then queues, then the database pool, then the embedded
  * PostgreSQL.
  */
-import type { Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Router } from 'express';
 import type { AddressInfo } from 'node:net';
 import { describeConfig, type Config } from './config/index.js';
@@ -74,8 +74,51 @@ export interface StartOptions {
   readonly queueNamespace?: string;
 }
 
+/**
+ * `config` with the public base URL's port set to `port` when it says port 0 (the default base URL
+ * under `PORT=0`, a random free port): a URL with port 0 reaches nothing, yet it is the issuer of our
+ * tokens, their audience, the SMART endpoints and every Bundle link.
+ */
+export function withBoundPort(config: Config, port: number): Config {
+  const url = new URL(config.http.publicBaseUrl);
+  if (url.port !== '0') return config;
+  url.port = String(port);
+  return { ...config, http: { ...config.http, publicBaseUrl: url.toString().replace(/\/+$/, '') } };
+}
+
+/** What the HTTP port answers until the service is ready: 503 with Retry-After, as FHIR OperationOutcome JSON. */
+function answerStarting(_req: IncomingMessage, res: ServerResponse): void {
+  res.writeHead(503, { 'Content-Type': 'application/fhir+json; charset=utf-8', 'Retry-After': '5', 'Cache-Control': 'no-store' });
+  res.end(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'transient', details: { text: 'fhir-anchor is starting' } }] }));
+}
+
+/**
+ * Starts the service with the given roles. With the api role the HTTP port is bound first (it answers
+ * 503 while the rest starts), so that the port actually bound, a random one under `PORT=0`, is in the
+ * public base URL everything publishes ({@link withBoundPort}), and a port in use fails before the
+ * database is started.
+ */
 export async function startService(options: StartOptions): Promise<RunningService> {
-  const { config, roles } = options;
+  if (!options.roles.api) return startWith(options, options.config, undefined);
+  const server = createServer(answerStarting);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.config.http.port, options.config.http.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const bound = server.address() as AddressInfo;
+  try {
+    return await startWith(options, withBoundPort(options.config, bound.port), server);
+  } catch (err) {
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    throw err;
+  }
+}
+
+async function startWith(options: StartOptions, config: Config, boundServer: Server | undefined): Promise<RunningService> {
+  const { roles } = options;
   const logger = options.logger ?? createLogger(config.logLevel);
   const clock = options.clock ?? systemClock;
   const metrics = createMetrics();
@@ -331,16 +374,9 @@ export async function startService(options: StartOptions): Promise<RunningServic
         { path: '/', router: smart.clientsAdminRouter },
       ],
     });
-    try {
-      server = await new Promise<Server>((resolve, reject) => {
-        const s = app.listen(config.http.port, config.http.host, (err?: Error) => (err ? reject(err) : resolve(s)));
-        s.on('error', reject);
-      });
-    } catch (err) {
-      await queues.close();
-      await database.close();
-      throw err;
-    }
+    server = boundServer!;
+    server.off('request', answerStarting);
+    server.on('request', app);
     // Slow-loris protection and bounded keep-alive; requests get a generous but finite time.
     server.headersTimeout = 30_000;
     server.requestTimeout = 120_000;

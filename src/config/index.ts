@@ -21,7 +21,7 @@ export const ENV_VARS = {
   ADMIN_TOKEN: 'Bearer token for /admin/* (at least 32 characters). Required with DATABASE_URL; embedded mode generates one under DATA_DIR.',
   HOST: 'Interface the HTTP server binds. Default 127.0.0.1.',
   PORT: 'HTTP port. Default 8080.',
-  PUBLIC_BASE_URL: 'Externally visible base URL (used in CapabilityStatement and hook URLs). Default http://HOST:PORT.',
+  PUBLIC_BASE_URL: 'Externally visible base URL (used in CapabilityStatement, SMART endpoints and hook URLs). Default http://HOST:PORT (under PORT=0, the port actually bound).',
   BODY_LIMIT_BYTES: 'Largest accepted request body in bytes; larger bodies get 413. Default 16777216 (16 MiB: the largest Synthea bundles are ~2 MB).',
   DATA_DIR: 'Directory for embedded PostgreSQL data and generated secrets. Default ./data.',
   EMBEDDED_PG_PORT: 'Port for the embedded PostgreSQL; 0 picks a free port. Default 0.',

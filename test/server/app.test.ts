@@ -4,7 +4,9 @@
  */
 import fc from 'fast-check';
 import type { Config } from '../../src/config/index.js';
-import { startService, type RunningService } from '../../src/runtime.js';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { startService, withBoundPort, type RunningService } from '../../src/runtime.js';
 import { cleanupConfig, json, silentLogger, testConfig } from '../helpers/env.js';
 
 const ADMIN = 'test-admin-token-0123456789abcdef0123456789';
@@ -26,6 +28,15 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
   });
 
   const get = (path: string, headers: Record<string, string> = {}) => fetch(base + path, { headers });
+
+  it('publishes the port it bound under PORT=0 (SMART endpoints, CapabilityStatement, Bundle links)', async () => {
+    const port = new URL(base).port;
+    expect(port).not.toBe('0');
+    const smart = (await (await get('/.well-known/smart-configuration')).json()) as { token_endpoint: string };
+    expect(new URL(smart.token_endpoint).port).toBe(port);
+    const cap = (await (await get('/fhir/R4/metadata')).json()) as { implementation?: { url?: string } };
+    expect(cap.implementation?.url).toContain(`:${port}/`);
+  });
 
   it('GET /healthz answers 200', async () => {
     const res = await get('/healthz');
@@ -144,5 +155,29 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     const oo = await json(res);
     const down = oo.issue.filter((i: { severity: string }) => i.severity === 'error');
     expect(down.map((i: { expression: string[] }) => i.expression[0])).toContain('database');
+  });
+});
+
+describe('the HTTP port', () => {
+  it('is taken before anything starts: a port in use fails fast and leaves nothing running', async () => {
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve()));
+    const port = (blocker.address() as AddressInfo).port;
+    const config = testConfig({ PORT: String(port), HOST: '127.0.0.1' });
+    try {
+      await expect(startService({ config, roles: { api: true, workers: false }, logger: silentLogger })).rejects.toThrow(/EADDRINUSE/);
+    } finally {
+      await new Promise<void>((resolve) => blocker.close(() => resolve()));
+      await cleanupConfig(config);
+    }
+  });
+
+  it('withBoundPort replaces port 0 only', () => {
+    const config = testConfig();
+    expect(config.http.publicBaseUrl).toMatch(/:0$/);
+    expect(withBoundPort(config, 4321).http.publicBaseUrl).toBe(config.http.publicBaseUrl.replace(/:0$/, ':4321'));
+    const explicit = testConfig({ PUBLIC_BASE_URL: 'https://anchor.example.org/base/' });
+    expect(withBoundPort(explicit, 4321).http.publicBaseUrl).toBe('https://anchor.example.org/base');
+    expect(withBoundPort(explicit, 4321)).toBe(explicit);
   });
 });
