@@ -100,6 +100,7 @@ export function serviceConfig(queue: 'redis' | 'postgres', overrides: Record<str
     QUEUE_PREFIX: ns(),
     QUEUE_SCHEMA: ns(),
     ADMIN_TOKEN,
+    SECRETS_KEY: 'bench-secrets-key-0123456789abcdef0123456789',
     LOG_ORIGIN,
     LOG_SIGNER_KEY: LOG_KEY.signerKey,
     SMART_TOKEN_KEY: SMART_KEY,

@@ -7,7 +7,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { Router } from 'express';
 import type { AddressInfo } from 'node:net';
 import { describeConfig, type Config } from './config/index.js';
-import { resolveAdminToken } from './config/secrets.js';
+import { resolveAdminToken, resolveSecretsKey } from './config/secrets.js';
+import { createSealer } from './platform/seal.js';
 import { systemClock, type Clock } from './platform/clock.js';
 import { createLogger, type Logger } from './platform/logger.js';
 import { createMetrics, type Metrics } from './platform/metrics.js';
@@ -125,6 +126,8 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
   logger.info({ config: describeConfig(config), roles }, 'starting fhir-anchor');
 
   const adminToken = await resolveAdminToken({ configured: config.adminToken, dataDir: config.dataDir });
+  const secretsKey = await resolveSecretsKey({ configured: config.secretsKey, dataDir: config.dataDir, embedded: config.database.kind === 'embedded' });
+  if (!secretsKey) logger.warn('SECRETS_KEY is not set: source secrets (hook tokens, HMAC secrets, callback credentials) are stored unencrypted');
   // Every version is committed to the integrity log in the transaction that stores it.
   const database = await openDatabase({ config, logger, clock, committer: versionCommitter(), applicationName: `fhir-anchor-${roles.api ? 'api' : ''}${roles.workers ? 'worker' : ''}` });
 
@@ -152,6 +155,7 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
       linkIdentifierSystems: config.ingest.linkIdentifierSystems,
       ...(config.validationThreads !== undefined ? { validationThreads: config.validationThreads } : {}),
       ...(config.ingest.sourcesFile ? { sourcesFile: config.ingest.sourcesFile } : {}),
+      ...(secretsKey ? { sealer: createSealer(secretsKey) } : {}),
     });
   } catch (err) {
     await queues.close();

@@ -19,6 +19,7 @@ export const ENV_VARS = {
   QUEUE_PREFIX: 'BullMQ key prefix on Redis. Default fhir-anchor.',
   QUEUE_SCHEMA: 'PostgreSQL schema for BullMQ when it runs on PostgreSQL. Default bullmq.',
   ADMIN_TOKEN: 'Bearer token for /admin/* (at least 32 characters). Required with DATABASE_URL; embedded mode generates one under DATA_DIR.',
+  SECRETS_KEY: 'Key (at least 32 characters) that encrypts stored source secrets (hook tokens, HMAC secrets, callback credentials) with AES-256-GCM. Share it across processes. Embedded mode generates one under DATA_DIR; unset with DATABASE_URL stores them unencrypted, with a warning.',
   HOST: 'Interface the HTTP server binds. Default 127.0.0.1.',
   PORT: 'HTTP port. Default 8080.',
   PUBLIC_BASE_URL: 'Externally visible base URL (used in CapabilityStatement, SMART endpoints and hook URLs). Default http://HOST:PORT (under PORT=0, the port actually bound).',
@@ -78,6 +79,8 @@ export interface Config {
   readonly queue: QueueConfig;
   /** Set from the environment; in embedded mode resolved at start-up from DATA_DIR when unset. */
   readonly adminToken: string | undefined;
+  /** Encrypts stored source secrets (`SECRETS_KEY`); embedded mode generates one when unset. */
+  readonly secretsKey: string | undefined;
   readonly http: {
     readonly host: string;
     readonly port: number;
@@ -167,6 +170,7 @@ const envSchema = z.object({
   QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 of A-Z a-z 0-9 _ . -').default('fhir-anchor'),
   QUEUE_SCHEMA: z.string().regex(SQL_IDENTIFIER, 'must be a lower-case SQL identifier').default('bullmq'),
   ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').optional(),
+  SECRETS_KEY: z.string().min(32, 'must be at least 32 characters').optional(),
   HOST: z.string().min(1).default('127.0.0.1'),
   PORT: int(0, 65535).default(8080),
   PUBLIC_BASE_URL: urlWithProtocols(['http:', 'https:']).optional(),
@@ -292,6 +296,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ? { backend: 'redis', url: e.REDIS_URL, prefix: e.QUEUE_PREFIX }
       : { backend: 'postgres', schema: e.QUEUE_SCHEMA },
     adminToken: e.ADMIN_TOKEN,
+    secretsKey: e.SECRETS_KEY,
     http: {
       host: e.HOST,
       port: e.PORT,

@@ -9,6 +9,7 @@ import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 export const ADMIN_TOKEN_FILE = 'admin-token';
+export const SECRETS_KEY_FILE = 'secrets-key';
 
 export async function resolveAdminToken(options: {
   readonly configured: string | undefined;
@@ -36,4 +37,26 @@ export async function resolveAdminToken(options: {
       `Use it as "Authorization: Bearer <token>" for /admin/*, or as the password for /admin/queues in a browser.\n\n`,
   );
   return token;
+}
+
+/**
+ * The key that seals stored source secrets: `SECRETS_KEY` when set; in embedded mode one generated on
+ * first start and kept under DATA_DIR (mode 0600, next to the database it protects, so a copy of the
+ * database alone does not open them); otherwise (production without the variable) none.
+ */
+export async function resolveSecretsKey(options: { readonly configured: string | undefined; readonly dataDir: string; readonly embedded: boolean }): Promise<string | undefined> {
+  if (options.configured) return options.configured;
+  if (!options.embedded) return undefined;
+  const file = path.join(options.dataDir, SECRETS_KEY_FILE);
+  if (existsSync(file)) {
+    const mode = (await stat(file)).mode & 0o777;
+    if (mode !== 0o600) await chmod(file, 0o600);
+    const key = (await readFile(file, 'utf8')).trim();
+    if (key.length >= 32) return key;
+    throw new Error(`${file} holds no usable secrets key (at least 32 characters); restore it, or remove it only if no source secrets were stored with it`);
+  }
+  await mkdir(options.dataDir, { recursive: true });
+  const key = randomBytes(32).toString('base64url');
+  await writeFile(file, key + '\n', { mode: 0o600, flag: 'wx' });
+  return key;
 }

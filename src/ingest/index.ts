@@ -17,6 +17,7 @@ import { createSourceClient, type SourceClient } from './source-client.js';
 import { SourceRegistry } from './sources.js';
 import { checkSubscriptions, hookUrlFor, type SubscriptionSummary } from './subscriptions.js';
 import { createIngestProcessor } from './worker.js';
+import type { Sealer } from '../platform/seal.js';
 
 export { parseNotification, type ParsedNotification } from './notification.js';
 export { SourceRegistry } from './sources.js';
@@ -42,6 +43,8 @@ export interface IngestStageOptions {
   readonly sourcesFile?: string;
   /** Validation worker threads (0: in the event loop; default {@link defaultValidationThreads}). */
   readonly validationThreads?: number;
+  /** Seals source secrets at rest (config `SECRETS_KEY`); without one they are stored unencrypted. */
+  readonly sealer?: Sealer;
 }
 
 export interface IngestStage {
@@ -64,7 +67,9 @@ export interface IngestStage {
 
 export async function createIngestStage(options: IngestStageOptions): Promise<IngestStage> {
   const { store, queues, clock, logger } = options;
-  const registry = new SourceRegistry(store, clock);
+  const registry = new SourceRegistry(store, clock, options.sealer);
+  const sealedNow = await registry.sealStored();
+  if (sealedNow > 0) logger.info({ sources: sealedNow }, 'source secrets stored before SECRETS_KEY was set are now encrypted');
   if (options.sourcesFile) {
     const n = await registry.loadFile(options.sourcesFile);
     logger.info({ sources: n }, 'sources loaded from file');

@@ -20,7 +20,7 @@ import { generateEd25519Key, parseVerifierKey } from '../../src/integrity/note.j
 import { anchorId } from '../../src/normalize/index.js';
 import { startEmbeddedPostgres, type RunningPostgres } from '../../src/store/embedded-postgres.js';
 import { spawnCli } from '../helpers/cli.js';
-import { TEST_SMART_KEY, silentLogger } from '../helpers/env.js';
+import { TEST_SECRETS_KEY, TEST_SMART_KEY, silentLogger } from '../helpers/env.js';
 
 export const ADMIN_TOKEN = 'faults-admin-token-0123456789abcdef0123456789';
 export const HOOK_TOKEN = 'faults-hook-token-0123456789abcdef';
@@ -423,6 +423,7 @@ export class FaultRig {
       DATABASE_SCHEMA: this.schema,
       ...(this.redis ? { REDIS_URL: this.redis.url, QUEUE_PREFIX: this.prefix } : { QUEUE_SCHEMA: 'fa_bullmq' }),
       ADMIN_TOKEN,
+      SECRETS_KEY: TEST_SECRETS_KEY,
       LOG_ORIGIN,
       LOG_SIGNER_KEY: this.key.signerKey,
       SMART_TOKEN_KEY: TEST_SMART_KEY,

@@ -53,6 +53,8 @@ export const TEST_LOG_KEY = generateEd25519Key(TEST_LOG_ORIGIN);
 
 /** A SMART access-token signing key (private ES256 JWK) generated for this test run. */
 export const TEST_SMART_KEY = JSON.stringify({ ...generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' }), kid: 'test-key', alg: 'ES256', use: 'sig' });
+/** Seals source secrets in every test service (config `SECRETS_KEY`). */
+export const TEST_SECRETS_KEY = 'test-secrets-key-0123456789abcdef0123456789';
 
 /** A production-mode config against the test servers, in fresh namespaces. */
 export function testConfig(overrides: Record<string, string> = {}, queue: 'redis' | 'postgres' = 'redis'): Config {
@@ -63,6 +65,7 @@ export function testConfig(overrides: Record<string, string> = {}, queue: 'redis
     QUEUE_PREFIX: randomNamespace('tq'),
     QUEUE_SCHEMA: randomNamespace('tq'),
     ADMIN_TOKEN: 'test-admin-token-0123456789abcdef0123456789',
+    SECRETS_KEY: TEST_SECRETS_KEY,
     LOG_ORIGIN: TEST_LOG_ORIGIN,
     LOG_SIGNER_KEY: TEST_LOG_KEY.signerKey,
     SMART_TOKEN_KEY: TEST_SMART_KEY,

@@ -323,14 +323,20 @@ describe('ingest (queues on Redis)', () => {
       expect((await post('ehr-live', Buffer.from(JSON.stringify(third)))).status).toBe(200);
     });
 
-    it('creates the Subscription on the EHR when asked to subscribe, and re-creates one the EHR turned off', async () => {
+    it('adopts the EHR\'s Subscription to our hook, and re-creates one the EHR turned off', async () => {
       const put = await admin('/admin/sources/ehr-live', {
         method: 'PUT',
         body: JSON.stringify({ name: 'EHR live', baseUrl: ehr.baseUrl, hookAuth: { bearerToken: BEARER }, subscribe: { topics: [topic], payload: 'id-only' } }),
       });
       expect(put.status).toBe(200);
+      // The EHR already has an active Subscription for the topic to our hook (sub-1, from the test before):
+      // it is adopted, not duplicated.
       const first = await json(await admin('/admin/sources/ehr-live/subscriptions/check', { method: 'POST' }));
-      expect(first).toMatchObject({ sourceId: 'ehr-live', topicCapable: true, healthy: true });
+      expect(first).toMatchObject({ sourceId: 'ehr-live', topicCapable: true, healthy: true, subscriptions: [expect.objectContaining({ action: 'existing', id: 'sub-1' })] });
+      expect(ehr.subscriptions().filter((s) => s.criteria === topic && s.status === 'active')).toHaveLength(1);
+      // The EHR turns it off: fhir-anchor creates its own, with the source's secret.
+      ehr.setSubscriptionStatus('sub-1', 'off');
+      expect(JSON.stringify(await json(await admin('/admin/sources/ehr-live/subscriptions/check', { method: 'POST' })))).toContain('recreated');
       const ours = () => ehr.subscriptions().filter((s) => s.criteria === topic && s.meta?.tag?.some((t) => t.system === 'urn:fhir-anchor:subscription'));
       const created = ours();
       expect(created).toHaveLength(1);
