@@ -11,6 +11,22 @@ import path from 'node:path';
 export const ADMIN_TOKEN_FILE = 'admin-token';
 export const SECRETS_KEY_FILE = 'secrets-key';
 
+/** A secret kept in a DATA_DIR file: its trimmed text (the file is made mode 0600), or undefined when there is no file. */
+async function readSecretFile(file: string): Promise<string | undefined> {
+  if (!existsSync(file)) return undefined;
+  if (((await stat(file)).mode & 0o777) !== 0o600) await chmod(file, 0o600);
+  return (await readFile(file, 'utf8')).trim();
+}
+
+/** Generates a secret (32 random bytes, base64url) into a new DATA_DIR file, mode 0600. */
+async function writeNewSecretFile(dataDir: string, file: string, options: { readonly exclusive?: boolean } = {}): Promise<string> {
+  await mkdir(dataDir, { recursive: true });
+  const secret = randomBytes(32).toString('base64url');
+  await writeFile(file, secret + '\n', { mode: 0o600, ...(options.exclusive ? { flag: 'wx' } : {}) });
+  await chmod(file, 0o600);
+  return secret;
+}
+
 export async function resolveAdminToken(options: {
   readonly configured: string | undefined;
   readonly dataDir: string;
@@ -21,16 +37,9 @@ export async function resolveAdminToken(options: {
     return options.configured;
   }
   const file = path.join(options.dataDir, ADMIN_TOKEN_FILE);
-  if (existsSync(file)) {
-    const mode = (await stat(file)).mode & 0o777;
-    if (mode !== 0o600) await chmod(file, 0o600);
-    const token = (await readFile(file, 'utf8')).trim();
-    if (token.length >= 32) return token;
-  }
-  await mkdir(options.dataDir, { recursive: true });
-  const token = randomBytes(32).toString('base64url');
-  await writeFile(file, token + '\n', { mode: 0o600 });
-  await chmod(file, 0o600);
+  const existing = await readSecretFile(file);
+  if (existing !== undefined && existing.length >= 32) return existing;
+  const token = await writeNewSecretFile(options.dataDir, file);
   const announce = options.announce ?? ((text: string) => process.stderr.write(text));
   announce(
     `\nfhir-anchor: generated an admin token (shown once; stored in ${file}, mode 0600):\n\n  ${token}\n\n` +
@@ -48,15 +57,11 @@ export async function resolveSecretsKey(options: { readonly configured: string |
   if (options.configured) return options.configured;
   if (!options.embedded) return undefined;
   const file = path.join(options.dataDir, SECRETS_KEY_FILE);
-  if (existsSync(file)) {
-    const mode = (await stat(file)).mode & 0o777;
-    if (mode !== 0o600) await chmod(file, 0o600);
-    const key = (await readFile(file, 'utf8')).trim();
-    if (key.length >= 32) return key;
+  const existing = await readSecretFile(file);
+  if (existing !== undefined) {
+    if (existing.length >= 32) return existing;
     throw new Error(`${file} holds no usable secrets key (at least 32 characters); restore it, or remove it only if no source secrets were stored with it`);
   }
-  await mkdir(options.dataDir, { recursive: true });
-  const key = randomBytes(32).toString('base64url');
-  await writeFile(file, key + '\n', { mode: 0o600, flag: 'wx' });
-  return key;
+  // Never overwrite a key file another start wrote meanwhile (exclusive create).
+  return writeNewSecretFile(options.dataDir, file, { exclusive: true });
 }
