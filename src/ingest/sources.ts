@@ -51,15 +51,14 @@ function mapSecrets(definition: unknown, fn: (value: unknown, context: string, j
   return out;
 }
 
-function secretStates(definition: unknown): { sealed: number; plain: number } {
-  let sealed = 0;
-  let plain = 0;
+/** Whether a stored definition holds any secret not sealed yet. */
+function hasPlainSecrets(definition: unknown): boolean {
+  let plain = false;
   mapSecrets(definition, (v) => {
-    if (isSealed(v)) sealed += 1;
-    else plain += 1;
+    if (!isSealed(v)) plain = true;
     return v;
   });
-  return { sealed, plain };
+  return plain;
 }
 
 export class SourceRegistry {
@@ -120,7 +119,7 @@ export class SourceRegistry {
     let sealedNow = 0;
     for (const record of await this.store.sources.list()) {
       const source = this.parse(record.id, record.definition);
-      if (this.sealer && secretStates(record.definition).plain > 0) {
+      if (this.sealer && hasPlainSecrets(record.definition)) {
         await this.store.sources.upsert(record.id, this.stored(source));
         sealedNow += 1;
       }
