@@ -121,7 +121,7 @@ export async function rawBullmqRate(backend: 'redis' | 'postgres'): Promise<numb
 export async function registryRate(backend: 'redis' | 'postgres'): Promise<number> {
   const space = ns();
   const registry = await createQueueRegistry({
-    config: backend === 'redis' ? { backend, url: REDIS_URL, prefix: space } : { backend, connectionString: DATABASE_URL, schema: space },
+    config: backend === 'redis' ? { backend, redis: { topology: 'standalone', url: REDIS_URL }, prefix: space } : { backend, connectionString: DATABASE_URL, schema: space },
     logger,
   });
   const n = 5000;

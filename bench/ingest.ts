@@ -30,6 +30,8 @@ import type { Config } from '../src/config/index.js';
 import { defaultValidationThreads } from '../src/normalize/index.js';
 import { startService, type RunningService } from '../src/runtime.js';
 import type { InboxState } from '../src/store/types.js';
+import { deployAnchorContract } from '../src/integrity/anchors/evm.js';
+import { HARDHAT_CHAIN_ID, HARDHAT_KEYS, startHardhatNode } from '../test/helpers/hardhat.js';
 import { rawBullmqRate, rawInsertRate, type Baselines } from './foundation.js';
 import {
   ADMIN_TOKEN,
@@ -243,6 +245,10 @@ export interface E2eResult {
   readonly seconds: number;
   /** Resources per second until the integrity log (a signed checkpoint) covered every stored version. */
   readonly loggedPerSecond: number;
+  /** With an EVM anchor: resources per second until an anchor transaction on the chain covered every stored version. */
+  readonly anchoredPerSecond?: number;
+  /** With an EVM anchor: anchor transactions (receipts) written during the measured window. */
+  readonly anchorTransactions?: number;
   readonly invalid: number;
   readonly deadLetters: number;
   /** Sum over bundles of each stage's wall time (ms). */
@@ -250,9 +256,29 @@ export interface E2eResult {
   readonly supportSeconds: number;
 }
 
-export async function e2eRun(backend: 'redis' | 'postgres', profiler?: (phase: 'start' | 'stop') => Promise<void>): Promise<E2eResult> {
+/**
+ * One end-to-end run. With `evm`, the service also anchors its checkpoints on a local EVM chain (a
+ * `hardhat node` JSON-RPC process, the same eth_* path as a Besu node) and the run waits until an anchor
+ * transaction covers every stored version: hooks in → anchored checkpoint out.
+ */
+export async function e2eRun(backend: 'redis' | 'postgres', profiler?: (phase: 'start' | 'stop') => Promise<void>, options: { evm?: boolean } = {}): Promise<E2eResult> {
   const data = loadSynthea();
-  const h = await startHarness(backend);
+  const chain = options.evm ? await startHardhatNode() : undefined;
+  let h: Harness;
+  try {
+    const evmEnv: Record<string, string> = chain
+      ? {
+          EVM_RPC_URL: chain.url,
+          EVM_PRIVATE_KEY: HARDHAT_KEYS[0],
+          EVM_CHAIN_ID: String(HARDHAT_CHAIN_ID),
+          EVM_CONTRACT_ADDRESS: (await deployAnchorContract({ rpcUrl: chain.url, privateKey: HARDHAT_KEYS[0], chainId: HARDHAT_CHAIN_ID })).address,
+        }
+      : {};
+    h = await startHarness(backend, evmEnv);
+  } catch (err) {
+    await chain?.stop();
+    throw err;
+  }
   try {
     // Support bundles first (conditional references in the patient bundles point at them); this also
     // loads the validator's profiles, which is start-up cost and not measured.
@@ -291,6 +317,22 @@ export async function e2eRun(backend: 'redis' | 'postgres', profiler?: (phase: '
       await new Promise((r) => setTimeout(r, 100));
     }
 
+    // Anchored: until an EVM anchor receipt (a mined transaction) covers every stored version.
+    let anchoredAt = NaN;
+    let anchorTransactions = 0;
+    if (chain) {
+      const until = Date.now() + 180_000;
+      while (Date.now() < until) {
+        const a = (await h.pg.query<{ size: number; at: Date }>(`SELECT size, created_at AS at FROM anchor_receipt WHERE anchor = 'evm' ORDER BY size DESC LIMIT 1`)).rows[0];
+        if (a && a.size >= total) {
+          anchoredAt = a.at.getTime();
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      anchorTransactions = (await h.pg.query<{ n: number }>(`SELECT count(*)::int AS n FROM anchor_receipt WHERE anchor = 'evm' AND created_at >= $1`, [new Date(t0)])).rows[0]!.n;
+    }
+
     const stageMs = { queue: 0, parse: 0, normalize: 0, store: 0 };
     for (const id of ids) {
       const t = new Map(h.transitions.get(id) ?? []);
@@ -306,6 +348,7 @@ export async function e2eRun(backend: 'redis' | 'postgres', profiler?: (phase: '
       resources,
       seconds,
       loggedPerSecond: (total - before) / ((loggedAt - t0) / 1000),
+      ...(chain ? { anchoredPerSecond: (total - before) / ((anchoredAt - t0) / 1000), anchorTransactions } : {}),
       invalid,
       deadLetters,
       stageMs,
@@ -313,6 +356,7 @@ export async function e2eRun(backend: 'redis' | 'postgres', profiler?: (phase: '
     };
   } finally {
     await h.close();
+    await chain?.stop();
   }
 }
 
@@ -533,6 +577,12 @@ export async function runIngest(baselines?: Pick<Baselines, 'rawInsert' | 'rawBu
       say(`  e2e ${backend} run ${i + 1}: ${fmt(r.resources)} resources in ${r.seconds.toFixed(1)} s = ${fmt(r.resourcesPerSecond)}/s stored+validated; ${fmt(r.loggedPerSecond)}/s into a signed checkpoint`);
     }
   }
+  const anchored: E2eResult[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    const r = await e2eRun('redis', undefined, { evm: true });
+    anchored.push(r);
+    say(`  e2e redis + EVM anchor run ${i + 1}: ${fmt(r.resourcesPerSecond)}/s stored+validated; ${fmt(r.loggedPerSecond)}/s into a signed checkpoint; ${fmt(r.anchoredPerSecond ?? NaN)}/s into an anchored checkpoint (${r.anchorTransactions} anchor transactions)`);
+  }
   const lat: LatencyResult[] = [];
   for (let i = 0; i < RUNS; i++) {
     const r = await latencyRun();
@@ -544,6 +594,7 @@ export async function runIngest(baselines?: Pick<Baselines, 'rawInsert' | 'rawBu
   const profile = PROFILE ? await profiledRun() : undefined;
 
   const med = (xs: E2eResult[], f: (r: E2eResult) => number): number => median(xs.map(f));
+  const r0Resources = (xs: E2eResult[]): number => xs[0]?.resources ?? NaN;
   const mLat = (f: (r: LatencyResult) => number): number => median(lat.map(f));
   const rowsE2e = (['redis', 'postgres'] as const)
     .map((b) => {
@@ -553,6 +604,10 @@ export async function runIngest(baselines?: Pick<Baselines, 'rawInsert' | 'rawBu
 | … and into a signed checkpoint (integrity log) (${b}) | ${fmt(med(xs, (r) => r.loggedPerSecond))} | | | raw BullMQ jobs/s (${b}) ${fmt(base.rawBullmq[b])} | ${ratio(med(xs, (r) => r.loggedPerSecond), base.rawBullmq[b])} |`;
     })
     .join('\n');
+  const anchoredRate = med(anchored, (r) => r.anchoredPerSecond ?? NaN);
+  const rowsAnchored = `| **end to end: hooks in → checkpoint anchored on an EVM chain** (queues on redis, \`hardhat node\` JSON-RPC) | ${fmt(anchoredRate)} | | | raw single-row INSERT ${fmt(base.rawInsert)}/s | ${ratio(anchoredRate, base.rawInsert)} |
+| … in the same runs: stored + validated / into a signed checkpoint | ${fmt(med(anchored, (r) => r.resourcesPerSecond))} / ${fmt(med(anchored, (r) => r.loggedPerSecond))} | | | | |
+| … EVM anchor transactions for ${fmt(r0Resources(anchored))} resources (one per anchored checkpoint, never per record) | ${fmt(med(anchored, (r) => r.anchorTransactions ?? NaN))} | | | | |`;
   const r0 = e2e.redis[0]!;
   const stageRows = (['redis', 'postgres'] as const)
     .map((b) => {
@@ -617,7 +672,7 @@ loopback delivery to the server, so its share counts round trips, not bytes. \`@
     `(${apiOnly.p99 < 25 ? 'within' : 'outside'} the target): the hook itself is one INSERT and one enqueue; its tail in \`serve\` mode comes from sharing two cores with the workers.`,
     `Small notifications were fully processed at ${fmt(mLat((r) => r.processedPerSecond))}/s during and after the load${mLat((r) => r.processedPerSecond) < HOOK_RATE ? `, below the ${HOOK_RATE}/s offered, so at that rate the backlog grows (durably, in the inbox) until the load stops` : ''}.`,
   ].join(' ');
-  const summary = `Ingest: ${fmt(redisRate)} Synthea resources/s stored + validated on Redis (target ≥ 2,000: ${redisRate >= 2000 ? 'met' : 'not met'}), ${fmt(pgRate)}/s on the PostgreSQL queue backend; hook p99 ${ms(p99)} ms at ${HOOK_RATE}/s (target < 25 ms: ${p99 < 25 ? 'met' : 'not met'}).`;
+  const summary = `Ingest: ${fmt(redisRate)} Synthea resources/s stored + validated on Redis (target ≥ 2,000: ${redisRate >= 2000 ? 'met' : 'not met'}), ${fmt(pgRate)}/s on the PostgreSQL queue backend; end to end from hooks to a checkpoint anchored on an EVM chain ${fmt(anchoredRate)}/s; hook p99 ${ms(p99)} ms at ${HOOK_RATE}/s (target < 25 ms: ${p99 < 25 ? 'met' : 'not met'}).`;
 
   const markdown = `## Ingest
 
@@ -632,12 +687,17 @@ last \`done\`. Medians of ${RUNS} runs.
 | measured | median | target | | baseline (same run) | ratio |
 |---|---:|---|---|---|---:|
 ${rowsE2e}
+${rowsAnchored}
 | hook ack latency p50 at ${HOOK_RATE} notifications/s offered (ms) | ${ms(mLat((r) => r.p50))} | | | | |
 | hook ack latency p99 at ${HOOK_RATE} notifications/s offered (ms) | ${ms(mLat((r) => r.p99))} | < 25 ms | ${mLat((r) => r.p99) < 25 ? 'met' : 'not met'} | | |
 | hook ack latency p90 / max (ms) | ${ms(mLat((r) => r.p90))} / ${ms(mLat((r) => r.max))} | | | | |
 | hook: achieved rate (notifications/s answered 202), non-202 answers | ${fmt(mLat((r) => r.achieved))}, ${fmt(mLat((r) => r.errors))} | | | | |
 | small rest-hook notifications fully processed (inbox done) per second, during + after the load | ${fmt(mLat((r) => r.processedPerSecond))} | | | | |
 | hook ack latency p50 / p99 with the API role alone (no workers in the process; 1 run) | ${ms(apiOnly.p50)} / ${ms(apiOnly.p99)} | | | | |
+
+The anchored rows run the same ingest with the EVM anchor on (\`EVM_RPC_URL\` to a local \`hardhat node\`, the contract deployed
+first, 1 confirmation): "anchored" is when the \`FhirAnchorLog\` transaction of a checkpoint covering every stored version was
+mined and its receipt stored. Per-run anchored figures: ${anchored.map((r) => fmt(r.anchoredPerSecond ?? NaN)).join(', ')} resources/s.
 
 Per-run figures: Redis ${e2e.redis.map((r) => fmt(r.resourcesPerSecond)).join(', ')} resources/s; PostgreSQL backend
 ${e2e.postgres.map((r) => fmt(r.resourcesPerSecond)).join(', ')} resources/s. Of the stored resources ${fmt(r0.invalid)} were flagged invalid

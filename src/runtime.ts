@@ -135,7 +135,7 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
   try {
     const queueConfig: QueueBackendConfig =
       config.queue.backend === 'redis'
-        ? { backend: 'redis', url: config.queue.url, prefix: options.queueNamespace ?? config.queue.prefix }
+        ? { backend: 'redis', redis: config.queue.redis, prefix: options.queueNamespace ?? config.queue.prefix }
         : { backend: 'postgres', connectionString: database.connectionString, schema: options.queueNamespace ?? config.queue.schema };
     queues = await createQueueRegistry({ config: queueConfig, logger, metrics, retry: config.jobRetry });
   } catch (err) {

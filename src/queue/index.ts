@@ -1,21 +1,53 @@
 /**
  * The queue layer: the only module that imports `bullmq` or `ioredis`. It builds BullMQ queues and
- * workers for either backend from config — Redis (the fast path, `REDIS_URL`) or PostgreSQL (BullMQ 6's
+ * workers for either backend from config — Redis (the fast path: standalone, Sentinel or Cluster) or PostgreSQL (BullMQ 6's
  * PostgreSQL backend; the embedded default) — and keeps a registry that closes workers before queues.
  */
 import { randomUUID } from 'node:crypto';
 import { Queue, UnrecoverableError, Worker, createPostgresBackend, runMigrations, type Job, type JobsOptions, type WorkerOptions } from 'bullmq';
-import { Redis } from 'ioredis';
+import { Cluster, Redis, type ClusterNode, type RedisOptions } from 'ioredis';
 import pg from 'pg';
+import type { RedisConnection } from '../config/index.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import { QUEUE_NAMES, assertIdsOnly, type JobData, type QueueName } from './jobs.js';
 
 export * from './jobs.js';
 
+export type { RedisConnection } from '../config/index.js';
+
 export type QueueBackendConfig =
-  | { readonly backend: 'redis'; readonly url: string; readonly prefix: string }
+  | { readonly backend: 'redis'; readonly redis: RedisConnection; readonly prefix: string }
   | { readonly backend: 'postgres'; readonly connectionString: string; readonly schema: string };
+
+/**
+ * An ioredis client for `redis`: a plain client for a URL, a Sentinel-aware one (asks the sentinels
+ * for the current primary and follows failovers), or a Cluster client (discovers the nodes, follows
+ * slot moves). `maxRetriesPerRequest` null makes commands wait through reconnects (BullMQ requires
+ * it for workers); a number makes them fail after that many reconnect attempts.
+ */
+export function createRedisClient(redis: RedisConnection, options: { maxRetriesPerRequest: number | null }): Redis | Cluster {
+  if (redis.topology === 'standalone') return new Redis(redis.url, options);
+  const auth: RedisOptions = {
+    ...(redis.username !== undefined ? { username: redis.username } : {}),
+    ...(redis.password !== undefined ? { password: redis.password } : {}),
+    ...(redis.tls ? { tls: {} } : {}),
+  };
+  if (redis.topology === 'sentinel') {
+    return new Redis({
+      ...options,
+      ...auth,
+      sentinels: redis.sentinels.map((n) => ({ host: n.host, port: n.port })),
+      name: redis.name,
+      db: redis.db,
+      ...(redis.sentinelPassword !== undefined ? { sentinelPassword: redis.sentinelPassword } : {}),
+      ...(redis.tls ? { enableTLSForSentinelMode: true, sentinelTLS: {} } : {}),
+    });
+  }
+  const nodes: ClusterNode[] = redis.nodes.map((n) => ({ host: n.host, port: n.port }));
+  // The cluster client's own per-command retry setting and the one of its node connections agree.
+  return new Cluster(nodes, { ...options, redisOptions: { ...options, ...auth } });
+}
 
 /**
  * A failure that retrying cannot fix (bad signature, invalid content): the job fails at once, without
@@ -101,23 +133,23 @@ export async function createQueueRegistry(options: {
     : DEFAULT_JOB_OPTIONS;
   const queues = new Map<QueueName, Queue>();
   const workers: Worker[] = [];
-  const redisConnections: Redis[] = [];
+  const redisConnections: Array<Redis | Cluster> = [];
   let closing: Promise<void> | undefined;
 
   if (config.backend === 'postgres') {
     await migrateQueueSchema(config.connectionString, config.schema);
   }
 
-  const newRedis = (role: 'queue' | 'worker'): Redis => {
+  const newRedis = (role: 'queue' | 'worker'): Redis | Cluster => {
     if (config.backend !== 'redis') throw new Error('not a redis backend');
     // Workers must retry forever (BullMQ requirement); producers fail fast so an HTTP request never hangs.
-    const conn = new Redis(config.url, role === 'worker' ? { maxRetriesPerRequest: null } : { maxRetriesPerRequest: 2 });
+    const conn = createRedisClient(config.redis, { maxRetriesPerRequest: role === 'worker' ? null : 2 });
     conn.on('error', (err) => logger.warn({ err: err.message, role }, 'redis connection error'));
     redisConnections.push(conn);
     return conn;
   };
 
-  let producerConnection: Redis | undefined;
+  let producerConnection: Redis | Cluster | undefined;
   const queue = (name: QueueName): Queue => {
     let q = queues.get(name);
     if (!q) {

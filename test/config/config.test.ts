@@ -18,7 +18,70 @@ describe('loadConfig', () => {
     const c = loadConfig({ DATABASE_URL: 'postgres://u:p@db:5432/x', REDIS_URL: 'redis://r:6379', ADMIN_TOKEN: 'x'.repeat(32), LOG_SIGNER_KEY: KEY, SMART_TOKEN_KEY: SMART });
     expect(c.mode).toBe('production');
     expect(c.database).toEqual({ kind: 'external', url: 'postgres://u:p@db:5432/x' });
-    expect(c.queue).toEqual({ backend: 'redis', url: 'redis://r:6379', prefix: 'fhir-anchor' });
+    expect(c.queue).toEqual({ backend: 'redis', redis: { topology: 'standalone', url: 'redis://r:6379' }, prefix: 'fhir-anchor' });
+  });
+
+  it('reads Redis Sentinel settings into a sentinel connection', () => {
+    const c = loadConfig({
+      REDIS_SENTINELS: 's1.example:26379, s2.example:26380,[::1]:26381',
+      REDIS_SENTINEL_NAME: 'mymaster',
+      REDIS_SENTINEL_PASSWORD: 'sentinel-secret',
+      REDIS_PASSWORD: 'data-secret',
+      REDIS_USERNAME: 'anchor',
+      REDIS_TLS: 'true',
+      REDIS_DB: '2',
+    });
+    expect(c.queue).toEqual({
+      backend: 'redis',
+      prefix: 'fhir-anchor',
+      redis: {
+        topology: 'sentinel',
+        sentinels: [
+          { host: 's1.example', port: 26379 },
+          { host: 's2.example', port: 26380 },
+          { host: '::1', port: 26381 },
+        ],
+        name: 'mymaster',
+        sentinelPassword: 'sentinel-secret',
+        username: 'anchor',
+        password: 'data-secret',
+        tls: true,
+        db: 2,
+      },
+    });
+    const described = JSON.stringify(describeConfig(c));
+    expect(described).toContain('sentinel mymaster via s1.example:26379,s2.example:26380,[::1]:26381 db=2 tls');
+    expect(described).not.toContain('secret');
+  });
+
+  it('reads Redis Cluster settings, with a hash-tag prefix by default', () => {
+    const c = loadConfig({ REDIS_CLUSTER_NODES: 'n1:7000,n2:7001', REDIS_PASSWORD: 'cluster-secret' });
+    expect(c.queue).toEqual({
+      backend: 'redis',
+      prefix: '{fhir-anchor}',
+      redis: { topology: 'cluster', nodes: [{ host: 'n1', port: 7000 }, { host: 'n2', port: 7001 }], password: 'cluster-secret', tls: false },
+    });
+    expect(loadConfig({ REDIS_CLUSTER_NODES: 'n1:7000', QUEUE_PREFIX: '{hospital-a}' }).queue).toMatchObject({ prefix: '{hospital-a}' });
+    expect(JSON.stringify(describeConfig(c))).not.toContain('cluster-secret');
+  });
+
+  it('refuses conflicting or incomplete Redis settings, naming each problem', () => {
+    const problems = (env: Record<string, string>): readonly string[] => {
+      try {
+        loadConfig(env);
+      } catch (err) {
+        return (err as ConfigError).problems;
+      }
+      return [];
+    };
+    expect(problems({ REDIS_URL: 'redis://r:6379', REDIS_CLUSTER_NODES: 'n1:7000' }).join('\n')).toMatch(/REDIS_URL, REDIS_CLUSTER_NODES: set only one/);
+    expect(problems({ REDIS_SENTINELS: 's1:26379' }).join('\n')).toMatch(/REDIS_SENTINEL_NAME: required with REDIS_SENTINELS/);
+    expect(problems({ REDIS_CLUSTER_NODES: 'n1:7000', QUEUE_PREFIX: 'fhir-anchor' }).join('\n')).toMatch(/QUEUE_PREFIX: on Redis Cluster it must be a hash tag/);
+    expect(problems({ REDIS_URL: 'redis://r:6379', REDIS_PASSWORD: 'pw' }).join('\n')).toMatch(/REDIS_PASSWORD: only used with REDIS_SENTINELS or REDIS_CLUSTER_NODES \(put it in REDIS_URL\)/);
+    expect(problems({ REDIS_CLUSTER_NODES: 'n1:7000', REDIS_SENTINEL_NAME: 'm' }).join('\n')).toMatch(/REDIS_SENTINEL_NAME: only used with REDIS_SENTINELS/);
+    expect(problems({ REDIS_CLUSTER_NODES: 'n1, n2:99999' }).join('\n')).toMatch(/REDIS_CLUSTER_NODES: must be a comma-separated list of host:port/);
+    expect(problems({ QUEUE_PREFIX: '{unclosed' }).join('\n')).toMatch(/QUEUE_PREFIX: must be 1-64/);
+    expect(problems({ REDIS_SENTINELS: 's1:26379', REDIS_SENTINEL_NAME: 'm', REDIS_TLS: 'yes' }).join('\n')).toMatch(/REDIS_TLS/);
   });
 
   it('accepts either URL alone', () => {

@@ -1,9 +1,9 @@
 /**
  * Fault: the EVM node (`hardhat node`, reached through a TCP proxy so it can go away and come back
  * with its chain intact) is unreachable mid-run. Checkpoints keep being signed into the log (the
- * built-in anchor); the EVM anchor fails and is retried on the next flush that writes a checkpoint
- * (src/integrity/log.ts anchorLatest), so anchoring catches up with the newest checkpoint once the node
- * is back and data flows.
+ * built-in anchor); the EVM anchor fails, and every sequencer tick retries the newest checkpoint it has
+ * not covered (src/integrity/log.ts catchUpAnchors), so anchoring catches up with the newest checkpoint
+ * once the node is back, with or without new data.
  */
 import type { AnchorReceipt } from '../../src/integrity/anchor.js';
 import { deployAnchorContract, verifyEvmReceipt } from '../../src/integrity/anchors/evm.js';
@@ -102,10 +102,9 @@ describeFaults('fault: EVM node down', () => {
     expect(report.deadLetters).toEqual({});
   }, 175_000);
 
-  // BUG (src/integrity/log.ts:246-252 tick, 309-324 flushAll): a failed anchor is retried only when a later
-  // flush writes a new checkpoint. If the node comes back when no data arrives, the newest checkpoint
-  // stays unanchored on the chain indefinitely. Proposed: in tick(), when nothing is pending, re-anchor
-  // the latest checkpoint for every anchor whose newest receipt is older (anchor_receipt lookup).
+  // Was a bug (fixed: IntegrityLog.catchUpAnchors, called on every tick): a failed anchor was retried
+  // only when a later flush wrote a new checkpoint, so with no new data the newest checkpoint stayed
+  // unanchored on the chain.
   it('anchors the newest checkpoint once the node is back, even with no new data', () => {
     expect(unanchoredAfterQuiet).toBeUndefined();
   });

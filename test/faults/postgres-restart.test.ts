@@ -103,14 +103,12 @@ describeFaults('fault: PostgreSQL restarted mid-run', () => {
     expect(Object.keys(report.inbox)).toEqual(['done']);
   }, 175_000);
 
-  // BUG (src/store/postgres-store.ts:40-53, createPool): pg-pool removes its idle error listener from a
-  // client while it is checked out; PostgreSQL terminating the connection then (57P01 on shutdown, a
-  // failover, a network cut) between two queries of a transaction emits 'error' on the client with no
-  // listener and the process dies. Proposed: `pool.on('connect', (c) => c.on('error', () => undefined))`
-  // (the next query on that client fails and the pool discards it).
-  // (Seen in 2 of 3 runs of the test above as a worker exit 1 with "Unhandled 'error' event ...
-  // terminating connection due to administrator command"; `crashed` in its log line. Asserted here
-  // deterministically on the mechanism.)
+  // Was a bug (fixed in createPool, src/store/postgres-store.ts): pg-pool removes its idle error
+  // listener from a client while it is checked out; PostgreSQL terminating the connection then (57P01 on
+  // shutdown, a failover, a network cut) between two queries of a transaction emitted 'error' on the
+  // client with no listener and the process died (seen in 2 of 3 runs of the test above as a worker exit
+  // with "Unhandled 'error' event ... terminating connection due to administrator command"). Asserted
+  // here deterministically on the mechanism.
   it('a client checked out of the store pool has an error listener', async () => {
     const pool = createPool({ connectionString: rig.pg.url, schema: 'public', max: 1 });
     const client = await pool.connect();
@@ -122,9 +120,9 @@ describeFaults('fault: PostgreSQL restarted mid-run', () => {
     }
   });
 
-  // BUG (src/ingest/hooks.ts:45-101 + src/server/errors.ts:58-65): a database error in the hook path
-  // becomes a bare 500 without Retry-After. Proposed: map connection-level pg errors (ECONNREFUSED,
-  // 57P01 admin_shutdown, 57P03 cannot_connect_now, 08xxx) to 503 + Retry-After in the error handler.
+  // Was a bug (fixed in the error handler, src/server/errors.ts): a database error in the hook path
+  // became a bare 500 without Retry-After; connection-level errors (ECONNREFUSED, 57P01 admin_shutdown,
+  // 57P03 cannot_connect_now, class 08) are now 503 + Retry-After.
   it('hooks answer 503 with Retry-After while the database is down', () => {
     const hooks = duringOutage.filter((d) => d.what.startsWith('hook'));
     expect(hooks.length).toBeGreaterThan(0);

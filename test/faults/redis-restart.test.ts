@@ -3,11 +3,11 @@
  * comes back empty. Every queued job is lost; PostgreSQL is the record. The reconciler (every
  * RECONCILE_INTERVAL_MS in each worker) re-enqueues the inbox items that are not done.
  *
- * Findings this file pins down (see the report / docs/scaling.md):
- * - the reconciler only picks items untouched for RECONCILE_STALE_MS = 5 min (src/ingest/index.ts,
- *   not configurable), so the test moves those items' `updated_at` back instead of waiting 5 minutes;
- * - versions stored whose `integrity` jobs were lost with Redis are never committed: nothing
- *   reconciles resource_history against commitment (the `it.failing` case below).
+ * What this file pins down (see docs/scaling.md):
+ * - the reconciler only picks items untouched for RECONCILE_STALE_MS (default 5 min), so the test moves
+ *   those items' `updated_at` back instead of waiting 5 minutes;
+ * - versions whose `integrity` jobs were lost with Redis are still committed exactly once (the
+ *   integrity reconciler; versions are normally committed in the transaction that stores them).
  */
 import { Queue } from 'bullmq';
 import { EXACTLY_ONCE, FaultRig, describeFaults, exactlyOnceView, expectedVersions, sleep, syntheaWorkload, waitFor } from './helpers.js';
@@ -83,15 +83,15 @@ describeFaults('fault: Redis restarted empty mid-run', () => {
     expect(report.inbox).toEqual({ done: support.length + patients.length });
     expect(report.deadLetters).toEqual({});
     // Storage is exactly-once, and what is in the log is dense and consistent.
-    const view = exactlyOnceView(report);
-    expect({ ...view, uncommitted: [], logCoversEveryVersion: true }).toEqual(EXACTLY_ONCE);
-    // Versions whose integrity job was in Redis (or whose ingest job stored them and then failed to
-    // enqueue) are not committed: see the it.failing case below. Reported here, asserted there.
+    // Every version is committed too: the store writes each version's commitment in the transaction that
+    // stores it, so no commitment depends on a job Redis could lose.
+    expect(exactlyOnceView(report)).toEqual(EXACTLY_ONCE);
   }, 175_000);
 
-  // Was a bug (fixed: integrity reconciler in src/runtime.ts; duplicates re-enqueued in src/ingest/worker.ts): integrity jobs lost with Redis
-  // are never re-created. The ingest job that stored the versions is `done`, so the reconciler skips it,
-  // and a re-run of an ingest job sees its versions as `duplicate` and enqueues nothing for them.
+  // Was a bug (fixed: integrity reconciler in src/runtime.ts; duplicates re-enqueued in src/ingest/worker.ts):
+  // integrity jobs lost with Redis were never re-created. The ingest job that stored the versions is
+  // `done`, so the inbox reconciler skips it, and a re-run of an ingest job sees its versions as
+  // `duplicate`. Still relevant for versions stored without a committer (before an upgrade).
   it('commits versions whose integrity jobs were lost with Redis ', async () => {
     const worker = rig.procs.find((p) => p.name.startsWith('worker') && p.running)!;
     // Hold integrity jobs in Redis (global pause) so they are there when Redis dies.

@@ -69,10 +69,10 @@ describeFaults('fault: kill -9 of a worker mid-batch', () => {
     expect(states.every((s) => s === 'done')).toBe(true);
   }, 175_000);
 
-  // BUG (src/ingest/worker.ts, `dedupKey` in the normalise loop): without a source versionId the dedup
-  // key hashes the *normalised* resource, whose conditional references may resolve differently on a
-  // re-run. A notification re-processed after a crash between `putVersions` and the inbox `done`
-  // update (the window a kill -9 can hit) then stores a second, spurious version.
+  // Was a bug (fixed: the dedup key now hashes the resource as received, src/ingest/worker.ts): without a
+  // source versionId the key hashed the *normalised* resource, whose conditional references may resolve
+  // differently on a re-run, so a notification re-processed after a crash between `putVersions` and the
+  // inbox `done` update (the window a kill -9 can hit) stored a second, spurious version.
   it('stores a re-processed notification once even when its conditional references resolve differently the second time', async () => {
     await rig.registerSource(url, 'ehr2', 'https://ehr2.example/fhir');
     if (!rig.procs.some((p) => p.name.startsWith('worker') && p.running)) await rig.startWorker();

@@ -83,8 +83,10 @@ export function testConfig(overrides: Record<string, string> = {}, queue: 'redis
 /** Removes a config's namespaces. */
 export async function cleanupConfig(config: Config): Promise<void> {
   await dropSchema(config.databaseSchema);
-  if (config.queue.backend === 'redis') await deleteRedisPrefix(config.queue.prefix);
-  else await dropSchema(config.queue.schema);
+  // Only the shared test Redis needs its keys removed; Sentinel and Cluster tests start their own servers.
+  if (config.queue.backend === 'redis') {
+    if (config.queue.redis.topology === 'standalone') await deleteRedisPrefix(config.queue.prefix);
+  } else await dropSchema(config.queue.schema);
 }
 
 /** Parses a JSON response body for assertions (tests inspect arbitrary shapes). */

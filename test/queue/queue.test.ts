@@ -8,7 +8,7 @@ queueConformance(
   'Redis backend',
   async () => {
     const prefix = randomNamespace('tq');
-    const config = { backend: 'redis', url: TEST_REDIS_URL, prefix } as const;
+    const config = { backend: 'redis', redis: { topology: 'standalone', url: TEST_REDIS_URL }, prefix } as const;
     const h = { registry: await createQueueRegistry({ config, logger: silentLogger }), second: await createQueueRegistry({ config, logger: silentLogger }) };
     namespaces.set(h, prefix);
     return h;

@@ -91,7 +91,7 @@ async function openEnv(): Promise<Env> {
   const clock = new ManualClock(T0);
   const db = await openDatabase({ config: { database: { kind: 'external', url: TEST_DATABASE_URL }, databaseSchema: schema, databasePoolMax: 6 }, logger: silentLogger, clock });
   const exports = openExportStore({ connectionString: TEST_DATABASE_URL, schema, clock });
-  const registry: QueueRegistry = await createQueueRegistry({ config: { backend: 'redis', url: TEST_REDIS_URL, prefix }, logger: silentLogger, retry: { attempts: 3, backoffMs: 50 } });
+  const registry: QueueRegistry = await createQueueRegistry({ config: { backend: 'redis', redis: { topology: 'standalone', url: TEST_REDIS_URL }, prefix }, logger: silentLogger, retry: { attempts: 3, backoffMs: 50 } });
   const dir = path.join(os.tmpdir(), `fhir-anchor-export-${randomUUID()}`);
   const events: DisclosureEvent[] = [];
   const integrityJobs: Env['integrityJobs'] = [];
