@@ -203,9 +203,10 @@ if (bodies.length === 0) parentPort.postMessage({ ids: [] });
 for (let c = 0; c < concurrency && next < bodies.length; c++) post(next++);
 `;
 
-function postAll(base: string, bodies: readonly Buffer[], concurrency: number): Promise<string[]> {
+/** Posts bundles to `POST /hooks/{source}` from a worker thread, `concurrency` at a time; the inbox ids, in order. */
+export function postAll(base: string, bodies: readonly Buffer[], concurrency: number, hook: { source: string; bearer: string } = { source: SOURCE, bearer: BEARER }): Promise<string[]> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(POSTER, { eval: true, execArgv: [], workerData: { url: base, token: BEARER, source: SOURCE, bodies, concurrency } });
+    const w = new Worker(POSTER, { eval: true, execArgv: [], workerData: { url: base, token: hook.bearer, source: hook.source, bodies, concurrency } });
     w.once('error', reject);
     w.once('message', (m: { ids: string[]; failed?: string }) => {
       void w.terminate();

@@ -266,7 +266,7 @@ function DATABASE_URL_OF(config: Config): string {
 // autocannon in a worker thread
 
 /** What one autocannon run saw. */
-interface Sample {
+export interface Sample {
   readonly latencies: Float64Array;
   readonly statuses: Record<string, number>;
   readonly errors: number;
@@ -276,7 +276,7 @@ interface Sample {
   readonly busyMs: number;
 }
 
-interface LoadResult {
+export interface LoadResult {
   readonly rps: number;
   readonly p50: number;
   readonly p99: number;
@@ -356,13 +356,13 @@ function loadGenerator(): NonNullable<typeof loadWorker> {
   return loadWorker;
 }
 
-async function stopLoadWorker(): Promise<void> {
+export async function stopLoadWorker(): Promise<void> {
   const w = loadWorker;
   loadWorker = undefined;
   await w?.worker.terminate();
 }
 
-async function load(url: string, paths: readonly string[], headers: Record<string, string>, connections: number, duration: number): Promise<Sample> {
+export async function load(url: string, paths: readonly string[], headers: Record<string, string>, connections: number, duration: number): Promise<Sample> {
   const gen = loadGenerator();
   await gen.ready;
   const elu0 = performance.eventLoopUtilization();
@@ -382,7 +382,7 @@ const countOf = (sample: Sample, pred: (status: number) => boolean): number =>
     .reduce((a, [, n]) => a + n, 0);
 
 /** Merges the slices of one case: req/s over their total time, percentiles over every response. */
-function summarize(samples: readonly Sample[]): LoadResult {
+export function summarize(samples: readonly Sample[]): LoadResult {
   const sorted = samples.flatMap((x) => Array.from(x.latencies)).sort((a, b) => a - b);
   const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? NaN;
   const sum = (f: (x: Sample) => number): number => samples.reduce((a, x) => a + f(x), 0);

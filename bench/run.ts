@@ -5,7 +5,10 @@
  * Sections: foundation (bench/foundation.ts: SHA-256, raw PostgreSQL INSERT and raw BullMQ baselines,
  * store and queue layer), ingest (bench/ingest.ts: Synthea end to end on both queue backends, hook
  * latency at a fixed offered load, where the time goes), integrity (bench/integrity.ts: commitments,
- * appends, proofs at 10^3 / 10^5 / 10^6 leaves) and EVM gas (bench/integrity-gas.ts).
+ * appends, proofs at 10^3 / 10^5 / 10^6 leaves) and EVM gas (bench/integrity-gas.ts), reads (bench/read.ts),
+ * research (bench/research.ts) and scale (bench/scale.ts: ingest, read and search throughput as the store
+ * grows from 10^4 to 10^6 stored resources). The ingest section includes the end-to-end run from hooks in
+ * to a checkpoint anchored on an EVM chain.
  *
  * Environment: DATABASE_URL and REDIS_URL (defaults: the local test servers); BENCH_RUNS (default 3);
  * BENCH_QUICK=1 for a short smoke run; BENCH_ONLY=foundation,ingest,integrity to run a subset (the
@@ -21,7 +24,7 @@ import { runGas } from './integrity-gas.js';
 import { runIntegrity } from './integrity.js';
 import { DATABASE_URL, QUICK, REDIS_URL, RUNS, loadAverage, machineLine, say, type Section } from './lib.js';
 
-const ONLY = new Set((process.env.BENCH_ONLY || 'foundation,ingest,integrity,read,research').split(',').map((s) => s.trim()));
+const ONLY = new Set((process.env.BENCH_ONLY || 'foundation,ingest,integrity,read,research,scale').split(',').map((s) => s.trim()));
 
 function serverVersions(): string {
   const pgVersion = (() => {
@@ -40,6 +43,15 @@ function serverVersions(): string {
     }
   })();
   return `PostgreSQL ${pgVersion}, Redis ${redisVersion}`;
+}
+
+/** Runs a benchmark script in its own process; it hands its section back through BENCH_SECTION_OUT. */
+function sectionFromChild(script: string): Section {
+  const out = path.join(os.tmpdir(), `fhir-anchor-bench-${path.basename(script, '.ts')}-${process.pid}.json`);
+  execFileSync(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, BENCH_SECTION_OUT: out } });
+  const section = JSON.parse(readFileSync(out, 'utf8')) as Section;
+  rmSync(out, { force: true });
+  return section;
 }
 
 async function main(): Promise<void> {
@@ -67,10 +79,7 @@ async function main(): Promise<void> {
     say('read (consent-gated FHIR API, autocannon)');
     // Its own process: services, timers and the in-process chain left by the earlier stages would
     // otherwise share the event loop whose cost per request this benchmark measures.
-    const out = path.join(os.tmpdir(), `fhir-anchor-bench-read-${process.pid}.json`);
-    execFileSync(process.execPath, ['--import', 'tsx', 'bench/read.ts'], { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, BENCH_SECTION_OUT: out } });
-    sections.push(JSON.parse(readFileSync(out, 'utf8')) as Section);
-    rmSync(out, { force: true });
+    sections.push(sectionFromChild('bench/read.ts'));
   }
   if (ONLY.has('research')) {
     say('research (de-identification, $export throughput and RSS) — separate process so its RSS is its own');
@@ -80,6 +89,10 @@ async function main(): Promise<void> {
       maxBuffer: 64 * 1024 * 1024,
     });
     sections.push({ title: 'Research: de-identification and Bulk $export', markdown: '## Research: de-identification and Bulk $export\n\n```\n' + out.trim() + '\n```' });
+  }
+  if (ONLY.has('scale')) {
+    say('scale (10^4 → 10^6 stored resources) — separate process, its own service and schema');
+    sections.push(sectionFromChild('bench/scale.ts'));
   }
   const minutes = (Date.now() - started) / 60_000;
   const md = `# Benchmarks
@@ -114,6 +127,7 @@ node --import tsx bench/ingest.ts         # HOOK_RATE=500 HOOK_SECONDS=10 BENCH_
 node --import tsx bench/integrity.ts
 node --import tsx bench/integrity-gas.ts
 node --import tsx bench/read.ts           # BENCH_READ_CASES=read:gated,read:raw BENCH_READ_SECONDS=10
+node --import tsx bench/scale.ts          # BENCH_SCALE_SIZES=10000,100000,1000000 BENCH_SCALE_READ_SECONDS=6
 npm run build && node --import tsx bench/research.ts   # BENCH_SIZES=100000,300000
 VALIDATION_THREADS=0 node --import tsx bench/ingest.ts   # compare validation in the event loop
 \`\`\`
