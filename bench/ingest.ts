@@ -121,21 +121,44 @@ async function startHarness(backend: 'redis' | 'postgres', overrides: Record<str
   const config = serviceConfig(backend, overrides);
   const service = await startService({ config, roles, logger });
   const base = service.url!;
-  // Instrument (this instance only): record when each inbox item enters each stage. The worker calls
-  // store.inbox.update at fetch → normalize → store → stored(done), so the gaps are the stage times.
+  // Instrument (this instance only): record when each inbox item enters each stage. The worker claims
+  // an item (→ fetch), marks normalize and store, and the store marks it done in the transaction that
+  // stores its versions (or with a last update), so the gaps are the stage times.
   const transitions = new Map<string, Array<[string, number]>>();
-  const inbox = service.database.store.inbox as { update: (id: string, change: { stage?: string; state: InboxState }) => Promise<void>; receive: (...a: never[]) => Promise<{ id: string }> };
-  const update = inbox.update.bind(inbox);
-  inbox.update = async (id, change) => {
-    await update(id, change as never);
+  const mark = (id: string, stage: string): void => {
     const list = transitions.get(id) ?? [];
-    list.push([change.state === 'done' ? 'done' : (change.stage ?? change.state), Date.now()]);
+    list.push([stage, Date.now()]);
     transitions.set(id, list);
+  };
+  type Inbox = {
+    update: (id: string, change: { stage?: string; state: InboxState }, options?: unknown) => Promise<void>;
+    claim: (id: string, stage: string) => Promise<unknown>;
+    receive: (...a: never[]) => Promise<{ id: string }>;
+  };
+  const inbox = service.database.store.inbox as unknown as Inbox;
+  const update = inbox.update.bind(inbox);
+  inbox.update = async (id, change, options) => {
+    await update(id, change, options);
+    mark(id, change.state === 'done' ? 'done' : (change.stage ?? change.state));
+  };
+  const claim = inbox.claim.bind(inbox);
+  inbox.claim = async (id, stage) => {
+    const item = await claim(id, stage);
+    if (item) mark(id, stage);
+    return item;
   };
   const receive = inbox.receive.bind(inbox);
   inbox.receive = async (...args: never[]) => {
     const r = await receive(...args);
     transitions.set(r.id, [['received', Date.now()]]);
+    return r;
+  };
+  type Resources = { putVersions: (inputs: unknown, options?: { inboxDone?: { id: string } }) => Promise<unknown> };
+  const resources = service.database.store.resources as unknown as Resources;
+  const putVersions = resources.putVersions.bind(resources);
+  resources.putVersions = async (inputs, options) => {
+    const r = await putVersions(inputs, options);
+    if (options?.inboxDone) mark(options.inboxDone.id, 'done');
     return r;
   };
   const res = await fetch(`${base}/admin/sources`, {

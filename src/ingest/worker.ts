@@ -2,11 +2,13 @@
  * The `ingest` worker: turns one inbox item (a raw notification already committed to PostgreSQL) into
  * stored, normalised, validated resource versions.
  *
- * Steps: re-read the inbox item (a stale retry of a finished item is dropped); parse; track
- * subscription event numbers and catch up on gaps; fetch id-only / empty payloads back from the source;
- * resolve `urn:uuid:` and conditional references; normalise to US Core 6.1.0; validate; store every
- * version in one transaction (idempotent by dedup key, ordered by the source's lastUpdated); link
- * patients across sources; queue each new version for the integrity log.
+ * Steps: claim the inbox item (one statement; a stale retry of a finished item is dropped); parse;
+ * track subscription event numbers and catch up on gaps; fetch id-only / empty payloads back from the
+ * source; resolve `urn:uuid:` and conditional references; normalise to US Core 6.1.0; validate; store
+ * every version in one transaction (idempotent by dedup key, ordered by the source's lastUpdated, each
+ * with its integrity commitment), which also marks the item done when nothing is left to do; otherwise
+ * link patients across sources (and queue integrity jobs for a store without a committer), then mark
+ * it done.
  *
  * A bad entry becomes a dead letter with its OperationOutcome; the good entries beside it are stored.
  * Transient failures (source unreachable, database) are retried with backoff by BullMQ; when the last
@@ -18,7 +20,7 @@ import type { Clock } from '../platform/clock.js';
 import { outcome } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { TerminalJobError, type JobContext, type QueueRegistry } from '../queue/index.js';
-import type { PutVersionInput, Store } from '../store/index.js';
+import type { PutVersionInput, PutVersionResult, Store } from '../store/index.js';
 import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/index.js';
 import { anchorId, isStructurallyFhir, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
 import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParsedNotification } from './notification.js';
@@ -157,8 +159,10 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
 
   return async (job) => {
     const inboxId = job.data.inboxId;
-    const item = await store.inbox.get(inboxId);
-    if (!item || item.state === 'done' || item.state === 'dead') return; // stale retry or replayed elsewhere
+    // One statement reads the item and claims this attempt; nothing comes back for a stale retry of
+    // an item that is done, or dead-lettered and replayed elsewhere.
+    const item = await store.inbox.claim(inboxId, 'fetch');
+    if (!item) return;
     const isLastAttempt = job.attemptsMade + 1 >= job.maxAttempts;
     const summary: IngestSummary = { stored: 0, duplicates: 0, historical: 0, invalid: 0, deadLetters: 0, skipped: 0, fetched: 0, gaps: 0 };
 
@@ -169,7 +173,6 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       await store.inbox.update(inboxId, { state: 'dead', outcome: oo });
       throw new TerminalJobError('unknown source');
     }
-    await store.inbox.update(inboxId, { stage: 'fetch', state: 'processing', attempt: true });
 
     try {
       const meta = item.meta as ParseContext;
@@ -238,7 +241,8 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         }
       }
 
-      await store.inbox.update(inboxId, { stage: 'normalize', state: 'processing' });
+      // Progress marks between stages need not be durable (a crash leaves the item unfinished either way).
+      await store.inbox.update(inboxId, { stage: 'normalize', state: 'processing' }, { durable: false });
       const rules = await deps.rules(source.id);
 
       // Structural check first: a resource that is not FHIR is a dead letter; the rest go on.
@@ -362,14 +366,27 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         inputIndex.push(d.index);
       }
 
-      await store.inbox.update(inboxId, { stage: 'store', state: 'processing' });
-      const results = await store.resources.putVersions(inputs);
-      const stored = results.filter((r) => r.status !== 'duplicate');
-      for (const r of results) {
-        if (r.status === 'duplicate') summary.duplicates += 1;
-        else if (r.status === 'historical') summary.historical += 1;
-        else summary.stored += 1;
+      await store.inbox.update(inboxId, { stage: 'store', state: 'processing' }, { durable: false });
+      const count = (results: readonly PutVersionResult[]): IngestSummary => {
+        for (const r of results) {
+          if (r.status === 'duplicate') summary.duplicates += 1;
+          else if (r.status === 'historical') summary.historical += 1;
+          else summary.stored += 1;
+        }
+        return summary;
+      };
+      // Nothing left to do after storing (no patient to link, commitments written by the store): the
+      // item is marked done in the transaction that stores its versions.
+      const finishesWithStore =
+        store.resources.commitsVersions && (deps.linkIdentifierSystems.length === 0 || !inputs.some((i) => i.resourceType === 'Patient' && !i.deleted));
+      if (finishesWithStore) {
+        await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
+        logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
+        return;
       }
+      const results = await store.resources.putVersions(inputs);
+      count(results);
+      const stored = results.filter((r) => r.status !== 'duplicate');
 
       // Patient linking across sources by configured identifier systems.
       const linkVersions = await linkPatients(stored.map((r) => r.version).filter((v) => v.resourceType === 'Patient' && !v.deleted).map((v) => v.resource as Patient));

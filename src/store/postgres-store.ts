@@ -23,6 +23,7 @@ import type {
   NewResourceInput,
   PutVersionInput,
   PutVersionResult,
+  PutVersionsOptions,
   ResourceStore,
   SearchStore,
   Store,
@@ -170,12 +171,13 @@ class PgAuditOutboxStore implements AuditOutboxStore {
     return inTransaction(this.pool, async (client) => {
       // SKIP LOCKED: concurrent materialisers take disjoint rows. `wait` (a flush) blocks on rows another
       // one holds instead, so that when it returns every row older than the call is a resource.
-      const rows = await client.query<{ id: string; recorded: Date; record: unknown }>(
-        `DELETE FROM audit_outbox WHERE seq IN (
-           SELECT seq FROM audit_outbox ORDER BY seq LIMIT $1 FOR UPDATE${options.wait ? '' : ' SKIP LOCKED'})
-         RETURNING id, recorded, record`,
-        [limit],
-      );
+      const rows = await client.query<{ id: string; recorded: Date; record: unknown }>({
+        name: options.wait ? 'fa_audit_outbox_take_wait' : 'fa_audit_outbox_take',
+        text: `DELETE FROM audit_outbox WHERE seq IN (
+                 SELECT seq FROM audit_outbox ORDER BY seq LIMIT $1 FOR UPDATE${options.wait ? '' : ' SKIP LOCKED'})
+               RETURNING id, recorded, record`,
+        values: [limit],
+      });
       if (rows.rows.length === 0) return [];
       return this.resources.createResourcesOn(
         client,
@@ -188,6 +190,22 @@ class PgAuditOutboxStore implements AuditOutboxStore {
     const r = await this.pool.query<{ n: string }>('SELECT count(*) AS n FROM audit_outbox');
     return Number(r.rows[0]!.n);
   }
+}
+
+/**
+ * {@link PgResourceStore.createResources}' statement, with or without the commitments CTE. Hot
+ * statements are named (prepared once per connection): re-parsing and re-planning them on every call
+ * cost PostgreSQL more CPU than executing them for single-resource notifications.
+ */
+function createResourcesSql(withCommitments: boolean): string {
+  return `WITH u AS MATERIALIZED (SELECT * FROM ROWS FROM (unnest($1::text[]), unnest($2::text[]), unnest($4::text[]), jsonb_array_elements($5::jsonb)) AS u(t, i, src, c)),
+            h AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, source_id, content)
+                  SELECT t, i, 1, $3, false, src, c FROM u),
+            r AS (INSERT INTO resource (resource_type, id, version_id, last_version, last_updated, deleted, content)
+                  SELECT t, i, 1, 1, $3, false, c FROM u),
+            ${indexInsertCtes(6)}${withCommitments ? `,
+            ${commitmentInsertCte(21, '$3::timestamptz')}` : ''}
+       SELECT 1`;
 }
 
 class PgResourceStore implements ResourceStore {
@@ -230,17 +248,7 @@ class PgResourceStore implements ResourceStore {
       ...(committer ? commitmentArrays(versions, committer) : []),
     ];
     // One statement, so one round trip and an implicit transaction (on the pool): all of it or nothing.
-    await db.query(
-      `WITH u AS MATERIALIZED (SELECT * FROM ROWS FROM (unnest($1::text[]), unnest($2::text[]), unnest($4::text[]), jsonb_array_elements($5::jsonb)) AS u(t, i, src, c)),
-            h AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, deleted, source_id, content)
-                  SELECT t, i, 1, $3, false, src, c FROM u),
-            r AS (INSERT INTO resource (resource_type, id, version_id, last_version, last_updated, deleted, content)
-                  SELECT t, i, 1, 1, $3, false, c FROM u),
-            ${indexInsertCtes(6)}${committer ? `,
-            ${commitmentInsertCte(21, '$3::timestamptz')}` : ''}
-       SELECT 1`,
-      values,
-    );
+    await db.query({ name: committer ? 'fa_create_resources_c' : 'fa_create_resources', text: createResourcesSql(committer !== undefined), values });
     return versions;
   }
 
@@ -249,32 +257,38 @@ class PgResourceStore implements ResourceStore {
     return result!;
   }
 
-  async putVersions(inputs: readonly PutVersionInput[]): Promise<PutVersionResult[]> {
+  async putVersions(inputs: readonly PutVersionInput[], options: PutVersionsOptions = {}): Promise<PutVersionResult[]> {
     for (const input of inputs) {
       if (!(input.deleted ?? false) && !input.resource) {
         throw new Error('putVersion: a resource body is required unless deleted');
       }
     }
-    if (inputs.length === 0) return [];
+    const done = options.inboxDone;
+    if (inputs.length === 0) {
+      if (done) await markInboxDone(this.pool, done.id, done.outcome([]), this.clock.now());
+      return [];
+    }
     return inTransaction(this.pool, async (client) => {
       // Lock (creating if needed) every head row, in a fixed order so concurrent batches cannot deadlock,
       // and read the heads in the same statement.
       const keys = [...new Set(inputs.map((i) => `${i.resourceType}\u0000${i.id}`))].sort();
       const types = keys.map((k) => k.split('\u0000')[0]!);
       const ids = keys.map((k) => k.split('\u0000')[1]!);
-      await client.query(
-        `INSERT INTO resource (resource_type, id, last_version)
-         SELECT t, i, 0 FROM unnest($1::text[], $2::text[]) AS u(t, i) ORDER BY t, i ON CONFLICT DO NOTHING`,
-        [types, ids],
-      );
+      await client.query({
+        name: 'fa_put_heads_insert',
+        text: `INSERT INTO resource (resource_type, id, last_version)
+               SELECT t, i, 0 FROM unnest($1::text[], $2::text[]) AS u(t, i) ORDER BY t, i ON CONFLICT DO NOTHING`,
+        values: [types, ids],
+      });
       const heads = new Map<string, Head>();
       for (const h of (
-        await client.query<{ resource_type: string; id: string; version_id: number | null; last_version: number; source_time: Date | null }>(
-          `SELECT r.resource_type, r.id, r.version_id, r.last_version, r.source_time
-           FROM resource r JOIN unnest($1::text[], $2::text[]) AS u(t, i) ON r.resource_type = u.t AND r.id = u.i
-           ORDER BY r.resource_type, r.id FOR UPDATE OF r`,
-          [types, ids],
-        )
+        await client.query<{ resource_type: string; id: string; version_id: number | null; last_version: number; source_time: Date | null }>({
+          name: 'fa_put_heads_lock',
+          text: `SELECT r.resource_type, r.id, r.version_id, r.last_version, r.source_time
+                 FROM resource r JOIN unnest($1::text[], $2::text[]) AS u(t, i) ON r.resource_type = u.t AND r.id = u.i
+                 ORDER BY r.resource_type, r.id FOR UPDATE OF r`,
+          values: [types, ids],
+        })
       ).rows) {
         heads.set(`${h.resource_type}\u0000${h.id}`, { versionId: h.version_id, lastVersion: h.last_version, sourceTime: h.source_time, changed: false, current: undefined });
       }
@@ -284,12 +298,13 @@ class PgResourceStore implements ResourceStore {
       const existing = new Map<string, VersionRow>();
       if (withKey.length > 0) {
         for (const row of (
-          await client.query<VersionRow & { dedup_key: string }>(
-            `SELECT ${VERSION_COLUMNS.split(', ').map((c) => `h.${c}`).join(', ')}, h.dedup_key
-             FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(t, i, k)
-               ON h.resource_type = u.t AND h.id = u.i AND h.dedup_key = u.k`,
-            [withKey.map((i) => i.resourceType), withKey.map((i) => i.id), withKey.map((i) => i.dedupKey!)],
-          )
+          await client.query<VersionRow & { dedup_key: string }>({
+            name: 'fa_put_dedup',
+            text: `SELECT ${VERSION_COLUMNS.split(', ').map((c) => `h.${c}`).join(', ')}, h.dedup_key
+                   FROM resource_history h JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(t, i, k)
+                     ON h.resource_type = u.t AND h.id = u.i AND h.dedup_key = u.k`,
+            values: [withKey.map((i) => i.resourceType), withKey.map((i) => i.id), withKey.map((i) => i.dedupKey!)],
+          })
         ).rows) {
           existing.set(`${row.resource_type}\u0000${row.id}\u0000${row.dedup_key}`, row);
         }
@@ -358,14 +373,15 @@ class PgResourceStore implements ResourceStore {
       // is `JSON.parse` of the text sent, which is what a read of the stored jsonb yields.
       const inserted = rows.length
         ? (
-            await client.query<Omit<VersionRow, 'content'>>(
-              `INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
+            await client.query<Omit<VersionRow, 'content'>>({
+              name: 'fa_put_history',
+              text: `INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
                SELECT t, i, v, $4, st, d, k, src, NULLIF(c, 'null'::jsonb), ok, val
                FROM ROWS FROM (unnest($1::text[], $2::text[], $3::bigint[], $5::timestamptz[], $6::boolean[], $7::text[], $8::text[]),
                                jsonb_array_elements($9::jsonb), unnest($10::boolean[], $11::jsonb[]))
                  AS u(t, i, v, st, d, k, src, c, ok, val)
                RETURNING resource_type, id, version_id, last_updated, deleted`,
-              [
+              values: [
                 rows.map((r) => r.input.resourceType),
                 rows.map((r) => r.input.id),
                 rows.map((r) => r.versionId),
@@ -378,7 +394,7 @@ class PgResourceStore implements ResourceStore {
                 rows.map((r) => r.valid),
                 rows.map((r) => r.validation),
               ],
-            )
+            })
           ).rows
         : [];
       const texts = new Map(rows.map((r) => [`${r.input.resourceType}\u0000${r.input.id}\u0000${r.versionId}`, r.text]));
@@ -393,8 +409,9 @@ class PgResourceStore implements ResourceStore {
       if (touched.length > 0) {
         // With a committer, the new versions' pending commitments go in with the same statement.
         const commit = this.committer && insertedVersions.length > 0 ? commitmentArrays(insertedVersions.map(toVersion), this.committer) : undefined;
-        await client.query(
-          `${commit ? `WITH ${commitmentInsertCte(11, '$3::timestamptz')}\n` : ''}UPDATE resource r SET
+        await client.query({
+          name: commit ? 'fa_put_heads_update_c' : 'fa_put_heads_update',
+          text: `${commit ? `WITH ${commitmentInsertCte(11, '$3::timestamptz')}\n` : ''}UPDATE resource r SET
              last_version = u.lv,
              version_id = CASE WHEN u.moved THEN u.v ELSE r.version_id END,
              last_updated = CASE WHEN u.moved THEN $3 ELSE r.last_updated END,
@@ -406,7 +423,7 @@ class PgResourceStore implements ResourceStore {
                            jsonb_array_elements($9::jsonb), unnest($10::boolean[]))
              AS u(t, i, lv, moved, v, st, d, c, ok)
            WHERE r.resource_type = u.t AND r.id = u.i`,
-          [
+          values: [
             touched.map(([k]) => k.split('\u0000')[0]!),
             touched.map(([k]) => k.split('\u0000')[1]!),
             lastUpdated,
@@ -419,7 +436,7 @@ class PgResourceStore implements ResourceStore {
             touched.map(([, h]) => h.current?.valid ?? null),
             ...(commit ?? []),
           ],
-        );
+        });
         // The search index describes the current version; same transaction, so it never lags.
         await indexResources(
           client,
@@ -427,12 +444,14 @@ class PgResourceStore implements ResourceStore {
         );
       }
 
-      return results.map((r) => {
+      const final = results.map((r): PutVersionResult => {
         if ('status' in r) return r;
         const row = rows[r.pending < 0 ? -1 - r.pending : r.pending]!;
         const version = toVersion(byKey.get(`${row.input.resourceType}\u0000${row.input.id}\u0000${row.versionId}`)!);
         return r.pending < 0 ? { status: 'duplicate' as const, version } : { status: row.status, version };
       });
+      if (done) await markInboxDone(client, done.id, done.outcome(final), lastUpdated);
+      return final;
     });
   }
 
@@ -515,6 +534,34 @@ interface InboxRow {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+function inboxItemOf(row: InboxRow): InboxItem {
+  return {
+    id: row.id,
+    sourceId: row.source_id,
+    kind: row.kind,
+    contentType: row.content_type ?? undefined,
+    body: row.body,
+    bodySha256: row.body_sha256.toString('hex'),
+    dedupKey: row.dedup_key ?? undefined,
+    meta: row.meta,
+    receivedAt: row.received_at,
+    stage: row.stage,
+    state: row.state,
+    outcome: row.outcome,
+    attempts: row.attempts,
+    updatedAt: row.updated_at,
+  };
+}
+
+/** The inbox item's completion (stage `stored`, state `done`), on a pool or inside a transaction. */
+async function markInboxDone(db: pg.Pool | pg.PoolClient, id: string, outcome: unknown, at: Date): Promise<void> {
+  await db.query({
+    name: 'fa_inbox_done',
+    text: `UPDATE inbox SET stage = 'stored', state = 'done', outcome = $2, updated_at = $3 WHERE id = $1`,
+    values: [id, JSON.stringify(outcome ?? null), at],
+  });
+}
+
 class PgInboxStore implements InboxStore {
   constructor(
     private readonly pool: pg.Pool,
@@ -524,13 +571,14 @@ class PgInboxStore implements InboxStore {
   async receive(input: InboxReceiveInput): Promise<{ id: string; duplicate: boolean }> {
     const now = this.clock.now();
     const sha = createHash('sha256').update(input.body).digest();
-    const r = await this.pool.query<{ id: string }>(
-      `INSERT INTO inbox (source_id, kind, content_type, body, body_sha256, dedup_key, meta, received_at, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-       ON CONFLICT (source_id, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
-       RETURNING id`,
-      [input.sourceId, input.kind, input.contentType ?? null, input.body, sha, input.dedupKey ?? null, input.meta ?? {}, now],
-    );
+    const r = await this.pool.query<{ id: string }>({
+      name: 'fa_inbox_receive',
+      text: `INSERT INTO inbox (source_id, kind, content_type, body, body_sha256, dedup_key, meta, received_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+             ON CONFLICT (source_id, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
+             RETURNING id`,
+      values: [input.sourceId, input.kind, input.contentType ?? null, input.body, sha, input.dedupKey ?? null, input.meta ?? {}, now],
+    });
     if (r.rows[0]) {
       return { id: r.rows[0].id, duplicate: false };
     }
@@ -546,32 +594,31 @@ class PgInboxStore implements InboxStore {
       return undefined;
     }
     const r = await this.pool.query<InboxRow>(`SELECT * FROM inbox WHERE id = $1`, [id]);
-    const row = r.rows[0];
-    if (!row) return undefined;
-    return {
-      id: row.id,
-      sourceId: row.source_id,
-      kind: row.kind,
-      contentType: row.content_type ?? undefined,
-      body: row.body,
-      bodySha256: row.body_sha256.toString('hex'),
-      dedupKey: row.dedup_key ?? undefined,
-      meta: row.meta,
-      receivedAt: row.received_at,
-      stage: row.stage,
-      state: row.state,
-      outcome: row.outcome,
-      attempts: row.attempts,
-      updatedAt: row.updated_at,
-    };
+    return r.rows[0] ? inboxItemOf(r.rows[0]) : undefined;
   }
 
-  async update(id: string, change: { stage?: string; state: InboxState; outcome?: unknown; attempt?: boolean }): Promise<void> {
-    await this.pool.query(
-      `UPDATE inbox SET stage = COALESCE($2, stage), state = $3, outcome = COALESCE($4, outcome),
-              attempts = attempts + $5, updated_at = $6 WHERE id = $1`,
-      [id, change.stage ?? null, change.state, change.outcome === undefined ? null : JSON.stringify(change.outcome), change.attempt ? 1 : 0, this.clock.now()],
-    );
+  async claim(id: string, stage: string): Promise<InboxItem | undefined> {
+    if (!UUID.test(id)) return undefined;
+    const r = await this.pool.query<InboxRow>({
+      name: 'fa_inbox_claim',
+      text: `UPDATE inbox SET stage = $2, state = 'processing', attempts = attempts + 1, updated_at = $3
+             WHERE id = $1 AND state NOT IN ('done', 'dead') RETURNING *`,
+      values: [id, stage, this.clock.now()],
+    });
+    return r.rows[0] ? inboxItemOf(r.rows[0]) : undefined;
+  }
+
+  async update(id: string, change: { stage?: string; state: InboxState; outcome?: unknown; attempt?: boolean }, options: { durable?: boolean } = {}): Promise<void> {
+    // A progress mark commits asynchronously: `set_config(…, true)` lasts until the end of this
+    // statement's own transaction, so only this UPDATE skips waiting for the WAL flush.
+    const durable = options.durable !== false;
+    await this.pool.query({
+      name: durable ? 'fa_inbox_update' : 'fa_inbox_update_async',
+      text: `${durable ? '' : `WITH async AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) `}UPDATE inbox
+             SET stage = COALESCE($2, stage), state = $3, outcome = COALESCE($4, outcome), attempts = attempts + $5, updated_at = $6
+             WHERE id = $1${durable ? '' : ' AND EXISTS (SELECT 1 FROM async)'}`,
+      values: [id, change.stage ?? null, change.state, change.outcome === undefined ? null : JSON.stringify(change.outcome), change.attempt ? 1 : 0, this.clock.now()],
+    });
   }
 
   async listUnfinished(options: { updatedBefore: Date; limit: number }): Promise<Array<Pick<InboxItem, 'id' | 'state' | 'stage'>>> {

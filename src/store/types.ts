@@ -63,6 +63,16 @@ export interface HistoryOptions {
   readonly beforeVersion?: number;
 }
 
+/** Options of {@link ResourceStore.putVersions}. */
+export interface PutVersionsOptions {
+  /**
+   * Marks an inbox item done (stage `stored`) in the same transaction as the versions, with the
+   * outcome computed from the results: the versions and the item's completion commit together, so a
+   * crash cannot leave the versions stored and the item unfinished (one commit instead of two).
+   */
+  readonly inboxDone?: { readonly id: string; readonly outcome: (results: readonly PutVersionResult[]) => unknown };
+}
+
 export interface ResourceStore {
   putVersion(input: PutVersionInput): Promise<PutVersionResult>;
   /**
@@ -70,7 +80,7 @@ export interface ResourceStore {
    * batches cannot deadlock). Results are in input order. Two inputs for the same resource are
    * applied in input order.
    */
-  putVersions(inputs: readonly PutVersionInput[]): Promise<PutVersionResult[]>;
+  putVersions(inputs: readonly PutVersionInput[], options?: PutVersionsOptions): Promise<PutVersionResult[]>;
   /**
    * Stores version 1 of resources whose ids were never used (server-assigned UUIDs) in ONE statement:
    * head, history, search index and (with a committer) the pending commitment. Fails as a whole if
@@ -128,8 +138,18 @@ export interface InboxStore {
   /** Durably records a raw notification. The same (sourceId, dedupKey) is recorded once. */
   receive(input: InboxReceiveInput): Promise<{ readonly id: string; readonly duplicate: boolean }>;
   get(id: string): Promise<InboxItem | undefined>;
-  /** Moves an item to a stage/state; `attempt` counts a processing attempt. */
-  update(id: string, change: { stage?: string; state: InboxState; outcome?: unknown; attempt?: boolean }): Promise<void>;
+  /**
+   * Claims an item for a processing attempt in one statement: moves it to `stage` / `processing` and
+   * counts the attempt, unless it is done or dead. Returns the item as claimed, or undefined when it is
+   * absent, done or dead (a stale retry).
+   */
+  claim(id: string, stage: string): Promise<InboxItem | undefined>;
+  /**
+   * Moves an item to a stage/state; `attempt` counts a processing attempt. With `durable: false` (a
+   * progress mark between stages) the change commits without waiting for the WAL flush: a crash may
+   * lose it, which leaves the item at its previous stage, still unfinished, as the reconciler expects.
+   */
+  update(id: string, change: { stage?: string; state: InboxState; outcome?: unknown; attempt?: boolean }, options?: { durable?: boolean }): Promise<void>;
   /** Items not yet done or dead and not touched since `updatedBefore`, oldest first (for the reconciler). */
   listUnfinished(options: { updatedBefore: Date; limit: number }): Promise<Array<Pick<InboxItem, 'id' | 'state' | 'stage'>>>;
   countsByStageAndState(): Promise<Array<{ stage: string; state: InboxState; count: number }>>;

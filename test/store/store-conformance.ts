@@ -4,7 +4,7 @@
  */
 import type { Resource } from '@medplum/fhirtypes';
 import type { ManualClock } from '../../src/platform/clock.js';
-import type { Store } from '../../src/store/index.js';
+import type { PutVersionInput, Store } from '../../src/store/index.js';
 
 export interface StoreHarness {
   readonly store: Store;
@@ -128,6 +128,58 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       expect((await inbox.listUnfinished({ updatedBefore: h.clock.now(), limit: 1000 })).map((u) => u.id)).not.toContain(id);
       const counts = await inbox.countsByStageAndState();
       expect(counts).toContainEqual({ stage: 'stored', state: 'done', count: 1 });
+    });
+
+    it('claims an inbox item for an attempt in one step, and never a done or dead one', async () => {
+      const inbox = h.store.inbox;
+      const { id } = await inbox.receive({ sourceId: 'ehr-4', kind: 'rest-hook', body: Buffer.from('{"resourceType":"Patient"}') });
+      const first = await inbox.claim(id, 'fetch');
+      expect(first).toMatchObject({ id, stage: 'fetch', state: 'processing', attempts: 1, sourceId: 'ehr-4' });
+      expect(first?.body.toString()).toBe('{"resourceType":"Patient"}');
+      // A retry after a failure claims it again and counts the attempt.
+      await inbox.update(id, { state: 'failed' });
+      expect(await inbox.claim(id, 'fetch')).toMatchObject({ state: 'processing', attempts: 2 });
+      // A progress mark that need not be durable still applies.
+      await inbox.update(id, { stage: 'store', state: 'processing' }, { durable: false });
+      expect(await inbox.get(id)).toMatchObject({ stage: 'store', state: 'processing', attempts: 2 });
+      await inbox.update(id, { stage: 'stored', state: 'done' });
+      expect(await inbox.claim(id, 'fetch')).toBeUndefined();
+      expect(await inbox.get(id)).toMatchObject({ stage: 'stored', state: 'done', attempts: 2 });
+      const dead = await inbox.receive({ sourceId: 'ehr-4', kind: 'rest-hook', body: Buffer.from('x') });
+      await inbox.update(dead.id, { state: 'dead' });
+      expect(await inbox.claim(dead.id, 'fetch')).toBeUndefined();
+      expect(await inbox.claim('00000000-0000-4000-8000-000000000000', 'fetch')).toBeUndefined();
+      expect(await inbox.claim('not-a-uuid', 'fetch')).toBeUndefined();
+    });
+
+    it('marks an inbox item done in the transaction that stores its versions, with an outcome from the results', async () => {
+      const { id } = await h.store.inbox.receive({ sourceId: 'ehr-5', kind: 'bundle', body: Buffer.from('{}') });
+      await h.store.inbox.claim(id, 'fetch');
+      const input = (pid: string): PutVersionInput => ({ resourceType: 'Patient', id: pid, resource: { resourceType: 'Patient', gender: 'other' } as Resource, dedupKey: 'v:1' });
+      const results = await h.store.resources.putVersions([input('done-1'), input('done-2')], {
+        inboxDone: { id, outcome: (rs) => ({ stored: rs.filter((r) => r.status === 'created').length }) },
+      });
+      expect(results.map((r) => r.status)).toEqual(['created', 'created']);
+      expect(await h.store.inbox.get(id)).toMatchObject({ stage: 'stored', state: 'done', outcome: { stored: 2 } });
+      // Nothing to store still finishes the item.
+      const empty = await h.store.inbox.receive({ sourceId: 'ehr-5', kind: 'bundle', body: Buffer.from('[]') });
+      expect(await h.store.resources.putVersions([], { inboxDone: { id: empty.id, outcome: (rs) => ({ stored: rs.length }) } })).toEqual([]);
+      expect(await h.store.inbox.get(empty.id)).toMatchObject({ state: 'done', outcome: { stored: 0 } });
+      // A failing batch rolls the completion back with the versions.
+      const failing = await h.store.inbox.receive({ sourceId: 'ehr-5', kind: 'bundle', body: Buffer.from('{"x":1}') });
+      await h.store.inbox.claim(failing.id, 'fetch');
+      await expect(
+        h.store.resources.putVersions([input('done-3')], {
+          inboxDone: {
+            id: failing.id,
+            outcome: () => {
+              throw new Error('outcome failed');
+            },
+          },
+        }),
+      ).rejects.toThrow('outcome failed');
+      expect(await h.store.inbox.get(failing.id)).toMatchObject({ state: 'processing' });
+      expect(await h.store.resources.readCurrent('Patient', 'done-3')).toBeUndefined();
     });
   });
 }
