@@ -49,6 +49,7 @@ import {
   repeat,
   say,
   serviceConfig,
+  settleDatabase,
   type Section,
 } from './lib.js';
 
@@ -287,6 +288,7 @@ export interface E2eResult {
  */
 export async function e2eRun(backend: 'redis' | 'postgres', profiler?: (phase: 'start' | 'stop') => Promise<void>, options: { evm?: boolean } = {}): Promise<E2eResult> {
   const data = loadSynthea();
+  await settleDatabase();
   const chain = options.evm ? await startHardhatNode() : undefined;
   let h: Harness;
   try {
@@ -457,6 +459,7 @@ function runLoad(url: string, rate: number, seconds: number, tag: string): Promi
 }
 
 export async function latencyRun(roles: { api: boolean; workers: boolean } = { api: true, workers: true }): Promise<LatencyResult> {
+  await settleDatabase();
   const h = await startHarness('redis', {}, roles);
   try {
     // Warm-up (JIT, connection pools, the source cache): 1 s at the target rate, not measured.

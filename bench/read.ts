@@ -47,7 +47,7 @@ import { errorHandler, notFoundHandler } from '../src/server/errors.js';
 import { createPool } from '../src/store/postgres-store.js';
 import type { PutVersionInput } from '../src/store/types.js';
 import { registerTestClient } from '../test/helpers/smart-client.js';
-import { ADMIN_TOKEN, QUICK, cleanupConfig, deletePrefix, fmt, isMain, loadAverage, machineLine, ms, say, serviceConfig, type Section } from './lib.js';
+import { ADMIN_TOKEN, QUICK, cleanupConfig, deletePrefix, fmt, isMain, loadAverage, machineLine, ms, say, serviceConfig, settleDatabase, type Section } from './lib.js';
 
 const SECONDS = Number(process.env.BENCH_READ_SECONDS || (QUICK ? 3 : 10));
 const WARMUP_SECONDS = QUICK ? 1 : 3;
@@ -484,6 +484,7 @@ export async function runRead(): Promise<ReadBenchResult> {
     const t0 = performance.now();
     await seed(gated);
     const seedSeconds = (performance.now() - t0) / 1000;
+    await settleDatabase();
     say(`seeded ${PATIENTS} patients, ${PATIENTS * OBS_PER_PATIENT} observations, ${PATIENTS - Array.from({ length: PATIENTS }, (_, i) => groupOf(i)).filter((g) => g === 'none').length} consents in ${seedSeconds.toFixed(1)} s`);
 
     const gatedClient = await registerTestClient(gated.url!, ADMIN_TOKEN, { id: 'bench-gated', allowedScopes: ['system/Observation.rs'], allowedPurposes: ['TREAT'] });

@@ -31,7 +31,7 @@ import { startService, type RunningService } from '../src/runtime.js';
 import type { PutVersionInput } from '../src/store/types.js';
 import { registerTestClient } from '../test/helpers/smart-client.js';
 import { loadSynthea, postAll } from './ingest.js';
-import { ADMIN_TOKEN, DATABASE_URL, QUICK, RUNS, cleanupConfig, fmt, isMain, loadAverage, machineLine, median, ms, ratio, say, serviceConfig, type Section } from './lib.js';
+import { ADMIN_TOKEN, DATABASE_URL, QUICK, RUNS, cleanupConfig, fmt, isMain, loadAverage, machineLine, median, ms, ratio, say, serviceConfig, settleDatabase, type Section } from './lib.js';
 import { load, stopLoadWorker, summarize, type LoadResult, type Sample } from './read.js';
 
 const SIZES = (process.env.BENCH_SCALE_SIZES || (QUICK ? '10000,30000' : '10000,100000,1000000'))
@@ -204,7 +204,7 @@ export async function runScale(): Promise<Section> {
         if (p.c === 0 && p.a === 0) break;
         await new Promise((r) => setTimeout(r, 200));
       }
-      await db.query('CHECKPOINT').catch(() => undefined); // the seeding's dirty pages written out now, not during a measurement
+      await settleDatabase(); // the seeding's dirty pages written out now, not during a measurement
       const sizeNow = await stored();
       const dbBytes = Number(
         (
@@ -227,6 +227,7 @@ export async function runScale(): Promise<Section> {
       say(`    search patient=: ${fmt(search.rps)} req/s, p50 ${ms(search.p50)} ms, p99 ${ms(search.p99)} ms (${search.errors} errors)`);
       const ingestRuns: number[] = [];
       for (let i = 0; i < RUNS; i++) {
+        await settleDatabase();
         ingestRuns.push(await ingestOnce(service, db, `${size}-${i}`));
         say(`    ingest run ${i + 1}: ${fmt(ingestRuns[i]!)} resources/s stored + validated`);
       }
