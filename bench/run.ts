@@ -103,9 +103,9 @@ measured in the same run on the same machine: compare the ratios, not the absolu
 Targets are reported, never asserted.
 
 Machine: ${machineLine()}. ${serverVersions()}, both local on the same machine (loopback).
-**Noise:** the two cores were shared with other engineers' builds and tests during this run (load average
-${loadBefore} at the start, ${loadAverage()} at the end, 1 / 5 / 15 min), and PostgreSQL, Redis, the service and the load
-generator all share them too. Expect run-to-run variation of tens of percent; the per-run figures are listed where they matter.
+**Noise:** PostgreSQL, Redis, the service and the load generator share the two cores (load average
+${loadBefore} at the start, ${loadAverage()} at the end, 1 / 5 / 15 min, most of it the benchmarks' own processes), and the machine is a VM whose neighbours we do not
+see. Expect run-to-run variation of tens of percent; the per-run figures are listed where they matter.
 
 ## Summary
 
