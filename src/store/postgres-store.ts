@@ -616,7 +616,7 @@ class PgInboxStore implements InboxStore {
       name: durable ? 'fa_inbox_update' : 'fa_inbox_update_async',
       text: `${durable ? '' : `WITH async AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)) `}UPDATE inbox
              SET stage = COALESCE($2, stage), state = $3, outcome = COALESCE($4, outcome), attempts = attempts + $5, updated_at = $6
-             WHERE id = $1${durable ? '' : ' AND EXISTS (SELECT 1 FROM async)'}`,
+             WHERE id = $1 AND (state NOT IN ('done', 'dead') OR $3 = 'pending')${durable ? '' : ' AND EXISTS (SELECT 1 FROM async)'}`,
       values: [id, change.stage ?? null, change.state, change.outcome === undefined ? null : JSON.stringify(change.outcome), change.attempt ? 1 : 0, this.clock.now()],
     });
   }

@@ -148,6 +148,9 @@ export interface InboxStore {
    * Moves an item to a stage/state; `attempt` counts a processing attempt. With `durable: false` (a
    * progress mark between stages) the change commits without waiting for the WAL flush: a crash may
    * lose it, which leaves the item at its previous stage, still unfinished, as the reconciler expects.
+   * A finished item (done or dead) leaves that state only by being reopened (`pending`, an operator's
+   * replay): any other change to it is ignored, so a second run of the same item (the reconciler's, while
+   * a slow first run goes on) can never turn a finished item back into an unfinished or failed one.
    */
   update(id: string, change: { stage?: string; state: InboxState; outcome?: unknown; attempt?: boolean }, options?: { durable?: boolean }): Promise<void>;
   /** Items not yet done or dead and not touched since `updatedBefore`, oldest first (for the reconciler). */

@@ -145,9 +145,19 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       await inbox.update(id, { stage: 'stored', state: 'done' });
       expect(await inbox.claim(id, 'fetch')).toBeUndefined();
       expect(await inbox.get(id)).toMatchObject({ stage: 'stored', state: 'done', attempts: 2 });
+      // A slower second run of the same item cannot turn it back into an unfinished or failed one.
+      await inbox.update(id, { stage: 'normalize', state: 'processing' }, { durable: false });
+      await inbox.update(id, { state: 'failed', outcome: { note: 'late attempt' }, attempt: true });
+      await inbox.update(id, { state: 'dead' });
+      expect(await inbox.get(id)).toMatchObject({ stage: 'stored', state: 'done', attempts: 2, outcome: null });
       const dead = await inbox.receive({ sourceId: 'ehr-4', kind: 'rest-hook', body: Buffer.from('x') });
       await inbox.update(dead.id, { state: 'dead' });
       expect(await inbox.claim(dead.id, 'fetch')).toBeUndefined();
+      await inbox.update(dead.id, { stage: 'store', state: 'processing' });
+      expect(await inbox.get(dead.id)).toMatchObject({ state: 'dead' });
+      // Reopening (an operator's replay) is the way out of a finished state.
+      await inbox.update(dead.id, { stage: 'received', state: 'pending' });
+      expect(await inbox.claim(dead.id, 'fetch')).toMatchObject({ stage: 'fetch', state: 'processing' });
       expect(await inbox.claim('00000000-0000-4000-8000-000000000000', 'fetch')).toBeUndefined();
       expect(await inbox.claim('not-a-uuid', 'fetch')).toBeUndefined();
     });
