@@ -5,7 +5,7 @@
  */
 import { Router } from 'express';
 import { httpError } from '../platform/errors.js';
-import type { QueueRegistry } from '../queue/index.js';
+import { rerunJobId, type QueueRegistry } from '../queue/index.js';
 import type { Store } from '../store/index.js';
 import { publicSource } from './source.js';
 import { parseSource, type SourceRegistry } from './sources.js';
@@ -154,8 +154,9 @@ export function createIngestAdminRouter(deps: IngestAdminDeps): Router {
     if (item.kind === 'rejected') throw httpError(409, 'conflict', 'The notification was not FHIR; there is nothing to replay (fix the sender)');
     await store.deadLetters.markReplayed(letter.id);
     await store.inbox.update(item.id, { stage: 'received', state: 'pending' });
-    // A new job id: the old one may still sit in the failed set, where BullMQ would ignore a re-add.
-    await queues.enqueue('ingest', { inboxId: item.id }, { jobId: `${item.id}.replay.${letter.replayCount + 1}` });
+    // The item's re-run job (replacing a finished one, where BullMQ would ignore a plain re-add), unless
+    // a job for the item is still queued: the reopened item is what it will run.
+    await queues.rerun('ingest', [{ data: { inboxId: item.id }, jobId: rerunJobId(item.id), liveIds: [item.id] }]);
     res.status(202).json({ replayed: letter.id, inboxId: item.id });
   });
 

@@ -8,7 +8,7 @@ import { compileCodeLists, type SensitivityCodeIndex } from '../consent/index.js
 import type { Clock } from '../platform/clock.js';
 import type { Logger } from '../platform/logger.js';
 import { createValidatorPool, defaultValidationThreads, loadNormalizationRules, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
-import type { QueueRegistry } from '../queue/index.js';
+import { rerunJobId, type QueueRegistry } from '../queue/index.js';
 import type { Store } from '../store/index.js';
 import { createIngestAdminRouter } from './admin.js';
 import { createHooksRouter } from './hooks.js';
@@ -155,14 +155,14 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
       const staleMs = reconcileOptions.staleMs ?? RECONCILE_STALE_MS;
       const stale = await store.inbox.listUnfinished({ updatedBefore: new Date(clock.now().getTime() - staleMs), limit: RECONCILE_BATCH });
       if (stale.length === 0) return 0;
-      // A fresh job id per pass: BullMQ ignores a re-add of an id it still holds (e.g. in the failed set).
-      const pass = clock.now().getTime();
-      await queues.enqueueBulk(
+      // An item still has its first job (`id`, waiting behind a backlog or in backoff) or a re-run
+      // queued (`id.rerun`): nothing is added for it. Otherwise its job was lost: one re-run.
+      const added = await queues.rerun(
         'ingest',
-        stale.map((s) => ({ data: { inboxId: s.id }, options: { jobId: `${s.id}.reconcile.${pass}` } })),
+        stale.map((s) => ({ data: { inboxId: s.id }, jobId: rerunJobId(s.id), liveIds: [s.id] })),
       );
-      logger.warn({ count: stale.length }, 'reconciler re-enqueued inbox items with no progress');
-      return stale.length;
+      if (added > 0) logger.warn({ count: added, stale: stale.length }, 'reconciler re-enqueued inbox items with no progress');
+      return added;
     },
   };
 }

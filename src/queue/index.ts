@@ -88,6 +88,14 @@ export interface QueueRegistry {
   readonly backend: 'redis' | 'postgres';
   enqueue<Q extends QueueName>(queue: Q, data: JobData<Q>, options?: EnqueueOptions): Promise<string>;
   enqueueBulk<Q extends QueueName>(queue: Q, jobs: ReadonlyArray<{ data: JobData<Q>; options?: EnqueueOptions }>): Promise<void>;
+  /**
+   * Runs jobs again whose earlier runs may have been lost (the reconcilers, an operator's replay). A job
+   * is added under its `jobId` unless a job under that id or one of `liveIds` is still waiting, delayed
+   * or active (it will run anyway); a finished job under `jobId` is replaced. So however often a
+   * reconciler passes, and however many processes run one, each item has at most one re-run queued.
+   * Returns the number of jobs added.
+   */
+  rerun<Q extends QueueName>(queue: Q, jobs: ReadonlyArray<{ data: JobData<Q>; jobId: string; liveIds?: readonly string[] }>): Promise<number>;
   /** Starts a worker for `queue` in this process. */
   work<Q extends QueueName>(queue: Q, processor: Processor<Q>, settings: WorkerSettings): void;
   counts(queue: QueueName): Promise<JobCounts>;
@@ -108,6 +116,10 @@ const DEFAULT_JOB_OPTIONS: JobsOptions = {
   // Failed jobs are kept a week for inspection; dead letters live in PostgreSQL regardless.
   removeOnFail: { age: 7 * 24 * 3600 },
 };
+
+/** Job states from which a job will not run again by itself. */
+const FINISHED_OR_ABSENT: ReadonlySet<string> = new Set(['completed', 'failed', 'unknown']);
+const RERUN_CHUNK = 50;
 
 /** Applies BullMQ's PostgreSQL schema (idempotent, concurrency-safe). */
 export async function migrateQueueSchema(connectionString: string, schema: string): Promise<void> {
@@ -188,6 +200,26 @@ export async function createQueueRegistry(options: {
     async enqueueBulk(name, jobs) {
       for (const j of jobs) assertIdsOnly(j.data);
       await queue(name).addBulk(jobs.map((j) => ({ name, data: j.data, opts: toJobsOptions(j.options) })));
+    },
+
+    async rerun(name, jobs) {
+      for (const j of jobs) assertIdsOnly(j.data);
+      const q = queue(name);
+      let added = 0;
+      // A bounded number of jobs in flight: each costs a few round trips.
+      for (let i = 0; i < jobs.length; i += RERUN_CHUNK) {
+        const results = await Promise.all(
+          jobs.slice(i, i + RERUN_CHUNK).map(async (j) => {
+            const states = await Promise.all([j.jobId, ...(j.liveIds ?? [])].map((id) => q.getJobState(id)));
+            if (states.some((st) => !FINISHED_OR_ABSENT.has(st))) return 0;
+            if (states[0] !== 'unknown') await q.remove(j.jobId);
+            await q.add(name, j.data, { jobId: j.jobId });
+            return 1;
+          }),
+        );
+        added += results.reduce<number>((a, b) => a + b, 0);
+      }
+      return added;
     },
 
     work(name, processor, settings) {

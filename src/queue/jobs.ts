@@ -21,6 +21,14 @@ export type JobData<Q extends QueueName> = JobDataByQueue[Q];
 export const QUEUE_NAMES: readonly QueueName[] = ['ingest', 'integrity', 'export'];
 
 /**
+ * The id of a job's re-run (see `QueueRegistry.rerun`), from the id of its first job: an inbox item's
+ * first ingest job is the item's id, a version's first integrity job is `Type.id.versionId`.
+ */
+export function rerunJobId(firstJobId: string): string {
+  return `${firstJobId}.rerun`;
+}
+
+/**
  * Limits that keep job payloads to ids: at most this many fields, each a string of at most
  * {@link MAX_JOB_STRING} characters, a number or a boolean. A resource body can never fit.
  */

@@ -61,6 +61,27 @@ export function queueConformance(name: string, setup: () => Promise<QueueHarness
       expect(counts.waiting + counts.prioritized).toBe(1);
     });
 
+    it('re-runs a job only when none for it is queued, replacing a finished re-run', async () => {
+      const rerun = (ids: string[]) => h.registry.rerun('ingest', ids.map((id) => ({ data: { inboxId: id }, jobId: `${id}.rerun`, liveIds: [id] })));
+      // `a` still has its first job waiting; `b`'s was lost.
+      await h.registry.enqueue('ingest', { inboxId: 'a' }, { jobId: 'a' });
+      expect(await rerun(['a', 'b'])).toBe(1);
+      // However often it is asked (another reconciler pass, another process), nothing more is queued.
+      expect(await rerun(['a', 'b'])).toBe(0);
+      expect(await h.second.rerun('ingest', [{ data: { inboxId: 'b' }, jobId: 'b.rerun', liveIds: ['b'] }])).toBe(0);
+      expect((await h.registry.counts('ingest')).waiting).toBe(2);
+      const seen: string[] = [];
+      h.registry.work('ingest', async (job) => void seen.push(job.data.inboxId), { concurrency: 2 });
+      await waitFor(() => seen.length === 2);
+      // Both ran and finished: each can be re-run once more (b's finished re-run is replaced).
+      await waitFor(async () => (await h.registry.counts('ingest')).completed === 2);
+      expect(await rerun(['a', 'b'])).toBe(2);
+      await waitFor(() => seen.length === 4);
+      await new Promise((r) => setTimeout(r, 200));
+      expect(seen.sort()).toEqual(['a', 'a', 'b', 'b']);
+      await expect(h.registry.rerun('ingest', [{ data: { inboxId: 'x', body: '{"resourceType":"Patient"}'.repeat(20) } as never, jobId: 'x.rerun' }])).rejects.toThrow(TypeError);
+    });
+
     it('retries transient failures with backoff and then succeeds', async () => {
       let attempts = 0;
       const done = deferred();
