@@ -180,7 +180,10 @@ export interface paths {
          *     a Subscriptions R5 Backport IG notification for R4 (Bundle `history` starting with a SubscriptionStatus
          *     Parameters: handshake, heartbeat, event-notification with full-resource / id-only / empty payloads),
          *     the R4B/R5 forms (SubscriptionStatus resource; Bundle `subscription-notification`), and
-         *     transaction / batch / collection Bundles. The raw bytes are written to the inbox before the answer.
+         *     transaction / batch / collection Bundles. An empty body without that header is an R4 Subscription
+         *     without `channel.payload` (HAPI FHIR posts an empty form request): accepted (202), and the worker
+         *     searches the source's `subscribe.resourceTypes` by `_lastUpdated` since the previous such
+         *     notification. The raw bytes are written to the inbox before the answer.
          */
         post: operations["postHook"];
         delete?: never;
@@ -201,7 +204,10 @@ export interface paths {
             cookie?: never;
         };
         get?: never;
-        /** Receive one resource (classic rest-hook PUT form); the body must match the URL. */
+        /**
+         * Receive one resource (classic rest-hook PUT form); the body must match the URL.
+         * @description With an empty body, the resource the URL names is fetched back from the source.
+         */
         put: operations["putHook"];
         post?: never;
         /** Notification that the resource was deleted at the source. */
@@ -922,7 +928,7 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody: {
+        requestBody?: {
             content: {
                 "application/fhir+json": components["schemas"]["FhirResource"];
             };

@@ -4,7 +4,9 @@
  *
  * Durability first: after authentication the raw bytes are written to the inbox in one statement
  * before any 2xx; everything else happens in the `ingest` worker. Handshakes and heartbeats are
- * acknowledged and recorded as the subscription's last-seen time. Bodies that are not FHIR at all are
+ * acknowledged and recorded as the subscription's last-seen time. An empty body is a notification
+ * without payload (R4 `Subscription.channel.payload` absent): accepted, and caught up by a search on the
+ * source in the worker. Bodies that are not FHIR at all are
  * answered 400 with an OperationOutcome and kept as a dead letter (raw bytes in the inbox).
  */
 import express, { Router, type Request, type Response } from 'express';
@@ -105,7 +107,11 @@ export function createHooksRouter(deps: HooksDeps): Router {
       // Durable already: the reconciler re-enqueues inbox items that have no job.
       logger.warn({ inboxId: id, err: err instanceof Error ? err.message : String(err) }, 'enqueue failed; left for the reconciler');
     }
-    send(res, 202, outcome('information', 'informational', `Accepted: ${n.entries.length} entr${n.entries.length === 1 ? 'y' : 'ies'} queued`), {
+    const accepted =
+      n.style === 'ping'
+        ? 'Accepted: a notification without payload; the changes will be fetched from the source'
+        : `Accepted: ${n.entries.length} entr${n.entries.length === 1 ? 'y' : 'ies'} queued`;
+    send(res, 202, outcome('information', 'informational', accepted), {
       'X-Inbox-Id': id,
     });
   };

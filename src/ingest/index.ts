@@ -17,6 +17,7 @@ import { createSourceClient, type SourceClient } from './source-client.js';
 import { SourceRegistry } from './sources.js';
 import { checkSubscriptions, hookUrlFor, type SubscriptionSummary } from './subscriptions.js';
 import { createIngestProcessor } from './worker.js';
+export { CATCH_UP_LOOKBACK_MS, CATCH_UP_MAX_RESOURCES, PING_CLOCK_MARGIN_MS } from './worker.js';
 import type { Sealer } from '../platform/seal.js';
 
 export { parseNotification, type ParsedNotification } from './notification.js';

@@ -2,7 +2,10 @@
  * Understands every notification style fhir-anchor accepts, as a pure function of the raw body:
  *
  * - classic R4 rest-hook: a bare resource (Medplum and many EHRs), or an empty body plus a header
- *   naming a deleted resource (Medplum: `X-Medplum-Deleted-Resource: Type/id`);
+ *   naming a deleted resource (Medplum: `X-Medplum-Deleted-Resource: Type/id`); an empty body on
+ *   `PUT /hooks/{source}/{type}/{id}` names the resource to fetch back; an empty `POST` is an R4
+ *   Subscription without `channel.payload` ("no payload … just a notification", as HAPI FHIR sends it):
+ *   a `ping` that something changed, which the worker turns into a `_lastUpdated` search on the source;
  * - Subscriptions R5 Backport IG for R4: Bundle `history` whose first entry is a SubscriptionStatus
  *   `Parameters` (handshake, heartbeat, event-notification with full-resource / id-only / empty);
  * - R4B (Bundle `history`, first entry a `SubscriptionStatus`) and R5 (Bundle `subscription-notification`);
@@ -47,7 +50,7 @@ export interface SubscriptionStatusInfo {
   readonly payload: PayloadContent;
 }
 
-export type NotificationStyle = 'rest-hook' | 'delete' | 'backport-r4' | 'r4b' | 'r5' | 'bundle';
+export type NotificationStyle = 'rest-hook' | 'delete' | 'ping' | 'backport-r4' | 'r4b' | 'r5' | 'bundle';
 
 export interface ParsedNotification {
   readonly style: NotificationStyle;
@@ -58,7 +61,7 @@ export interface ParsedNotification {
 
 export type ParseResult =
   | { readonly ok: true; readonly notification: ParsedNotification }
-  | { readonly ok: false; readonly reason: 'empty' | 'unparseable' | 'not-fhir' | 'invalid-structure'; readonly outcome: OperationOutcome };
+  | { readonly ok: false; readonly reason: 'unparseable' | 'not-fhir' | 'invalid-structure'; readonly outcome: OperationOutcome };
 
 export interface ParseContext {
   /** `Type/id` from a delete header (e.g. `X-Medplum-Deleted-Resource`) or a `DELETE /hooks/{source}/{type}/{id}`. */
@@ -73,7 +76,7 @@ const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 /** Deepest JSON nesting we accept (a hostile body must not exhaust the stack later). */
 export const MAX_JSON_DEPTH = 64;
 
-function fail(reason: 'empty' | 'unparseable' | 'not-fhir' | 'invalid-structure', text: string, expression?: string): ParseResult {
+function fail(reason: 'unparseable' | 'not-fhir' | 'invalid-structure', text: string, expression?: string): ParseResult {
   return { ok: false, reason, outcome: outcome('error', reason === 'not-fhir' || reason === 'invalid-structure' ? 'structure' : 'invalid', text, expression) };
 }
 
@@ -210,7 +213,11 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     if (named) {
       return { ok: true, notification: { style: 'delete', entries: [{ kind: 'delete', index: 0, resourceType: named.resourceType, id: named.id }] } };
     }
-    return fail('empty', 'Empty notification body: expected a FHIR resource or Bundle (a deletion must name the resource, e.g. X-Medplum-Deleted-Resource: Type/id)');
+    if (ctx.path) {
+      // A rest-hook that names the resource in its URL and sends no body: fetch it back.
+      return { ok: true, notification: { style: 'rest-hook', entries: [{ kind: 'fetch', index: 0, reference: `${ctx.path.resourceType}/${ctx.path.id}` }] } };
+    }
+    return { ok: true, notification: { style: 'ping', entries: [] } };
   }
   let json: unknown;
   try {
@@ -265,11 +272,13 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
 /**
  * The idempotency key of a notification for the inbox: the same notification stored twice is stored
  * once. A bare resource with a versionId is keyed by type/id/version; a subscription event by its
- * subscription and event numbers; anything else by the SHA-256 of its bytes. Deletions carry no key
- * (an empty body says nothing to tell two deletions apart); the worker makes them idempotent instead.
+ * subscription and event numbers; anything else by the SHA-256 of its bytes. Deletions, pings and
+ * bodiless fetch-backs carry no key (an empty body says nothing to tell two of them apart); the worker
+ * makes them idempotent instead (a delete of what is deleted is skipped, a version stored is stored once).
  */
 export function notificationDedupKey(parsed: ParsedNotification | undefined, body: Buffer): string | undefined {
-  if (parsed?.style === 'delete') return undefined;
+  // Nothing tells two of these apart, and each may announce a different change.
+  if (parsed?.style === 'delete' || parsed?.style === 'ping' || (parsed?.style === 'rest-hook' && parsed.entries[0]?.kind === 'fetch')) return undefined;
   if (parsed?.style === 'rest-hook') {
     const e = parsed.entries[0];
     if (e?.kind === 'resource') {

@@ -32,6 +32,12 @@ import type { SourceRegistry } from './sources.js';
 export const CATCH_UP_LOOKBACK_MS = 60 * 60 * 1000;
 /** Most resources one catch-up search may bring in for one notification (bounded work per job). */
 export const CATCH_UP_MAX_RESOURCES = 10_000;
+/**
+ * A ping (a notification without payload) is caught up by a `_lastUpdated` search from the previous
+ * finished ping of its source, less this margin: `_lastUpdated` is the source's clock, not ours, and a
+ * change may commit there a little after it is stamped. Whatever the overlap brings again is a duplicate.
+ */
+export const PING_CLOCK_MARGIN_MS = 5 * 60 * 1000;
 
 export interface IngestDeps {
   readonly store: Store;
@@ -146,15 +152,31 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const ref = parseReference(f);
       if (ref) types.add(ref.resourceType);
     }
-    const since = new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS).toISOString();
+    return searchSince(client, [...types], new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS), offset);
+  };
+
+  /** Everything of `types` the source changed since `since` (a `_lastUpdated` search), bounded. */
+  const searchSince = async (
+    client: SourceClient,
+    types: readonly string[],
+    since: Date,
+    offset: number,
+  ): Promise<{ entries: NotificationEntry[]; how: string; capped: boolean }> => {
     const entries: NotificationEntry[] = [];
+    const ge = since.toISOString();
+    let capped = false;
     for (const type of [...types].sort()) {
-      for await (const r of client.search(type as Resource['resourceType'], { _lastUpdated: `ge${since}` })) {
+      for await (const r of client.search(type as Resource['resourceType'], { _lastUpdated: `ge${ge}` })) {
         entries.push({ kind: 'resource', index: offset + entries.length, resource: r as unknown as Record<string, unknown> });
-        if (entries.length >= CATCH_UP_MAX_RESOURCES) break;
+        if (entries.length >= CATCH_UP_MAX_RESOURCES) {
+          capped = true;
+          break;
+        }
       }
+      if (capped) break;
     }
-    return { entries, how: `_lastUpdated search since ${since} over ${[...types].join(',') || '(no types known)'}` };
+    const how = `_lastUpdated search since ${ge} over ${types.join(',') || '(no types known)'}`;
+    return { entries, how: capped ? `${how} (stopped at ${CATCH_UP_MAX_RESOURCES} resources)` : how, capped };
   };
 
   return async (job) => {
@@ -189,6 +211,30 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const client = deps.client(source);
       const entries: NotificationEntry[] = [...n.entries];
       const notes: string[] = [];
+      // A catch-up that stopped at its bound: a later ping must not start after this one.
+      let incomplete = false;
+
+      // A ping says only that something changed: search the source's subscribed types since the
+      // previous ping that was done (everything changed before that one was received was found by it).
+      if (n.style === 'ping') {
+        const types = source.subscribe?.resourceTypes ?? [];
+        if (types.length === 0) {
+          const oo = outcome(
+            'error',
+            'not-supported',
+            'A notification without payload only says that something changed: set subscribe.resourceTypes on the source so fhir-anchor knows which types to search, then replay this dead letter',
+          );
+          await deadLetter(inboxId, source.id, 'unresolvable', oo);
+          await store.inbox.update(inboxId, { state: 'dead', outcome: oo });
+          throw new TerminalJobError('ping without subscribed types');
+        }
+        const previous = await store.inbox.latestDone(source.id, 'ping', item.receivedAt);
+        const since = previous ? new Date(previous.getTime() - PING_CLOCK_MARGIN_MS) : new Date(item.receivedAt.getTime() - CATCH_UP_LOOKBACK_MS);
+        const c = await searchSince(client, types, since, 0);
+        incomplete = c.capped;
+        notes.push(`notification without payload: fetched by ${c.how} (${c.entries.length} entries)`);
+        entries.push(...c.entries);
+      }
 
       // Subscription event numbers: a gap triggers a catch-up, recorded in the subscription status.
       if (n.status?.type === 'event-notification') {
@@ -380,7 +426,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const finishesWithStore =
         store.resources.commitsVersions && (deps.linkIdentifierSystems.length === 0 || !inputs.some((i) => i.resourceType === 'Patient' && !i.deleted));
       if (finishesWithStore) {
-        await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
+        await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50), ...(incomplete ? { incomplete } : {}) }) } });
         logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
         return;
       }
@@ -404,7 +450,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
           })),
         );
       }
-      await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: { ...summary, notes: notes.slice(0, 50) } });
+      await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: { ...summary, notes: notes.slice(0, 50), ...(incomplete ? { incomplete } : {}) } });
       logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
     } catch (err) {
       if (err instanceof TerminalJobError) throw err;

@@ -621,6 +621,15 @@ class PgInboxStore implements InboxStore {
     });
   }
 
+  async latestDone(sourceId: string, kind: string, receivedBefore: Date): Promise<Date | undefined> {
+    const r = await this.pool.query<{ at: Date | null }>(
+      `SELECT max(received_at) AS at FROM inbox WHERE source_id = $1 AND kind = $2 AND state = 'done' AND received_at < $3
+         AND COALESCE(outcome ->> 'incomplete', 'false') <> 'true'`,
+      [sourceId, kind, receivedBefore],
+    );
+    return r.rows[0]?.at ?? undefined;
+  }
+
   async listUnfinished(options: { updatedBefore: Date; limit: number }): Promise<Array<Pick<InboxItem, 'id' | 'state' | 'stage'>>> {
     const r = await this.pool.query<{ id: string; state: InboxState; stage: string }>(
       `SELECT id, state, stage FROM inbox WHERE state IN ('pending', 'processing', 'failed') AND updated_at < $1

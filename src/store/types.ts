@@ -153,6 +153,12 @@ export interface InboxStore {
    * a slow first run goes on) can never turn a finished item back into an unfinished or failed one.
    */
   update(id: string, change: { stage?: string; state: InboxState; outcome?: unknown; attempt?: boolean }, options?: { durable?: boolean }): Promise<void>;
+  /**
+   * When the latest item of this source and kind that is done was received, among those received
+   * before `receivedBefore` (the catch-up of notifications without payload starts from there). Items
+   * whose outcome says `incomplete: true` do not count.
+   */
+  latestDone(sourceId: string, kind: string, receivedBefore: Date): Promise<Date | undefined>;
   /** Items not yet done or dead and not touched since `updatedBefore`, oldest first (for the reconciler). */
   listUnfinished(options: { updatedBefore: Date; limit: number }): Promise<Array<Pick<InboxItem, 'id' | 'state' | 'stage'>>>;
   countsByStageAndState(): Promise<Array<{ stage: string; state: InboxState; count: number }>>;

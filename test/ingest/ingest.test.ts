@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import type { Config } from '../../src/config/index.js';
 import { anchorId } from '../../src/normalize/index.js';
+import { PING_CLOCK_MARGIN_MS } from '../../src/ingest/index.js';
 import { startService, type RunningService } from '../../src/runtime.js';
 import { cleanupConfig, json, silentLogger, testConfig } from '../helpers/env.js';
 import { buildHandshake, buildHeartbeat, buildNotificationBundle, startFakeEhr, type FakeEhr } from '../helpers/fake-ehr.js';
@@ -358,6 +359,56 @@ describe('ingest (queues on Redis)', () => {
       const r = await post('ehr-live', Buffer.from(JSON.stringify(n)));
       expect((await settle(r.inboxId)).outcome).toMatchObject({ stored: 1, fetched: 0 });
       expect(ehr.requests.slice(before).filter((q) => q.path.includes('/Encounter/'))).toEqual([]);
+    });
+
+    it('turns notifications without payload (R4 rest-hook, no channel.payload) into searches since the previous one', async () => {
+      const classic = await startFakeEhr({ capability: 'classic' });
+      for (const [id, subscribe] of [
+        ['ehr-classic', { resourceTypes: ['Encounter'] }],
+        ['ehr-classic-untyped', undefined],
+      ] as const) {
+        const res = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id, name: id, baseUrl: classic.baseUrl, hookAuth: { bearerToken: BEARER }, ...(subscribe ? { subscribe } : {}) }) });
+        expect(res.status).toBe(201);
+      }
+      const amb = { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' };
+      classic.seed({ resourceType: 'Encounter', id: 'enc-ping-1', status: 'finished', class: amb });
+      // HAPI FHIR posts an empty form request to the endpoint.
+      const ping = { 'content-type': 'application/x-www-form-urlencoded' };
+      const r1 = await post('ehr-classic', Buffer.alloc(0), ping);
+      expect(r1.status).toBe(202);
+      const s1 = await settle(r1.inboxId);
+      expect(s1.state).toBe('done');
+      expect(s1.outcome).toMatchObject({ stored: 1 });
+      expect(JSON.stringify(s1.outcome.notes)).toContain('notification without payload');
+      expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-classic', 'Encounter', 'enc-ping-1'))).toBeDefined();
+
+      // The next ping is not taken for a duplicate of the first; it searches from the first one's
+      // arrival less the clock margin, so the first change comes again as a duplicate.
+      classic.seed({ resourceType: 'Encounter', id: 'enc-ping-2', status: 'in-progress', class: amb });
+      const before = classic.requests.length;
+      const r2 = await post('ehr-classic', Buffer.alloc(0), ping);
+      expect(r2.status).toBe(202);
+      expect(r2.inboxId).not.toBe(r1.inboxId);
+      expect((await settle(r2.inboxId)).outcome).toMatchObject({ stored: 1, duplicates: 1 });
+      const first = await service.database.store.inbox.get(r1.inboxId);
+      const searched = classic.requests.slice(before).find((q) => q.path.endsWith('/Encounter') && q.method === 'GET');
+      expect(searched?.query._lastUpdated).toBe(`ge${new Date(first!.receivedAt.getTime() - PING_CLOCK_MARGIN_MS).toISOString()}`);
+
+      // A bodiless PUT names the resource to fetch back.
+      classic.seed({ resourceType: 'Encounter', id: 'enc-ping-3', status: 'finished', class: amb });
+      const put = await hook('ehr-classic', Buffer.alloc(0), {}, 'PUT', '/Encounter/enc-ping-3');
+      expect(put.status).toBe(202);
+      expect((await settle(put.headers.get('x-inbox-id')!)).outcome).toMatchObject({ fetched: 1, stored: 1 });
+
+      // Without subscribed types there is nothing to search: a dead letter that says what to set.
+      const r4 = await post('ehr-classic-untyped', Buffer.alloc(0), ping);
+      expect(r4.status).toBe(202);
+      expect((await settle(r4.inboxId)).state).toBe('dead');
+      const letters = await json(await admin('/admin/dead-letters?source=ehr-classic-untyped&open=true'));
+      expect(letters).toHaveLength(1);
+      expect(letters[0].reason).toBe('unresolvable');
+      expect(JSON.stringify(letters[0].outcome)).toContain('subscribe.resourceTypes');
+      await classic.close();
     });
 
     it('dead-letters an id-only notification whose source stays unreachable, and replays it once the source is back', async () => {

@@ -72,13 +72,23 @@ describe('parseNotification', () => {
     expect(notificationDedupKey(d.notification, Buffer.alloc(0))).toBeUndefined();
   });
 
+  it('reads an empty body as a ping (no payload), or as the resource a PUT URL names; neither has a dedup key', () => {
+    const p = parseNotification(Buffer.alloc(0));
+    if (!p.ok) throw new Error('not ok');
+    expect(p.notification).toEqual({ style: 'ping', entries: [] });
+    expect(notificationDedupKey(p.notification, Buffer.alloc(0))).toBeUndefined();
+    const put = parseNotification(Buffer.from(' \n'), { path: { resourceType: 'Encounter', id: 'e1' } });
+    if (!put.ok) throw new Error('not ok');
+    expect(put.notification).toEqual({ style: 'rest-hook', entries: [{ kind: 'fetch', index: 0, reference: 'Encounter/e1' }] });
+    expect(notificationDedupKey(put.notification, Buffer.from(' \n'))).toBeUndefined();
+  });
+
   it('strips a UTF-8 BOM', () => {
     const r = parseNotification(Buffer.from('\uFEFF{"resourceType":"Patient","id":"x"}', 'utf8'));
     expect(r.ok).toBe(true);
   });
 
   it.each([
-    ['', 'empty'],
     ['{not json', 'unparseable'],
     ['[1,2]', 'not-fhir'],
     ['"text"', 'not-fhir'],

@@ -162,6 +162,24 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       expect(await inbox.claim('not-a-uuid', 'fetch')).toBeUndefined();
     });
 
+    it('finds when the latest finished item of a source and kind was received (ping catch-up)', async () => {
+      const inbox = h.store.inbox;
+      const ping = async (state: 'done' | 'failed', outcome?: unknown): Promise<Date> => {
+        const { id } = await inbox.receive({ sourceId: 'ehr-6', kind: 'ping', body: Buffer.alloc(0) });
+        await inbox.update(id, { stage: 'stored', state, ...(outcome !== undefined ? { outcome } : {}) });
+        return (await inbox.get(id))!.receivedAt;
+      };
+      const later = new Date(Date.now() + 60_000);
+      expect(await inbox.latestDone('ehr-6', 'ping', later)).toBeUndefined();
+      const first = await ping('done', { stored: 1 });
+      await ping('failed');
+      await ping('done', { stored: 9, incomplete: true });
+      await inbox.receive({ sourceId: 'ehr-7', kind: 'ping', body: Buffer.alloc(0) });
+      expect(await inbox.latestDone('ehr-6', 'ping', later)).toEqual(first);
+      expect(await inbox.latestDone('ehr-6', 'ping', first)).toBeUndefined();
+      expect(await inbox.latestDone('ehr-6', 'rest-hook', later)).toBeUndefined();
+    });
+
     it('marks an inbox item done in the transaction that stores its versions, with an outcome from the results', async () => {
       const { id } = await h.store.inbox.receive({ sourceId: 'ehr-5', kind: 'bundle', body: Buffer.from('{}') });
       await h.store.inbox.claim(id, 'fetch');
