@@ -223,6 +223,9 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
   try {
     json = JSON.parse(text);
   } catch {
+    if (text.trimStart().startsWith('<')) {
+      return fail('unparseable', 'FHIR XML is not accepted: send JSON (a Subscription with channel.payload application/fhir+json)');
+    }
     return fail('unparseable', 'Notification body is not valid JSON');
   }
   if (!isObject(json)) return fail('not-fhir', 'Notification body must be a JSON object (a FHIR resource)');

@@ -83,6 +83,12 @@ describe('parseNotification', () => {
     expect(notificationDedupKey(put.notification, Buffer.from(' \n'))).toBeUndefined();
   });
 
+  it('tells a sender of FHIR XML to send JSON', () => {
+    const r = parseNotification(Buffer.from('\uFEFF  <Bundle xmlns="http://hl7.org/fhir"/>'));
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.outcome.issue[0]?.details?.text).toContain('application/fhir+json');
+  });
+
   it('strips a UTF-8 BOM', () => {
     const r = parseNotification(Buffer.from('\uFEFF{"resourceType":"Patient","id":"x"}', 'utf8'));
     expect(r.ok).toBe(true);
@@ -90,6 +96,7 @@ describe('parseNotification', () => {
 
   it.each([
     ['{not json', 'unparseable'],
+    ['<Patient xmlns="http://hl7.org/fhir"><id value="x"/></Patient>', 'unparseable'],
     ['[1,2]', 'not-fhir'],
     ['"text"', 'not-fhir'],
     ['{"resourceType": 7}', 'not-fhir'],
