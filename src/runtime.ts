@@ -323,6 +323,8 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
             if (added > 0) logger.warn({ count: added, uncommitted: lost.length }, 'reconciler re-enqueued versions with no commitment');
           })
           .catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'integrity reconcile pass failed'));
+        // Exports accepted or in progress whose job was lost: run again, resuming from their cursor.
+        exportStage.runner.reconcile(queues, staleMs).catch((err: unknown) => logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'export reconcile pass failed'));
       }, config.ingest.reconcileIntervalMs);
       reconcileTimer.unref();
     }

@@ -97,6 +97,11 @@ export interface ExportStore {
   fail(id: string, error: string, expiresAt: Date): Promise<boolean>;
   /** Any live state → cancelled; false when absent, already cancelled or expired. */
   cancel(id: string): Promise<boolean>;
+  /**
+   * Exports accepted or in progress that have not moved since `updatedBefore` (no page saved), oldest
+   * first: for the reconciler, which re-runs those whose job was lost.
+   */
+  listStale(updatedBefore: Date, limit: number): Promise<string[]>;
   /** Completed and failed exports whose expiry passed → expired; returns their ids. */
   expireDue(now: Date, limit: number): Promise<string[]>;
   /** Recorded per-patient decisions, in patient id order (keyset paging). */
@@ -193,6 +198,14 @@ class PgExportStore implements ExportStore {
       [issuer, clientId],
     );
     return Number(r.rows[0]?.n ?? 0);
+  }
+
+  async listStale(updatedBefore: Date, limit: number): Promise<string[]> {
+    const r = await this.pool.query<{ id: string }>(
+      `SELECT id FROM bulk_export WHERE state IN ('accepted', 'in-progress') AND updated_at < $1 ORDER BY updated_at LIMIT $2`,
+      [updatedBefore, limit],
+    );
+    return r.rows.map((row) => row.id);
   }
 
   async start(id: string): Promise<ExportRecord | undefined> {

@@ -79,6 +79,8 @@ interface Env {
   readonly integrityJobs: Array<{ resourceType: string; id: string; versionId: string }>;
   /** Export ids enqueued on the manual (no-worker) mounts. */
   readonly manual: string[];
+  /** The real queues (Redis) the `q` mount's worker takes jobs from. */
+  readonly registry: QueueRegistry;
   readonly stages: Record<string, ExportStage>;
   readonly depsByMount: Record<string, ExportDeps>;
   as(name: string, over: Partial<AccessContext> & { scope: string }): void;
@@ -163,6 +165,7 @@ async function openEnv(): Promise<Env> {
     events,
     integrityJobs,
     manual,
+    registry,
     stages,
     depsByMount,
     as(name, over) {
@@ -436,6 +439,45 @@ describe('Bulk Data $export', () => {
     expect(ids).toHaveLength(10);
     expect(manifest.output[0].count).toBe(10);
     expect(sha256(await readFile(path.join(env.dir, exportId, 'Observation.ndjson')))).toBe(manifest.extension.files[0].sha256);
+  });
+});
+
+describe('Bulk Data $export: lost jobs', () => {
+  let env: Env;
+
+  beforeAll(async () => {
+    env = await openEnv();
+    await env.db.store.resources.putVersion({ resourceType: 'Patient', id: 'lost-1', resource: patient('lost-1'), sourceId: 'test' });
+    env.as('treat', { scope: 'system/*.rs', purposeOfUse: ['TREAT'] });
+  }, 60_000);
+
+  afterAll(async () => {
+    await env?.close();
+  });
+
+  it('re-runs an export whose job was lost once it has not moved for the stale period, and only once', async () => {
+    // The manual mount enqueues nothing: the export is accepted but has no job, as after Redis lost it.
+    const res = await fetch(`${env.base}/m/fhir/R4/$export?_type=Patient`, { headers: { 'x-test-as': 'treat', prefer: 'respond-async', accept: 'application/fhir+json' } });
+    expect(res.status).toBe(202);
+    const exportId = new URL(res.headers.get('content-location')!).pathname.split('/').pop()!;
+    const runner = env.stages.m!.runner;
+    // Not stale yet: nothing to do.
+    expect(await runner.reconcile(env.registry, 60_000)).toBe(0);
+    env.clock.advance(61_000);
+    try {
+      expect(await runner.reconcile(env.registry, 60_000)).toBe(1);
+      // However often the reconciler passes: its re-run is queued or running, or the export moved on.
+      expect(await runner.reconcile(env.registry, 60_000)).toBe(0);
+      const deadline = Date.now() + 30_000;
+      while ((await env.exports.get(exportId))!.state !== 'completed') {
+        if (Date.now() > deadline) throw new Error('the re-run export did not complete');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect((await env.exports.get(exportId))!.exported).toBe(1);
+      expect(await runner.reconcile(env.registry, 60_000)).toBe(0);
+    } finally {
+      env.clock.set(T1);
+    }
   });
 });
 

@@ -14,7 +14,7 @@ import { createExportRunner, type ExportRunner } from './runner.js';
 import type { ExportDeps } from './types.js';
 
 export { createExportRouter } from './routes.js';
-export { createExportRunner, exportDirectory, restoreAccess, DEFAULT_EXPIRY_MS, DEFAULT_PAGE_SIZE, type ExportRunner } from './runner.js';
+export { createExportRunner, exportDirectory, exportJobId, restoreAccess, DEFAULT_EXPIRY_MS, DEFAULT_PAGE_SIZE, type ExportRunner } from './runner.js';
 export { parseKickoff, persistAccess, systemScopeCovers, PATIENT_TYPES, SYSTEM_TYPES } from './kickoff.js';
 export { bulkManifest, hashFile, isExportManifest, manifestResource, MANIFEST_CODE, MANIFEST_EXT, type BulkManifest, type HashedFile } from './manifest.js';
 export { createResearchGate, RESEARCH_POLICY, type ResearchGate, type ResearchOutcome } from './research-consent.js';

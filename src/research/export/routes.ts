@@ -27,7 +27,7 @@ import type { ExportLevel, ExportRecord } from '../../store/export-store.js';
 import { createDeidentifier } from '../deid/deidentifier.js';
 import { mayReadGroup, parseKickoff, persistAccess } from './kickoff.js';
 import type { BulkManifest } from './manifest.js';
-import { exportDirectory } from './runner.js';
+import { exportDirectory, exportJobId } from './runner.js';
 import { defaultAccessOf, NDJSON, type ExportDeps } from './types.js';
 
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
@@ -115,7 +115,7 @@ export function createExportRouter(deps: ExportDeps): Router {
       access: persistAccess(access),
       transactionTime: deps.clock.now(),
     });
-    await deps.queues.enqueue('export', { exportId: id }, { jobId: `export-${id}` });
+    await deps.queues.enqueue('export', { exportId: id }, { jobId: exportJobId(id) });
     res
       .status(202)
       .setHeader('Content-Location', `${baseUrl}/$export-status/${id}`)

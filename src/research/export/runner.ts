@@ -22,7 +22,7 @@ import type { AccessContext, DisclosureRecorder } from '../../fhir-api/access.js
 import { createScopedRepository, patientsOf, type FhirApiDeps, type ScopedRepository } from '../../fhir-api/repository.js';
 import { parseSearch, type ParsedSearch } from '../../fhir-api/search-params.js';
 import { collectGarbage } from '../../platform/gc.js';
-import { TerminalJobError } from '../../queue/index.js';
+import { TerminalJobError, rerunJobId, type QueueRegistry } from '../../queue/index.js';
 import type { ExportRecord, PatientDecisionDelta } from '../../store/export-store.js';
 import { extractIndexRows, referenceKey } from '../../store/search-store.js';
 import type { SearchClause } from '../../store/types.js';
@@ -136,6 +136,16 @@ export interface ExportRunner {
   processJob(job: { readonly data: { readonly exportId: string }; readonly attemptsMade: number; readonly maxAttempts: number }): Promise<void>;
   /** Expires completed and failed exports past their expiry and deletes their files; returns how many. */
   sweep(): Promise<number>;
+  /**
+   * Re-runs exports accepted or in progress that have not moved for `staleMs` and have no job queued
+   * (it was lost, e.g. Redis restarted empty); they resume from their cursor. Returns how many.
+   */
+  reconcile(queues: Pick<QueueRegistry, 'rerun'>, staleMs: number): Promise<number>;
+}
+
+/** The job id of an export's first job. */
+export function exportJobId(exportId: string): string {
+  return `export-${exportId}`;
 }
 
 /** Creates the runner. */
@@ -503,6 +513,16 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
         }
         throw err;
       }
+    },
+    async reconcile(queues, staleMs) {
+      const stale = await deps.exports.listStale(new Date(deps.clock.now().getTime() - staleMs), 100);
+      if (stale.length === 0) return 0;
+      const added = await queues.rerun(
+        'export',
+        stale.map((exportId) => ({ data: { exportId }, jobId: rerunJobId(exportJobId(exportId)), liveIds: [exportJobId(exportId)] })),
+      );
+      if (added > 0) deps.logger.warn({ count: added }, 'reconciler re-enqueued exports whose jobs were lost');
+      return added;
     },
     async sweep() {
       let n = 0;
