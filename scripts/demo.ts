@@ -7,9 +7,11 @@
  * patient, reads as a clinician's app, exports de-identified data as a researcher, verifies a record with the offline verifier, tampers with a row and shows the
  * audit catch it. Everything it starts, it stops; the temporary directory is removed.
  */
+import { existsSync } from 'node:fs';
 import { chmod, mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadConfig } from '../src/config/index.js';
 import { deployAnchorContract, verifyEvmReceipt } from '../src/integrity/anchors/evm.js';
@@ -26,13 +28,28 @@ const say = (text: string): void => {
   process.stdout.write(`${text}\n`);
 };
 const step = (n: number, text: string): void => say(`\n${n}. ${text}`);
-const SHARED = path.resolve(process.cwd(), '../shared/data');
+/**
+ * The shared public data set (Synthea bundles): `SHARED_DATA_DIR`, else `../shared/data` beside the
+ * working directory or beside this checkout, else `/work/shared/data`.
+ */
+const SHARED_CANDIDATES = [
+  process.env.SHARED_DATA_DIR,
+  path.resolve(process.cwd(), '../shared/data'),
+  path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../shared/data'),
+  '/work/shared/data',
+].filter((d): d is string => d !== undefined && d !== '');
+const SHARED = SHARED_CANDIDATES.find((d) => existsSync(path.join(d, 'synthea/uscore-2021-run1'))) ?? SHARED_CANDIDATES[0]!;
 
 async function readJson(file: string): Promise<Record<string, unknown>> {
   return JSON.parse((await readFile(file, 'utf8')).replace(/^\uFEFF/, '')) as Record<string, unknown>;
 }
 
 async function main(): Promise<void> {
+  if (!existsSync(path.join(SHARED, 'synthea/uscore-2021-run1'))) {
+    say(`The demo streams Synthea patients from the shared data set, which is not here. Looked in: ${SHARED_CANDIDATES.join(', ')}.`);
+    say('Set SHARED_DATA_DIR to the directory that holds synthea/uscore-2021-run1.');
+    process.exit(2);
+  }
   const dataDir = await mkdtemp(path.join(os.tmpdir(), 'fhir-anchor-demo-'));
   await chmod(dataDir, 0o711); // the embedded PostgreSQL runs as the postgres user when we are root
   say('fhir-anchor demo — everything runs on this machine; nothing leaves it.');
