@@ -468,6 +468,21 @@ function runLoad(url: string, rate: number, seconds: number, tag: string): Promi
   });
 }
 
+/** Latency percentiles over the requests answered 202, and the rest counted as errors. */
+function latencyOf(r: { latencies: number[]; statuses: number[]; totalMs: number }, processedPerSecond: number): LatencyResult {
+  const ok = r.latencies.filter((_, k) => r.statuses[k] === 202);
+  return {
+    p50: percentile(ok, 0.5),
+    p90: percentile(ok, 0.9),
+    p99: percentile(ok, 0.99),
+    max: Math.max(...ok),
+    offered: HOOK_RATE,
+    achieved: ok.length / (r.totalMs / 1000),
+    errors: r.statuses.filter((st) => st !== 202).length,
+    processedPerSecond,
+  };
+}
+
 export async function latencyRun(roles: { api: boolean; workers: boolean } = { api: true, workers: true }): Promise<LatencyResult> {
   await settleDatabase();
   const h = await startHarness('redis', {}, roles);
@@ -476,8 +491,6 @@ export async function latencyRun(roles: { api: boolean; workers: boolean } = { a
     await runLoad(h.base, HOOK_RATE, 1, `warm-${Date.now()}`);
     const startedAt = new Date();
     const r = await runLoad(h.base, HOOK_RATE, HOOK_SECONDS, `load-${Date.now()}`);
-    const ok = r.latencies.filter((_, k) => r.statuses[k] === 202);
-    const errors = r.statuses.filter((s) => s !== 202).length;
     let processedPerSecond = NaN;
     if (roles.workers) {
       // Drain: wait (bounded) until the pipeline has processed everything received during the load.
@@ -501,16 +514,7 @@ export async function latencyRun(roles: { api: boolean; workers: boolean } = { a
         await new Promise((res) => setTimeout(res, 200));
       }
     }
-    return {
-      p50: percentile(ok, 0.5),
-      p90: percentile(ok, 0.9),
-      p99: percentile(ok, 0.99),
-      max: Math.max(...ok),
-      offered: HOOK_RATE,
-      achieved: ok.length / (r.totalMs / 1000),
-      errors,
-      processedPerSecond,
-    };
+    return latencyOf(r, processedPerSecond);
   } finally {
     await h.close();
   }
@@ -563,18 +567,7 @@ export async function bareHookLatencyRun(): Promise<LatencyResult> {
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   try {
     await runLoad(base, HOOK_RATE, 1, `warm-${Date.now()}`);
-    const r = await runLoad(base, HOOK_RATE, HOOK_SECONDS, `load-${Date.now()}`);
-    const ok = r.latencies.filter((_, k) => r.statuses[k] === 202);
-    return {
-      p50: percentile(ok, 0.5),
-      p90: percentile(ok, 0.9),
-      p99: percentile(ok, 0.99),
-      max: Math.max(...ok),
-      offered: HOOK_RATE,
-      achieved: ok.length / (r.totalMs / 1000),
-      errors: r.statuses.filter((st) => st !== 202).length,
-      processedPerSecond: NaN,
-    };
+    return latencyOf(await runLoad(base, HOOK_RATE, HOOK_SECONDS, `load-${Date.now()}`), NaN);
   } finally {
     await new Promise<void>((resolve) => server.close(() => resolve()));
     await queue.close();

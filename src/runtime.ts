@@ -12,7 +12,7 @@ import { createSealer } from './platform/seal.js';
 import { systemClock, type Clock } from './platform/clock.js';
 import { createLogger, type Logger } from './platform/logger.js';
 import { createMetrics, type Metrics } from './platform/metrics.js';
-import { createQueueRegistry, rerunJobId, type QueueBackendConfig, type QueueRegistry } from './queue/index.js';
+import { createQueueRegistry, integrityJobId, rerunJobId, type QueueBackendConfig, type QueueRegistry } from './queue/index.js';
 import { createHmac } from 'node:crypto';
 import { createDisclosureRecorder, drainAuditOutbox, type AuditRecorder } from './fhir-api/audit.js';
 import { createAdaptiveDrain, createMaterialiserThread } from './fhir-api/audit-materialiser.js';
@@ -315,10 +315,9 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
           .uncommittedVersions(new Date(clock.now().getTime() - staleMs), 5000)
           .then(async (lost) => {
             if (lost.length === 0) return;
-            const jobId = (v: (typeof lost)[number]): string => `${v.resourceType}.${v.id}.${v.versionId}`;
             const added = await queues.rerun(
               'integrity',
-              lost.map((v) => ({ data: v, jobId: rerunJobId(jobId(v)), liveIds: [jobId(v)] })),
+              lost.map((v) => ({ data: v, jobId: rerunJobId(integrityJobId(v)), liveIds: [integrityJobId(v)] })),
             );
             if (added > 0) logger.warn({ count: added, uncommitted: lost.length }, 'reconciler re-enqueued versions with no commitment');
           })

@@ -15,6 +15,8 @@ import type { AuditEvent, AuditEventAgent, AuditEventEntity, CodeableConcept, Co
 import { OAUTH_CLIENT_ID_SYSTEM, PURPOSE_OF_USE_SYSTEM } from '../consent/index.js';
 import type { Clock } from '../platform/clock.js';
 import type { Logger } from '../platform/logger.js';
+// From jobs.ts, not the queue module's index: the materialiser thread loads this file and needs no BullMQ.
+import { integrityJobId } from '../queue/jobs.js';
 import type { QueueRegistry } from '../queue/index.js';
 import type { AuditOutboxRecord, NewResourceInput, Store, StoredVersion } from '../store/index.js';
 import type { AuditDrain } from './audit-materialiser.js';
@@ -348,7 +350,7 @@ export function createDisclosureRecorder(deps: DisclosureRecorderDeps): AuditRec
         if (store.resources.commitsVersions) return;
         await queues.enqueueBulk(
           'integrity',
-          versions.map((v) => ({ data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } })),
+          versions.map((v) => ({ data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: integrityJobId(v) } })),
         );
       }));
   let running: Promise<void> | undefined;

@@ -37,7 +37,7 @@ import {
 import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
-import type { QueueRegistry } from '../queue/index.js';
+import { integrityJobId, type QueueRegistry } from '../queue/index.js';
 import { isExportManifest } from '../research/export/manifest.js';
 import { clinicalDate, extractIndexRows, referenceKey, searchParamKind } from '../store/search-store.js';
 import type { SearchClause, Store, StoredVersion } from '../store/types.js';
@@ -452,7 +452,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     await queues.enqueueBulk('integrity', [
       {
         data: { resourceType: version.resourceType, id: version.id, versionId: version.versionId },
-        options: { jobId: `${version.resourceType}.${version.id}.${version.versionId}` },
+        options: { jobId: integrityJobId(version) },
       },
     ]);
   };

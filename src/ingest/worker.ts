@@ -19,7 +19,7 @@ import type { Bundle, OperationOutcome, Patient, Resource } from '@medplum/fhirt
 import type { Clock } from '../platform/clock.js';
 import { outcome } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
-import { TerminalJobError, type JobContext, type QueueRegistry } from '../queue/index.js';
+import { TerminalJobError, integrityJobId, type JobContext, type QueueRegistry } from '../queue/index.js';
 import type { PutVersionInput, PutVersionResult, Store } from '../store/index.js';
 import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/index.js';
 import { anchorId, isStructurallyFhir, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
@@ -446,7 +446,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
           'integrity',
           versions.map((v) => ({
             data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId },
-            options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` },
+            options: { jobId: integrityJobId(v) },
           })),
         );
       }

@@ -20,6 +20,11 @@ export type JobData<Q extends QueueName> = JobDataByQueue[Q];
 
 export const QUEUE_NAMES: readonly QueueName[] = ['ingest', 'integrity', 'export'];
 
+/** The id of a version's integrity job (one per version: BullMQ ignores a second add under it). */
+export function integrityJobId(v: JobData<'integrity'>): string {
+  return `${v.resourceType}.${v.id}.${v.versionId}`;
+}
+
 /**
  * The id of a job's re-run (see `QueueRegistry.rerun`), from the id of its first job: an inbox item's
  * first ingest job is the item's id, a version's first integrity job is `Type.id.versionId`.

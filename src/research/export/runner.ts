@@ -22,7 +22,7 @@ import type { AccessContext, DisclosureRecorder } from '../../fhir-api/access.js
 import { createScopedRepository, patientsOf, type FhirApiDeps, type ScopedRepository } from '../../fhir-api/repository.js';
 import { parseSearch, type ParsedSearch } from '../../fhir-api/search-params.js';
 import { collectGarbage } from '../../platform/gc.js';
-import { TerminalJobError, rerunJobId, type QueueRegistry } from '../../queue/index.js';
+import { TerminalJobError, integrityJobId, rerunJobId, type QueueRegistry } from '../../queue/index.js';
 import type { ExportRecord, PatientDecisionDelta } from '../../store/export-store.js';
 import { extractIndexRows, referenceKey } from '../../store/search-store.js';
 import type { SearchClause } from '../../store/types.js';
@@ -469,7 +469,7 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
     const manifestRef = `${v.resourceType}/${v.id}/_history/${v.versionId}`;
     if (!deps.store.resources.commitsVersions) {
       await deps.queues.enqueueBulk('integrity', [
-        { data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: `${v.resourceType}.${v.id}.${v.versionId}` } },
+        { data: { resourceType: v.resourceType, id: v.id, versionId: v.versionId }, options: { jobId: integrityJobId(v) } },
       ]);
     }
     const manifest = bulkManifest({
