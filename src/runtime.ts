@@ -153,6 +153,7 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
       publicBaseUrl: config.http.publicBaseUrl,
       bodyLimitBytes: config.http.bodyLimitBytes,
       linkIdentifierSystems: config.ingest.linkIdentifierSystems,
+      catchUpInlineMax: config.ingest.catchUpInlineMax,
       ...(config.validationThreads !== undefined ? { validationThreads: config.validationThreads } : {}),
       ...(config.ingest.sourcesFile ? { sourcesFile: config.ingest.sourcesFile } : {}),
       ...(secretsKey ? { sealer: createSealer(secretsKey) } : {}),

@@ -41,6 +41,7 @@ export const ENV_VARS = {
   LOG_LEVEL: 'pino log level (fatal, error, warn, info, debug, trace, silent). Default info.',
   SOURCES_FILE: 'JSON file of source EHR definitions loaded (created or replaced) at start-up. Optional.',
   LINK_IDENTIFIER_SYSTEMS: 'Comma-separated identifier systems whose shared values link patients across sources (Patient.link). Default none.',
+  CATCH_UP_INLINE_MAX: 'Resources a catch-up search (a notification without payload, an event-number gap, an empty payload) ingests in its own job; the rest of the search result is handed on as further inbox items of 200 resources each, so no change is dropped however many there are. At most and by default 10000.',
   RECONCILE_INTERVAL_MS: 'How often workers re-run inbox items, uncommitted versions and bulk exports whose jobs were lost (0 turns it off). Default 60000.',
   RECONCILE_STALE_MS: 'An inbox item untouched this long, a stored version with no commitment this old, or a bulk export that saved no page for this long counts as lost and is re-run, unless a job for it is still queued. Default 300000.',
   SUBSCRIPTION_CHECK_INTERVAL_MS: 'How often workers create missing Subscriptions on sources with subscribe settings and re-create ones in error/off (0 turns it off). Default 300000.',
@@ -163,6 +164,7 @@ export interface Config {
     readonly sourcesFile: string | undefined;
     readonly linkIdentifierSystems: readonly string[];
     readonly reconcileIntervalMs: number;
+    readonly catchUpInlineMax: number;
     readonly reconcileStaleMs: number;
     readonly subscriptionCheckIntervalMs: number;
   };
@@ -252,6 +254,7 @@ const envSchema = z.object({
     .pipe(z.array(z.string().regex(/^[a-z][a-z0-9+.-]*:\S+$/i, 'each must be an identifier system URI')))
     .optional(),
   RECONCILE_INTERVAL_MS: int(0, 86_400_000).default(60_000),
+  CATCH_UP_INLINE_MAX: int(1, 10_000).default(10_000),
   SUBSCRIPTION_CHECK_INTERVAL_MS: int(0, 86_400_000).default(300_000),
   RECONCILE_STALE_MS: int(1000, 86_400_000).default(300_000),
   JOB_ATTEMPTS: int(1, 100).default(8),
@@ -449,6 +452,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sourcesFile: e.SOURCES_FILE ? path.resolve(e.SOURCES_FILE) : undefined,
       linkIdentifierSystems: e.LINK_IDENTIFIER_SYSTEMS ?? [],
       reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
+      catchUpInlineMax: e.CATCH_UP_INLINE_MAX,
       subscriptionCheckIntervalMs: e.SUBSCRIPTION_CHECK_INTERVAL_MS,
       reconcileStaleMs: e.RECONCILE_STALE_MS,
     },

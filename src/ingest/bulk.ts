@@ -74,8 +74,13 @@ async function listFiles(target: string): Promise<string[]> {
   return out;
 }
 
-/** Submitted inbox ids; a duplicate is reported with a leading `=` so settle() does not count it twice. */
-async function submit(deps: BulkDeps, sourceId: string, body: Buffer, kind: string): Promise<string> {
+/**
+ * Writes `body` to the inbox as an item of `kind` (deduplicated by the SHA-256 of its bytes) and
+ * enqueues its ingest job. Returns the inbox id; a duplicate is reported with a leading `=` so
+ * settle() does not count it twice. A lost enqueue is harmless: the ingest reconciler re-runs
+ * unfinished items.
+ */
+export async function submit(deps: Pick<BulkDeps, 'store' | 'queues'>, sourceId: string, body: Buffer, kind: string): Promise<string> {
   const { id, duplicate } = await deps.store.inbox.receive({
     sourceId,
     kind,

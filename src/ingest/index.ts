@@ -40,6 +40,8 @@ export interface IngestStageOptions {
   readonly publicBaseUrl: string;
   readonly bodyLimitBytes: number;
   readonly linkIdentifierSystems: readonly string[];
+  /** Resources a catch-up search ingests in its own job before handing the rest on (default {@link CATCH_UP_MAX_RESOURCES}). */
+  readonly catchUpInlineMax?: number;
   /** JSON file of sources to load at start-up. */
   readonly sourcesFile?: string;
   /** Validation worker threads (0: in the event loop; default {@link defaultValidationThreads}). */
@@ -139,6 +141,7 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
             client,
             linkIdentifierSystems: options.linkIdentifierSystems,
             sensitivity,
+            ...(options.catchUpInlineMax !== undefined ? { catchUpInlineMax: options.catchUpInlineMax } : {}),
           });
           await processor(job);
         },

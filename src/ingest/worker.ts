@@ -25,13 +25,25 @@ import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/in
 import { anchorId, isStructurallyFhir, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
 import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParsedNotification } from './notification.js';
 import type { Source } from './source.js';
+import { BULK_CHUNK, submit } from './bulk.js';
 import { SourceError, type SourceClient } from './source-client.js';
 import type { SourceRegistry } from './sources.js';
 
 /** How far back a catch-up `_lastUpdated` search looks when the source offers no `$events`. */
 export const CATCH_UP_LOOKBACK_MS = 60 * 60 * 1000;
-/** Most resources one catch-up search may bring in for one notification (bounded work per job). */
+/**
+ * Most resources a catch-up search ingests in the job of its notification (bounded work per job). The
+ * rest of the search result is handed on, {@link CATCH_UP_PAGE} at a time, as inbox items of kind
+ * `catch-up` with their own jobs: a catch-up never drops what it found, however much changed.
+ */
 export const CATCH_UP_MAX_RESOURCES = 10_000;
+/** Resources per handed-on catch-up item, and the `_count` a catch-up search asks for. */
+export const CATCH_UP_PAGE = BULK_CHUNK;
+/**
+ * Pages a catch-up search follows (the client's default guard is 1,000). Pages are handed on as they
+ * come, so memory does not grow with them; the bound only stops a source whose `next` links never end.
+ */
+const CATCH_UP_MAX_PAGES = 100_000;
 /**
  * A ping (a notification without payload) is caught up by a `_lastUpdated` search from the previous
  * finished ping of its source, less this margin: `_lastUpdated` is the source's clock, not ours, and a
@@ -55,6 +67,8 @@ export interface IngestDeps {
   readonly linkIdentifierSystems: readonly string[];
   /** DS4P code lists: sensitive resources get meta.security labels (HIV, PSY, SUD, ETH, R) at ingest. */
   readonly sensitivity?: SensitivityCodeIndex;
+  /** Resources a catch-up search ingests in its own job (default {@link CATCH_UP_MAX_RESOURCES}). */
+  readonly catchUpInlineMax?: number;
 }
 
 export interface IngestSummary {
@@ -116,6 +130,7 @@ function contentHash(resource: Resource): string {
 
 export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'ingest'>) => Promise<void> {
   const { store, logger } = deps;
+  const inlineMax = deps.catchUpInlineMax ?? CATCH_UP_MAX_RESOURCES;
 
   const deadLetter = async (inboxId: string, sourceId: string, reason: string, oo: OperationOutcome, entryIndex?: number): Promise<void> => {
     await store.deadLetters.add({ inboxId, sourceId, reason, outcome: oo, ...(entryIndex !== undefined ? { entryIndex } : {}) });
@@ -152,31 +167,48 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const ref = parseReference(f);
       if (ref) types.add(ref.resourceType);
     }
-    return searchSince(client, [...types], new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS), offset);
+    return searchSince(source, client, [...types], new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS), offset);
   };
 
-  /** Everything of `types` the source changed since `since` (a `_lastUpdated` search), bounded. */
+  /**
+   * Everything of `types` the source changed since `since` (a `_lastUpdated` search, `_count`
+   * {@link CATCH_UP_PAGE}). The first `catchUpInlineMax` resources come back as entries for this job;
+   * the rest are handed on as `catch-up` inbox items of {@link CATCH_UP_PAGE} resources (durable before
+   * this job finishes, deduplicated by their bytes, so a retry of this job hands on nothing twice).
+   */
   const searchSince = async (
+    source: Source,
     client: SourceClient,
     types: readonly string[],
     since: Date,
     offset: number,
-  ): Promise<{ entries: NotificationEntry[]; how: string; capped: boolean }> => {
+  ): Promise<{ entries: NotificationEntry[]; how: string }> => {
     const entries: NotificationEntry[] = [];
     const ge = since.toISOString();
-    let capped = false;
+    let page: Resource[] = [];
+    let handedOn = 0;
+    let items = 0;
+    const handOn = async (): Promise<void> => {
+      if (page.length === 0) return;
+      const bundle = { resourceType: 'Bundle', type: 'collection', entry: page.map((resource) => ({ resource })) };
+      await submit(deps, source.id, Buffer.from(JSON.stringify(bundle)), 'catch-up');
+      handedOn += page.length;
+      items += 1;
+      page = [];
+    };
     for (const type of [...types].sort()) {
-      for await (const r of client.search(type as Resource['resourceType'], { _lastUpdated: `ge${ge}` })) {
-        entries.push({ kind: 'resource', index: offset + entries.length, resource: r as unknown as Record<string, unknown> });
-        if (entries.length >= CATCH_UP_MAX_RESOURCES) {
-          capped = true;
-          break;
+      for await (const r of client.search(type as Resource['resourceType'], { _lastUpdated: `ge${ge}`, _count: String(CATCH_UP_PAGE) }, { maxPages: CATCH_UP_MAX_PAGES })) {
+        if (entries.length < inlineMax) {
+          entries.push({ kind: 'resource', index: offset + entries.length, resource: r as unknown as Record<string, unknown> });
+          continue;
         }
+        page.push(r);
+        if (page.length >= CATCH_UP_PAGE) await handOn();
       }
-      if (capped) break;
     }
+    await handOn();
     const how = `_lastUpdated search since ${ge} over ${types.join(',') || '(no types known)'}`;
-    return { entries, how: capped ? `${how} (stopped at ${CATCH_UP_MAX_RESOURCES} resources)` : how, capped };
+    return { entries, how: handedOn > 0 ? `${how}; ${handedOn} more resources handed on as ${items} catch-up inbox item(s)` : how };
   };
 
   return async (job) => {
@@ -211,8 +243,6 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const client = deps.client(source);
       const entries: NotificationEntry[] = [...n.entries];
       const notes: string[] = [];
-      // A catch-up that stopped at its bound: a later ping must not start after this one.
-      let incomplete = false;
 
       // A ping says only that something changed: search the source's subscribed types since the
       // previous ping that was done (everything changed before that one was received was found by it).
@@ -230,8 +260,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         }
         const previous = await store.inbox.latestDone(source.id, 'ping', item.receivedAt);
         const since = previous ? new Date(previous.getTime() - PING_CLOCK_MARGIN_MS) : new Date(item.receivedAt.getTime() - CATCH_UP_LOOKBACK_MS);
-        const c = await searchSince(client, types, since, 0);
-        incomplete = c.capped;
+        const c = await searchSince(source, client, types, since, 0);
         notes.push(`notification without payload: fetched by ${c.how} (${c.entries.length} entries)`);
         entries.push(...c.entries);
       }
@@ -426,7 +455,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const finishesWithStore =
         store.resources.commitsVersions && (deps.linkIdentifierSystems.length === 0 || !inputs.some((i) => i.resourceType === 'Patient' && !i.deleted));
       if (finishesWithStore) {
-        await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50), ...(incomplete ? { incomplete } : {}) }) } });
+        await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
         logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
         return;
       }
@@ -450,7 +479,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
           })),
         );
       }
-      await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: { ...summary, notes: notes.slice(0, 50), ...(incomplete ? { incomplete } : {}) } });
+      await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: { ...summary, notes: notes.slice(0, 50) } });
       logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
     } catch (err) {
       if (err instanceof TerminalJobError) throw err;

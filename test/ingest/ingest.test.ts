@@ -450,3 +450,58 @@ describe('ingest (queues on Redis)', () => {
     });
   });
 });
+
+describe('catch-up searches larger than one job (CATCH_UP_INLINE_MAX)', () => {
+  let config: Config;
+  let service: RunningService;
+  let ehr: FakeEhr;
+
+  beforeAll(async () => {
+    config = testConfig({ JOB_ATTEMPTS: '2', JOB_BACKOFF_MS: '50', CATCH_UP_INLINE_MAX: '3' }, 'redis');
+    service = await startService({ config, roles: { api: true, workers: true }, logger: silentLogger });
+    ehr = await startFakeEhr({ capability: 'classic' });
+  });
+
+  afterAll(async () => {
+    await ehr?.close();
+    await service?.close();
+    await cleanupConfig(config);
+  });
+
+  it('hands the rest of a ping catch-up on as catch-up inbox items, so every change is stored and none is dropped', async () => {
+    const res = await fetch(`${service.url}/admin/sources`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ id: 'ehr-big', name: 'Busy EHR', baseUrl: ehr.baseUrl, hookAuth: { bearerToken: BEARER }, subscribe: { resourceTypes: ['Encounter'] } }),
+    });
+    expect(res.status).toBe(201);
+    const amb = { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' };
+    const total = 450;
+    for (let i = 0; i < total; i++) ehr.seed({ resourceType: 'Encounter', id: `enc-big-${i}`, status: 'finished', class: amb });
+
+    const ping = await fetch(`${service.url}/hooks/ehr-big`, { method: 'POST', headers: { authorization: `Bearer ${BEARER}`, 'content-type': 'application/x-www-form-urlencoded' } });
+    expect(ping.status).toBe(202);
+    const inboxId = ping.headers.get('x-inbox-id')!;
+
+    const inbox = service.database.store.inbox;
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const { byState } = await inbox.sourceSummary('ehr-big');
+      const open = (byState.pending ?? 0) + (byState.processing ?? 0) + (byState.failed ?? 0);
+      if ((byState.done ?? 0) >= 4 && open === 0) break;
+      if (Date.now() > deadline) throw new Error(`catch-up not finished: ${JSON.stringify(byState)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const { byState } = await inbox.sourceSummary('ehr-big');
+    // The ping and three hand-on items (200 + 200 + 47 resources); nothing dead.
+    expect(byState).toEqual({ done: 4 });
+    const item = await inbox.get(inboxId);
+    expect(item?.outcome).toMatchObject({ stored: 3 });
+    expect(JSON.stringify((item?.outcome as { notes: string[] }).notes)).toContain('447 more resources handed on as 3 catch-up inbox item(s)');
+    // The search asked for pages of 200.
+    expect(ehr.requests.find((q) => q.path.endsWith('/Encounter') && q.method === 'GET')?.query._count).toBe('200');
+    for (let i = 0; i < total; i++) {
+      expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-big', 'Encounter', `enc-big-${i}`))).toBeDefined();
+    }
+  });
+});
