@@ -253,6 +253,7 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
     clock,
     authenticate: smart.authenticator.authenticateRequest,
     localBases: [smart.options.fhirBaseUrl],
+    sensitivity: ingest.sensitivity,
   });
   const researchOn = config.research.keys.cryptoHashKey !== undefined;
   // Bulk Data $export (research exports need the de-identification keys; treatment exports do not).

@@ -21,6 +21,7 @@
  */
 import type { Coding, Consent, ConsentProvision, Reference, Resource } from '@medplum/fhirtypes';
 import {
+  canonicalSystem,
   codingKey,
   fhirDateInterval,
   normalizeReference,
@@ -147,6 +148,8 @@ interface CompiledProvision {
   readonly purposes?: CodeCriterion;
   readonly classes?: CodeCriterion;
   readonly codes?: CodeCriterion;
+  /** The codings of `code`, as written (for redact obligations). */
+  readonly codeCodings?: readonly Coding[];
   readonly dataPeriod?: Interval | 'invalid';
   readonly data?: readonly DataItem[];
   readonly labels?: LabelCriterion;
@@ -219,7 +222,7 @@ function compileCodings(
   let unknown = false;
   for (const c of codings) {
     // A missing system is read as the element's own code system (lenient; documented).
-    if (typeof c.code === 'string' && c.code !== '' && (c.system === undefined || systems.has(c.system))) keys.add(keyOf(c));
+    if (typeof c.code === 'string' && c.code !== '' && (c.system === undefined || systems.has(canonicalSystem(c.system)!))) keys.add(keyOf(c));
     else unknown = true;
   }
   return { keys, unknown };
@@ -303,7 +306,7 @@ function compileProvision(p: ConsentProvision, label: string, localBases: readon
     let max: number | undefined;
     for (const c of p.securityLabel) {
       if (typeof c.code !== 'string') continue;
-      const rank = c.system !== undefined && CONFIDENTIALITY_SYSTEMS.has(c.system) ? CONFIDENTIALITY_RANK.get(c.code) : undefined;
+      const rank = c.system !== undefined && CONFIDENTIALITY_SYSTEMS.has(canonicalSystem(c.system)!) ? CONFIDENTIALITY_RANK.get(c.code) : undefined;
       if (rank !== undefined) {
         min = min === undefined ? rank : Math.min(min, rank);
         max = max === undefined ? rank : Math.max(max, rank);
@@ -320,6 +323,7 @@ function compileProvision(p: ConsentProvision, label: string, localBases: readon
     purposes,
     classes,
     codes,
+    ...(p.code?.length ? { codeCodings: p.code.flatMap((cc) => cc.coding ?? []).filter((c) => typeof c.code === 'string' && c.code !== '') } : {}),
     dataPeriod,
     data,
     labels,
@@ -336,8 +340,12 @@ function compileConsent(c: Consent, localBases: readonly string[], problems: Con
   if (c.status !== 'active') return undefined; // draft, proposed, rejected, inactive, entered-in-error: not in force
   const scopes = new Set<string>();
   for (const coding of c.scope?.coding ?? []) if (coding.code && coding.system && SCOPE_SYSTEMS.has(coding.system)) scopes.add(coding.code);
+  // Consents written the R5 way (and LEAP CDS's) carry the consentscope code as a category instead.
   if (scopes.size === 0) {
-    problems.push({ consent: label, message: 'Consent.scope has no code from the consentscope system; skipped' });
+    for (const cat of c.category ?? []) for (const coding of cat.coding ?? []) if (coding.code && coding.system && SCOPE_SYSTEMS.has(coding.system)) scopes.add(coding.code);
+  }
+  if (scopes.size === 0) {
+    problems.push({ consent: label, message: 'Consent.scope (or a category) has no code from the consentscope system; skipped' });
     return undefined;
   }
   const patient = c.patient?.reference ? normalizeReference(c.patient.reference, localBases) : undefined;
@@ -350,7 +358,7 @@ function compileConsent(c: Consent, localBases: readonly string[], problems: Con
 
   let baseType: 'permit' | 'deny' | undefined;
   for (const coding of c.policyRule?.coding ?? []) {
-    if (coding.code && (coding.system === undefined || POLICY_RULE_SYSTEMS.has(coding.system))) baseType ??= POLICY_RULE_TYPE[coding.code];
+    if (coding.code && (coding.system === undefined || POLICY_RULE_SYSTEMS.has(canonicalSystem(coding.system)!))) baseType ??= POLICY_RULE_TYPE[coding.code];
   }
   if (c.provision && !c.provision.type && !baseType) {
     problems.push({
@@ -413,7 +421,7 @@ function prepare(request: AccessRequest, now: Date, localBases: readonly string[
     let confidentiality = -1;
     for (const s of r.meta?.security ?? []) {
       if (typeof s.code !== 'string') continue;
-      const rank = s.system !== undefined && CONFIDENTIALITY_SYSTEMS.has(s.system) ? CONFIDENTIALITY_RANK.get(s.code) : undefined;
+      const rank = s.system !== undefined && CONFIDENTIALITY_SYSTEMS.has(canonicalSystem(s.system)!) ? CONFIDENTIALITY_RANK.get(s.code) : undefined;
       if (rank !== undefined) confidentiality = Math.max(confidentiality, rank);
       else labels.add(codingKey(s.system, s.code));
     }
@@ -510,7 +518,7 @@ function matchLabels(labels: LabelCriterion, res: PreparedResource, type: 'permi
 function expandRedaction(labels: LabelCriterion): Coding[] {
   const out: Coding[] = [];
   for (const c of labels.codings) {
-    const rank = c.system !== undefined && CONFIDENTIALITY_SYSTEMS.has(c.system) && c.code ? CONFIDENTIALITY_RANK.get(c.code) : undefined;
+    const rank = c.system !== undefined && CONFIDENTIALITY_SYSTEMS.has(canonicalSystem(c.system)!) && c.code ? CONFIDENTIALITY_RANK.get(c.code) : undefined;
     if (rank === undefined) out.push({ system: c.system, code: c.code });
     else for (const higher of CONFIDENTIALITY_ORDER.slice(rank)) out.push({ system: CONFIDENTIALITY_SYSTEM, code: higher });
   }
@@ -520,6 +528,8 @@ function expandRedaction(labels: LabelCriterion): Coding[] {
 interface EvalContext {
   readonly req: Prepared;
   readonly redact: Coding[];
+  /** With {@link DecideOptions.codeObligations}: codes to redact (else undefined). */
+  readonly redactCodes?: Coding[];
 }
 
 /** Whether a provision applies, given its effective type (criteria that depend on it differ). */
@@ -537,6 +547,13 @@ function matchProvision(p: CompiledProvision, type: 'permit' | 'deny', ctx: Eval
   // Criteria on the data itself.
   const res = req.resource;
   if (p.data) t = and(t, matchData(p.data, req));
+  // No instance, and the caller takes obligations for codes: a deny whose data criteria are only
+  // codes (and labels) becomes a redact obligation for those codes (and labels) instead of a deny.
+  if (!res && ctx.redactCodes && type === 'deny' && p.codes && !p.codes.unknown && !p.data && p.dataPeriod === undefined) {
+    ctx.redactCodes.push(...(p.codeCodings ?? []));
+    if (p.labels) ctx.redact.push(...expandRedaction(p.labels));
+    return NO;
+  }
   if (p.codes) t = and(t, res ? matchSet(p.codes, (k) => res.codes().has(k)) : MAYBE);
   if (p.dataPeriod !== undefined) {
     if (p.dataPeriod === 'invalid' || !res || !res.date) t = and(t, MAYBE);
@@ -603,7 +620,7 @@ function dedupeCodings(codings: readonly Coding[]): Coding[] {
 
 function decideCompiled(consents: readonly CompiledConsent[], req: Prepared, options: DecideOptions): ConsentDecision {
   const request = req.request;
-  const ctx: EvalContext = { req, redact: [] };
+  const ctx: EvalContext = { req, redact: [], ...(options.codeObligations && !request.resource ? { redactCodes: [] } : {}) };
   const outcomes: { consent: CompiledConsent; o: Outcomes }[] = [];
   for (const c of consents) {
     if (!consentApplies(c, req, request.scope)) continue;
@@ -634,9 +651,10 @@ function decideCompiled(consents: readonly CompiledConsent[], req: Prepared, opt
   const resourceDependent = !request.resource && all !== PERMIT && all !== DENY;
   const subject = { resourceType: request.resourceType, ...(request.resource?.id ? { id: request.resource.id } : {}) };
   const redactLabels = dedupeCodings(ctx.redact);
+  const redactCodes = dedupeCodings(ctx.redactCodes ?? []);
 
   const breakGlass = request.actor.mayBreakGlass && request.purposeOfUse.some((p) => BREAK_GLASS_PURPOSES.has(p));
-  if (breakGlass && (decision === 'deny' || redactLabels.length > 0)) {
+  if (breakGlass && (decision === 'deny' || redactLabels.length > 0 || redactCodes.length > 0)) {
     // Emergency override: everything is released; `policy` names what was overridden for the audit.
     const overridden = decision === 'deny' ? deciding : outcomes.filter(({ o }) => (o & PERMIT) !== 0).map(({ consent }) => consent.reference);
     return brand({ decision: 'permit', basis: 'break-glass', policy: overridden, obligations: {}, resourceDependent: false, subject });
@@ -646,7 +664,10 @@ function decideCompiled(consents: readonly CompiledConsent[], req: Prepared, opt
     decision,
     basis: deciding.length > 0 ? 'consent' : 'default',
     policy: deciding,
-    obligations: decision === 'permit' && redactLabels.length > 0 ? { redactLabels } : {},
+    obligations:
+      decision === 'permit' && redactLabels.length + redactCodes.length > 0
+        ? { ...(redactLabels.length > 0 ? { redactLabels } : {}), ...(redactCodes.length > 0 ? { redactCodes } : {}) }
+        : {},
     resourceDependent,
     subject,
   });

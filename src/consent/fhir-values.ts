@@ -5,9 +5,43 @@
  */
 import type { CodeableConcept, Coding, Resource } from '@medplum/fhirtypes';
 
-/** `system|code` key of a coding; `|code` when the coding has no system. */
+const ACT_CODE = 'http://terminology.hl7.org/CodeSystem/v3-ActCode';
+const CONFIDENTIALITY = 'http://terminology.hl7.org/CodeSystem/v3-Confidentiality';
+const ACT_REASON = 'http://terminology.hl7.org/CodeSystem/v3-ActReason';
+
+/**
+ * Other URIs real consents and labels use for the code systems the engine matches on: the FHIR R3
+ * `hl7.org/fhir/v3/...` URLs, the HL7 OIDs, and the canonical URLs of the value sets the codes are
+ * drawn from (`ValueSet/v3-PurposeOfUse` for purposes, `ValueSet/v3-InformationSensitivityPolicy`
+ * for sensitivity labels: seen in LEAP CDS's consents). A consent that denies HIV data under the
+ * value-set URL must deny data labelled v3-ActCode HIV; matching the URIs literally would disclose it.
+ */
+const SYSTEM_ALIASES: Readonly<Record<string, string>> = {
+  'http://hl7.org/fhir/v3/ActCode': ACT_CODE,
+  'urn:oid:2.16.840.1.113883.5.4': ACT_CODE,
+  'http://terminology.hl7.org/ValueSet/v3-InformationSensitivityPolicy': ACT_CODE,
+  'http://hl7.org/fhir/ValueSet/v3-InformationSensitivityPolicy': ACT_CODE,
+  'http://terminology.hl7.org/ValueSet/v3-ActUSPrivacyLaw': ACT_CODE,
+  'http://hl7.org/fhir/v3/Confidentiality': CONFIDENTIALITY,
+  'urn:oid:2.16.840.1.113883.5.25': CONFIDENTIALITY,
+  'http://terminology.hl7.org/ValueSet/v3-ConfidentialityClassification': CONFIDENTIALITY,
+  'http://hl7.org/fhir/ValueSet/v3-ConfidentialityClassification': CONFIDENTIALITY,
+  'http://hl7.org/fhir/v3/ActReason': ACT_REASON,
+  'urn:oid:2.16.840.1.113883.5.8': ACT_REASON,
+  'http://terminology.hl7.org/ValueSet/v3-PurposeOfUse': ACT_REASON,
+  'http://hl7.org/fhir/ValueSet/v3-PurposeOfUse': ACT_REASON,
+  'http://loinc.org/': 'http://loinc.org',
+  'http://snomed.info/sct/': 'http://snomed.info/sct',
+};
+
+/** The canonical URI of a code system, for comparison ({@link SYSTEM_ALIASES}). */
+export function canonicalSystem(system: string | undefined): string | undefined {
+  return system === undefined ? undefined : (SYSTEM_ALIASES[system] ?? system);
+}
+
+/** `system|code` key of a coding (system canonicalised); `|code` when the coding has no system. */
 export function codingKey(system: string | undefined, code: string): string {
-  return `${system ?? ''}|${code}`;
+  return `${canonicalSystem(system) ?? ''}|${code}`;
 }
 
 /**

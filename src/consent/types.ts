@@ -98,6 +98,13 @@ export interface DecideOptions {
    * Decision when no consent applies: `deny` in opt-in jurisdictions, `permit` in opt-out ones.
    */
   readonly defaultDecision: 'permit' | 'deny';
+  /**
+   * For a decision without `request.resource` (a consult about data in general): a deny whose only
+   * data criteria are codes (and labels) does not deny but becomes `obligations.redactCodes`, as a
+   * label-only deny becomes `redactLabels`. The consent decision service sets it; enforcement points
+   * that can ask again per resource leave it off (the decision is then resource-dependent).
+   */
+  readonly codeObligations?: boolean;
 }
 
 /** What the caller must do besides permitting. */
@@ -107,6 +114,11 @@ export interface ConsentObligations {
    * LEAP's "redact" obligation. Only set on a permit decided without `request.resource`.
    */
   readonly redactLabels?: readonly Coding[];
+  /**
+   * Codes (Observation.code and the like) whose resources must be withheld: only with
+   * {@link DecideOptions.codeObligations}, on a permit decided without `request.resource`.
+   */
+  readonly redactCodes?: readonly Coding[];
 }
 
 declare const consentDecisionBrand: unique symbol;

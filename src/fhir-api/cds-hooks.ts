@@ -15,15 +15,18 @@
 import { randomUUID } from 'node:crypto';
 import express, { Router, type Request } from 'express';
 import { z } from 'zod';
-import type { Coding, Consent, ConsentProvision } from '@medplum/fhirtypes';
+import type { Bundle, BundleEntry, Coding, Consent, ConsentProvision, Resource } from '@medplum/fhirtypes';
 import {
   ACT_CODE_SYSTEM,
   RESOURCE_TYPES_SYSTEM,
+  applySensitivityLabels,
   compileConsents,
   type ConsentDecision,
   type ConsentScopeCode,
   type RequestActor,
+  type SensitivityCodeIndex,
 } from '../consent/index.js';
+import { codingKey, primaryCodings } from '../consent/fhir-values.js';
 import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
 import type { Store } from '../store/index.js';
@@ -39,7 +42,7 @@ export type ConsultDecision = 'CONSENT_PERMIT' | 'CONSENT_DENY' | 'NO_CONSENT';
 /** LEAP's redact obligation id (v3-ActCode REDACT). */
 export const REDACT_OBLIGATION: Coding = { system: ACT_CODE_SYSTEM, code: 'REDACT' };
 
-/** A LEAP obligation: redact data carrying any of `parameters.codes` (security labels or content classes). */
+/** A LEAP obligation: redact data carrying any of `parameters.codes` (security labels, content classes or clinical codes). */
 export interface ConsultObligation {
   readonly id: { readonly system: string; readonly code: string };
   readonly parameters: { readonly codes: ReadonlyArray<{ readonly system: string; readonly code: string }> };
@@ -52,13 +55,14 @@ export interface ConsultCard {
   readonly detail: string;
   readonly indicator: 'info' | 'warning' | 'critical';
   readonly source: { readonly label: string; readonly url?: string };
+  /** LEAP's extension, and nothing else: the decision, its obligations, the consent it is based on. */
   readonly extension: {
     readonly decision: ConsultDecision;
     readonly obligations: readonly ConsultObligation[];
-    /** The consents that decided (versioned references when known). */
-    readonly basedOn: readonly string[];
-    /** For NO_CONSENT: what the server applies when no consent applies. */
-    readonly defaultDecision?: 'permit' | 'deny';
+    /** The full URL of the consent that decided (the first, when several did; `detail` names them all). */
+    readonly basedOn?: string;
+    /** With `context.content` and CONSENT_PERMIT: the content without what the consents withhold. */
+    readonly content?: Bundle;
   };
 }
 
@@ -78,11 +82,22 @@ export interface CdsHooksDeps {
   readonly localBases?: readonly string[];
   /** The card's `source`. */
   readonly source?: { readonly label: string; readonly url?: string };
+  /** DS4P code lists: `context.content` is labelled with them before it is filtered (as at ingest). */
+  readonly sensitivity?: SensitivityCodeIndex;
 }
 
 const identifier = z.object({ system: z.string().min(1).optional(), value: z.string().min(1) }).passthrough();
 /** LEAP accepts one identifier or a list (older and newer schema versions). */
 const identifiers = z.union([identifier, z.array(identifier).min(1).max(20)]).transform((x) => (Array.isArray(x) ? x : [x]));
+
+const systemCode = z.object({ system: z.string().optional(), code: z.string().min(1) }).passthrough();
+/** `context.content`: a Bundle whose every entry has a resource (LEAP answers 400 otherwise). */
+const content = z
+  .object({
+    resourceType: z.literal('Bundle'),
+    entry: z.array(z.object({ resource: z.object({ resourceType: z.string().min(1) }).passthrough() }, { message: 'each entry needs a resource' }).passthrough()).max(1000).optional(),
+  })
+  .passthrough();
 
 const ConsultRequestSchema = z
   .object({
@@ -91,10 +106,14 @@ const ConsultRequestSchema = z
     context: z
       .object({
         patientId: identifiers,
-        scope: z.string().default('patient-privacy'),
+        /** LEAP's older request: one consent scope code. */
+        scope: z.string().optional(),
+        /** LEAP's current request: categories of the consents that apply (consentscope codes among them). */
+        category: z.array(systemCode).max(20).optional(),
         purposeOfUse: z.union([z.string(), z.array(z.string())]).optional(),
         actor: identifiers.optional(),
-        class: z.array(z.object({ system: z.string().optional(), code: z.string().min(1) }).passthrough()).max(50).optional(),
+        class: z.array(systemCode).max(50).optional(),
+        content: content.optional(),
       })
       .passthrough(),
   })
@@ -148,6 +167,52 @@ const ANY_TYPE = 'Resource';
 /** Most patients, and actor resources per type, an identifier may resolve to. */
 const MAX_MATCHES = 10;
 
+const CONSENT_SCOPE_SYSTEMS = new Set(['http://terminology.hl7.org/CodeSystem/consentscope', 'http://hl7.org/fhir/consentscope']);
+const SUPPORTED_SCOPES: ReadonlySet<string> = new Set<ConsentScopeCode>(['patient-privacy', 'research']);
+
+/**
+ * The consent scopes a consult asks about: `scope` (LEAP's older shape), else the consentscope codes
+ * among `category` (its current shape; other categories, such as LOINC 59284-6 "Patient Consent",
+ * narrow nothing), else patient-privacy. A scope the engine does not decide (adr, treatment) is a 400.
+ */
+function consultScopes(ctx: ConsultRequest['context']): ConsentScopeCode[] {
+  const asked =
+    ctx.scope !== undefined && ctx.scope !== null
+      ? [ctx.scope]
+      : (ctx.category ?? []).filter((c) => c.system === undefined || CONSENT_SCOPE_SYSTEMS.has(c.system)).map((c) => c.code);
+  if (asked.length === 0) return ['patient-privacy'];
+  const unsupported = asked.filter((s) => !SUPPORTED_SCOPES.has(s));
+  if (unsupported.length > 0) {
+    throw httpError(400, 'not-supported', `consent scope ${unsupported.join(', ')} is not decided here; use patient-privacy or research`);
+  }
+  return [...new Set(asked)] as ConsentScopeCode[];
+}
+
+/** `Consent/id` (or `Consent/id/_history/v`) as a full URL under our FHIR base, versionless (as LEAP's basedOn). */
+function consentUrl(reference: string, bases: readonly string[]): string {
+  const plain = reference.replace(/\/_history\/.*$/, '');
+  return bases[0] ? `${bases[0].replace(/\/$/, '')}/${plain}` : plain;
+}
+
+/**
+ * `content` without what the decision withholds: an entry goes when the consents, asked about that
+ * very resource, deny it, or when it carries a code of the REDACT obligation (a security label, its
+ * resource type, or a clinical code). Resources are labelled with the DS4P code lists first, as at
+ * ingest. `Bundle.total`, when present, is the number of entries left.
+ */
+function redactContent(bundle: Bundle, redact: ReadonlyMap<string, Coding>, permitted: (resource: Resource) => boolean, sensitivity: SensitivityCodeIndex | undefined): Bundle {
+  const keys = new Set(redact.keys());
+  const withheld = (resource: Resource): boolean => {
+    const labelled = sensitivity ? applySensitivityLabels(resource, sensitivity) : resource;
+    if ((labelled.meta?.security ?? []).some((s) => s.code && keys.has(codingKey(s.system, s.code)))) return true;
+    if (keys.has(codingKey(RESOURCE_TYPES_SYSTEM, resource.resourceType))) return true;
+    if (primaryCodings(resource).some((c) => c.code && keys.has(codingKey(c.system, c.code)))) return true;
+    return !permitted(labelled);
+  };
+  const entry = (bundle.entry ?? []).filter((e: BundleEntry) => e.resource && !withheld(e.resource));
+  return { ...bundle, entry, ...(bundle.total !== undefined ? { total: entry.length } : {}) };
+}
+
 /**
  * Decides one consult (the router's core). Exported for tests and for in-process callers.
  *
@@ -158,15 +223,13 @@ const MAX_MATCHES = 10;
  *   break the glass.
  * - With `class` (resource types), each type is decided; without, the data in general is decided
  *   and each type a consent names is checked too: a type denied under a general permit becomes a
- *   REDACT obligation (as LEAP does).
+ *   REDACT obligation (as LEAP does), and so do denied security labels and clinical codes.
  * - Any deny (deny-overrides) is CONSENT_DENY; all decided by the default is NO_CONSENT.
+ * - With `content` (a Bundle) and a permit, the card carries the content without what is withheld.
  */
 export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooksDeps, 'authenticate'>): Promise<ConsultCard> {
   const ctx = request.context;
-  if (ctx.scope !== 'patient-privacy' && ctx.scope !== 'research') {
-    throw httpError(400, 'not-supported', 'context.scope must be patient-privacy or research');
-  }
-  const scope: ConsentScopeCode = ctx.scope;
+  const scopes = consultScopes(ctx);
   const purposeOfUse = typeof ctx.purposeOfUse === 'string' ? ctx.purposeOfUse.split(' ').filter((p) => p !== '') : (ctx.purposeOfUse ?? []);
   let types: string[] | undefined;
   if (ctx.class) {
@@ -193,22 +256,34 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
   const now = deps.clock.now();
   const decisions: ConsentDecision[] = [];
   const redactCodes = new Map<string, { system: string; code: string }>();
+  const redactAll = (d: ConsentDecision): void => {
+    for (const l of [...(d.obligations.redactLabels ?? []), ...(d.obligations.redactCodes ?? [])]) {
+      if (l.system && l.code) redactCodes.set(codingKey(l.system, l.code), { system: l.system, code: l.code });
+    }
+  };
+  const checkers: Array<(resource: Resource) => boolean> = [];
   for (const patientId of patientIds) {
     const consents = await deps.consentsForPatient(patientId);
     const compiled = compileConsents(consents, { localBases: deps.localBases ?? [] });
-    const ask = (resourceType: string): ConsentDecision =>
-      compiled.decide({ patient: `Patient/${patientId}`, actor, purposeOfUse, scope, resourceType }, now, { defaultDecision: deps.defaultDecision });
-    if (types) {
-      decisions.push(...types.map(ask));
-      continue;
-    }
-    const general = ask(ANY_TYPE);
-    decisions.push(general);
-    if (general.decision === 'permit') {
-      for (const t of classTypesIn(consents)) {
-        const d = ask(t);
-        if (d.decision === 'deny') redactCodes.set(`${RESOURCE_TYPES_SYSTEM}|${t}`, { system: RESOURCE_TYPES_SYSTEM, code: t });
-        else for (const l of d.obligations.redactLabels ?? []) if (l.system && l.code) redactCodes.set(`${l.system}|${l.code}`, { system: l.system, code: l.code });
+    for (const scope of scopes) {
+      const ask = (resourceType: string, resource?: Resource): ConsentDecision =>
+        compiled.decide({ patient: `Patient/${patientId}`, actor, purposeOfUse, scope, resourceType, ...(resource ? { resource } : {}) }, now, {
+          defaultDecision: deps.defaultDecision,
+          codeObligations: true,
+        });
+      checkers.push((resource) => ask(resource.resourceType, resource).decision === 'permit');
+      if (types) {
+        decisions.push(...types.map((t) => ask(t)));
+        continue;
+      }
+      const general = ask(ANY_TYPE);
+      decisions.push(general);
+      if (general.decision === 'permit') {
+        for (const t of classTypesIn(consents)) {
+          const d = ask(t);
+          if (d.decision === 'deny') redactCodes.set(codingKey(RESOURCE_TYPES_SYSTEM, t), { system: RESOURCE_TYPES_SYSTEM, code: t });
+          else redactAll(d);
+        }
       }
     }
   }
@@ -218,35 +293,43 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
     return {
       uuid: randomUUID(),
       summary: 'NO_CONSENT',
-      detail: 'No applicable consent was found.',
+      detail: `No applicable consent was found. Where no consent applies, this server ${deps.defaultDecision === 'deny' ? 'denies access (opt-in)' : 'permits access (opt-out)'}.`,
       indicator: 'warning',
       source,
-      extension: { decision: 'NO_CONSENT', obligations: [], basedOn: [], defaultDecision: deps.defaultDecision },
+      extension: { decision: 'NO_CONSENT', obligations: [] },
     };
   }
   const deny = decisions.filter((d) => d.decision === 'deny');
   const deciding = deny.length > 0 ? deny : decisions.filter((d) => d.decision === 'permit');
-  const basedOn = [...new Set(deciding.flatMap((d) => d.policy.map((p) => p.reference).filter((r): r is string => r !== undefined)))];
+  const basedOnAll = [...new Set(deciding.flatMap((d) => d.policy.map((p) => p.reference).filter((r): r is string => r !== undefined)))];
+  const basedOn = basedOnAll[0] !== undefined ? { basedOn: consentUrl(basedOnAll[0], deps.localBases ?? []) } : {};
+  const by = basedOnAll.length > 0 ? ` Decided by ${basedOnAll.join(', ')}.` : '';
   if (deny.length > 0) {
     return {
       uuid: randomUUID(),
       summary: 'CONSENT_DENY',
-      detail: 'There is a patient consent denying this action.',
+      detail: `There is a patient consent denying this action.${by}`,
       indicator: 'critical',
       source,
-      extension: { decision: 'CONSENT_DENY', obligations: [], basedOn },
+      extension: { decision: 'CONSENT_DENY', obligations: [], ...basedOn },
     };
   }
-  for (const d of decisions) for (const l of d.obligations.redactLabels ?? []) if (l.system && l.code) redactCodes.set(`${l.system}|${l.code}`, { system: l.system, code: l.code });
+  for (const d of decisions) redactAll(d);
   const obligations: ConsultObligation[] =
     redactCodes.size > 0 ? [{ id: { system: REDACT_OBLIGATION.system!, code: REDACT_OBLIGATION.code! }, parameters: { codes: [...redactCodes.values()] } }] : [];
+  const permitted = (resource: Resource): boolean => checkers.length > 0 && checkers.every((check) => check(resource));
   return {
     uuid: randomUUID(),
     summary: 'CONSENT_PERMIT',
-    detail: obligations.length > 0 ? 'There is a patient consent permitting this action, with data to redact.' : 'There is a patient consent permitting this action.',
+    detail: `${obligations.length > 0 ? 'There is a patient consent permitting this action, with data to redact.' : 'There is a patient consent permitting this action.'}${by}`,
     indicator: 'info',
     source,
-    extension: { decision: 'CONSENT_PERMIT', obligations, basedOn },
+    extension: {
+      decision: 'CONSENT_PERMIT',
+      obligations,
+      ...basedOn,
+      ...(ctx.content ? { content: redactContent(ctx.content as unknown as Bundle, redactCodes, permitted, deps.sensitivity) } : {}),
+    },
   };
 }
 

@@ -66,6 +66,8 @@ export interface IngestStage {
   reconcile(options?: { staleMs?: number }): Promise<number>;
   /** Stops the validation threads (after the queues stopped delivering jobs). */
   close(): Promise<void>;
+  /** The DS4P code lists resources are labelled with at ingest (the consent service labels consult content with them too). */
+  readonly sensitivity: SensitivityCodeIndex;
 }
 
 export async function createIngestStage(options: IngestStageOptions): Promise<IngestStage> {
@@ -111,6 +113,7 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
 
   return {
     registry,
+    sensitivity,
     hooksRouter: createHooksRouter({ registry, store, queues, clock, logger, bodyLimitBytes: options.bodyLimitBytes }),
     adminRouter: createIngestAdminRouter({ registry, store, queues, publicBaseUrl: options.publicBaseUrl, manageSubscriptions }),
     manageSubscriptions,

@@ -468,3 +468,45 @@ describe('decisions', () => {
     expect(release(observation('o2'), d)).toBeUndefined();
   });
 });
+
+describe('interoperability with consents written elsewhere (LEAP CDS, R5 style)', () => {
+  const HIV_OBS = observation('o-hiv', { meta: { security: [label('HIV'), conf('R')] } });
+  const PLAIN_OBS = observation('o-plain');
+
+  it('takes the consent scope from a category when Consent.scope is absent', () => {
+    const { scope: _scope, ...noScope } = consent('cat-scope', { type: 'deny' });
+    const inCategory = { ...noScope, category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] }] } as unknown as Consent;
+    expect(decide([inCategory], request(), NOW, OPT_OUT)).toMatchObject({ decision: 'deny', basis: 'consent' });
+    // Without a consentscope code anywhere, the consent is skipped (the default decides).
+    expect(decide([{ ...noScope, category: [] } as unknown as Consent], request(), NOW, OPT_OUT)).toMatchObject({ decision: 'permit', basis: 'default' });
+  });
+
+  it('matches labels and purposes coded with the value-set URLs of their code systems', () => {
+    const denyHiv = consent('deny-hiv-vs', {
+      type: 'permit',
+      provision: [{ type: 'deny', securityLabel: [{ system: 'http://terminology.hl7.org/ValueSet/v3-InformationSensitivityPolicy', code: 'HIV' }] }],
+    });
+    expect(decide([denyHiv], request({ resource: HIV_OBS }), NOW, OPT_IN)).toMatchObject({ decision: 'deny' });
+    expect(decide([denyHiv], request({ resource: PLAIN_OBS }), NOW, OPT_IN)).toMatchObject({ decision: 'permit' });
+    const denyMarketing = consent('deny-hmarkt-vs', {
+      type: 'permit',
+      provision: [{ type: 'deny', purpose: [{ system: 'http://terminology.hl7.org/ValueSet/v3-PurposeOfUse', code: 'HMARKT' }] }],
+    });
+    expect(decide([denyMarketing], request({ purposeOfUse: ['HMARKT'] }), NOW, OPT_IN)).toMatchObject({ decision: 'deny' });
+    expect(decide([denyMarketing], request({ purposeOfUse: ['TREAT'] }), NOW, OPT_IN)).toMatchObject({ decision: 'permit' });
+  });
+
+  it('turns a code-only deny into redactCodes only when asked (codeObligations), never for an instance', () => {
+    const denyCode = consent('deny-code', { type: 'permit', provision: [{ type: 'deny', code: [{ coding: [{ system: 'http://loinc.org/', code: '2339-0' }] }] }] });
+    const general = request({ resource: undefined });
+    // Enforcement points ask again per resource: the type-level answer is resource-dependent.
+    expect(decide([denyCode], general, NOW, OPT_IN)).toMatchObject({ decision: 'deny', resourceDependent: true, obligations: {} });
+    expect(decide([denyCode], general, NOW, { ...OPT_IN, codeObligations: true })).toMatchObject({
+      decision: 'permit',
+      obligations: { redactCodes: [{ system: 'http://loinc.org/', code: '2339-0' }] },
+    });
+    // The instance is decided by its code ("http://loinc.org/" and "http://loinc.org" are one system).
+    expect(decide([denyCode], request(), NOW, { ...OPT_IN, codeObligations: true })).toMatchObject({ decision: 'deny' });
+    expect(decide([denyCode], request({ resource: observation('o2', { code: { coding: [{ system: LOINC, code: '718-7' }] } }) }), NOW, { ...OPT_IN, codeObligations: true })).toMatchObject({ decision: 'permit' });
+  });
+});

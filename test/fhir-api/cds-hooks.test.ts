@@ -8,6 +8,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express from 'express';
 import type { Consent, Organization, Patient } from '@medplum/fhirtypes';
+import { compileCodeLists } from '../../src/consent/index.js';
 import { CONSENT_HOOK, consentsFromList, consentsFromSearch, createCdsHooksRouter } from '../../src/fhir-api/cds-hooks.js';
 import { createAuthenticator, generateAccessTokenJwk, loadAccessTokenKey, resolveSmartOptions, signAccessToken, type AccessTokenKey } from '../../src/fhir-api/smart/index.js';
 import { ManualClock } from '../../src/platform/clock.js';
@@ -73,6 +74,17 @@ const handBuilt: Consent[] = [
     provision: { provision: [{ type: 'deny', securityLabel: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'PSY' }] }] },
   },
   {
+    // Opt in, except HIV-labelled data.
+    resourceType: 'Consent',
+    id: 'deny-hiv',
+    status: 'active',
+    scope: SCOPE,
+    category: [],
+    patient: { reference: 'Patient/p-6' },
+    policyRule: OPTIN,
+    provision: { provision: [{ type: 'deny', securityLabel: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'HIV' }] }] },
+  },
+  {
     // Permit for treatment only (no policyRule: the root provision decides).
     resourceType: 'Consent',
     id: 'permit-treat',
@@ -117,7 +129,7 @@ describe('CDS Hooks consent decision service', () => {
     const org = (id: string, value: string): Organization => ({ resourceType: 'Organization', id, identifier: [{ system: ORG_IDS, value }] });
     await db.store.resources.putVersions([
       { resourceType: 'Patient', id: 'f001', resource: patient('f001', BSN, '738472983') },
-      ...['p-2', 'p-3', 'p-4', 'p-5'].map((id) => ({ resourceType: 'Patient', id, resource: patient(id, MRN, `mrn-${id}`) })),
+      ...['p-2', 'p-3', 'p-4', 'p-5', 'p-6'].map((id) => ({ resourceType: 'Patient', id, resource: patient(id, MRN, `mrn-${id}`) })),
       { resourceType: 'Organization', id: 'org-x', resource: org('org-x', 'X-1') },
       { resourceType: 'Organization', id: 'org-y', resource: org('org-y', 'Y-1') },
     ]);
@@ -139,6 +151,7 @@ describe('CDS Hooks consent decision service', () => {
         clock,
         authenticate: authenticator.authenticateRequest,
         source: { label: 'fhir-anchor test', url: 'https://anchor.example.test' },
+        sensitivity: compileCodeLists(JSON.parse(readFileSync(new URL('../fixtures/consent/sensitivity-code-lists.json', import.meta.url), 'utf8')) as unknown),
       }),
     );
     app.use(notFoundHandler);
@@ -200,7 +213,7 @@ describe('CDS Hooks consent decision service', () => {
         summary: 'CONSENT_PERMIT',
         indicator: 'info',
         source: { label: 'fhir-anchor test', url: 'https://anchor.example.test' },
-        extension: { decision: 'CONSENT_PERMIT', obligations: [], basedOn: ['Consent/consent-example-basic'] },
+        extension: { decision: 'CONSENT_PERMIT', obligations: [], basedOn: 'Consent/consent-example-basic' },
       });
     });
 
@@ -208,7 +221,10 @@ describe('CDS Hooks consent decision service', () => {
       clock.set(new Date('2020-01-01T00:00:00Z'));
       try {
         const c = await card(context);
-        expect(c).toMatchObject({ summary: 'NO_CONSENT', indicator: 'warning', extension: { decision: 'NO_CONSENT', obligations: [], defaultDecision: 'deny' } });
+        // LEAP's NO_CONSENT extension exactly; the default this server applies is in the detail.
+        expect(c).toMatchObject({ summary: 'NO_CONSENT', indicator: 'warning' });
+        expect(c.extension).toEqual({ decision: 'NO_CONSENT', obligations: [] });
+        expect(c.detail).toContain('denies access (opt-in)');
       } finally {
         clock.set(new Date('2015-06-01T12:00:00Z'));
       }
@@ -217,18 +233,23 @@ describe('CDS Hooks consent decision service', () => {
 
   it('denies an actor whose identifier resolves to an organisation the consent excludes', async () => {
     const c = await card({ patientId: p('p-2'), scope: 'patient-privacy', purposeOfUse: ['TREAT'], actor: [{ system: ORG_IDS, value: 'X-1' }] });
-    expect(c).toMatchObject({ summary: 'CONSENT_DENY', indicator: 'critical', extension: { decision: 'CONSENT_DENY', basedOn: ['Consent/deny-org-by-reference/_history/3'] } });
+    expect(c).toMatchObject({ summary: 'CONSENT_DENY', indicator: 'critical', extension: { decision: 'CONSENT_DENY', basedOn: 'Consent/deny-org-by-reference' } });
+    // The version that decided is named in the detail.
+    expect(c.detail).toContain('Consent/deny-org-by-reference/_history/3');
   });
 
   it('denies an actor the consent excludes by identifier', async () => {
     const c = await card({ patientId: p('p-2'), scope: 'patient-privacy', actor: [{ system: NPI, value: '1111111112' }] });
-    expect(c.extension).toMatchObject({ decision: 'CONSENT_DENY', basedOn: ['Consent/deny-npi'] });
+    expect(c.extension).toMatchObject({ decision: 'CONSENT_DENY', basedOn: 'Consent/deny-npi' });
   });
 
   it('permits other actors under the same consents', async () => {
     const c = await card({ patientId: p('p-2'), scope: 'patient-privacy', actor: [{ system: ORG_IDS, value: 'Y-1' }] });
     expect(c.extension.decision).toBe('CONSENT_PERMIT');
-    expect(c.extension.basedOn).toEqual(expect.arrayContaining(['Consent/deny-org-by-reference/_history/3', 'Consent/deny-npi']));
+    // basedOn names one consent (LEAP's shape); the detail names every consent that decided.
+    expect(['Consent/deny-org-by-reference', 'Consent/deny-npi']).toContain(c.extension.basedOn);
+    expect(c.detail).toContain('Consent/deny-org-by-reference/_history/3');
+    expect(c.detail).toContain('Consent/deny-npi');
   });
 
   it('accepts the older LEAP shape (single identifiers, purpose as a string)', async () => {
@@ -272,6 +293,59 @@ describe('CDS Hooks consent decision service', () => {
     expect((await card({ patientId: p('p-5'), scope: 'patient-privacy', purposeOfUse: ['TREAT'] })).extension.decision).toBe('CONSENT_PERMIT');
     expect((await card({ patientId: p('p-5'), scope: 'patient-privacy', purposeOfUse: ['HPAYMT'] })).extension.decision).toBe('NO_CONSENT');
     expect((await card({ patientId: p('p-5'), scope: 'patient-privacy' })).extension.decision).toBe('NO_CONSENT');
+  });
+
+  describe("LEAP's current request shape", () => {
+    const privacy = [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }, { system: 'http://loinc.org', code: '59284-6' }];
+
+    it('reads the consent scope from context.category', async () => {
+      expect((await card({ patientId: p('p-2'), category: privacy, actor: [{ system: ORG_IDS, value: 'X-1' }] })).extension.decision).toBe('CONSENT_DENY');
+      const research = [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'research' }];
+      expect((await card({ patientId: p('p-2'), category: research, actor: [{ system: ORG_IDS, value: 'X-1' }] })).extension.decision).toBe('NO_CONSENT');
+      const adr = await consult({ patientId: p('p-2'), category: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'adr' }] });
+      expect(adr.status).toBe(400);
+      expect((await json(adr)).issue[0].details.text).toContain('adr');
+    });
+
+    it('returns context.content without what the consent withholds (labelled with the DS4P code lists first)', async () => {
+      const obs = (id: string, code: { system: string; code: string }, security?: Array<{ system: string; code: string }>) => ({
+        resourceType: 'Observation',
+        id,
+        status: 'final',
+        code: { coding: [code] },
+        subject: { reference: 'Patient/p-4' },
+        ...(security ? { meta: { security } } : {}),
+      });
+      const content = {
+        resourceType: 'Bundle',
+        type: 'searchset',
+        total: 3,
+        entry: [
+          { fullUrl: 'urn:uuid:1', resource: obs('psy-labelled', { system: 'http://loinc.org', code: '2339-0' }, [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'PSY' }]) },
+          { fullUrl: 'urn:uuid:2', resource: obs('glucose', { system: 'http://loinc.org', code: '2339-0' }) },
+          { fullUrl: 'urn:uuid:3', resource: obs('hiv', { system: 'http://snomed.info/sct', code: '86406008' }) },
+        ],
+      };
+      // Patient p-4 denies PSY-labelled data: the labelled entry goes, the others stay.
+      const c = await card({ patientId: p('p-4'), category: privacy, content });
+      expect(c.extension.decision).toBe('CONSENT_PERMIT');
+      expect(c.extension.content.total).toBe(2);
+      expect(c.extension.content.entry.map((e: { resource: { id: string } }) => e.resource.id)).toEqual(['glucose', 'hiv']);
+      // No content comes back with a deny.
+      const denied = await card({ patientId: p('p-2'), category: privacy, actor: [{ system: ORG_IDS, value: 'X-1' }], content });
+      expect(denied.extension.decision).toBe('CONSENT_DENY');
+      expect(denied.extension.content).toBeUndefined();
+      // Patient p-6 denies HIV data: the entry coded SNOMED 86406008 carries no label, but the code
+      // lists label it HIV, so it goes.
+      const hiv = await card({ patientId: p('p-6'), category: privacy, content });
+      expect(hiv.extension.content.entry.map((e: { resource: { id: string } }) => e.resource.id)).toEqual(['psy-labelled', 'glucose']);
+    });
+
+    it('answers 400 naming the problem for content entries without a resource', async () => {
+      const res = await consult({ patientId: p('p-4'), category: privacy, content: { resourceType: 'Bundle', entry: [{}] } });
+      expect(res.status).toBe(400);
+      expect((await json(res)).issue[0].details.text).toContain('resource');
+    });
   });
 
   it('answers NO_CONSENT for a patient it does not know', async () => {
