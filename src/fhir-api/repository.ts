@@ -24,6 +24,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Consent, Resource } from '@medplum/fhirtypes';
 import {
+  CONSENT_SCOPE_SYSTEM,
   compileConsents,
   release,
   scopesAllow,
@@ -130,6 +131,7 @@ const MAX_COUNTED = 100_000;
 /** Included / revincluded resources per request at most. */
 const MAX_INCLUDED = 1000;
 const CONSENT_STATUSES: ReadonlySet<string> = new Set(['draft', 'proposed', 'active', 'rejected', 'inactive', 'entered-in-error']);
+const CONSENT_SCOPE_SYSTEMS: ReadonlySet<string> = new Set([CONSENT_SCOPE_SYSTEM, 'http://hl7.org/fhir/consentscope']);
 
 const NOT_PERMITTED = (): Error => httpError(403, 'forbidden', 'The access token does not permit this interaction');
 
@@ -421,10 +423,15 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw httpError(400, 'structure', 'The body must be a Consent resource');
     // PostgreSQL jsonb cannot hold NUL; refuse it here rather than fail in the store.
     if (hasNul(body)) throw httpError(400, 'invalid', 'The body must not contain NUL characters');
-    const c = body as Consent;
+    let c = body as Consent;
     if (c.resourceType !== 'Consent') throw httpError(400, 'invalid', 'The body must be a Consent resource');
     if (typeof c.status !== 'string' || !CONSENT_STATUSES.has(c.status)) throw httpError(400, 'invalid', 'Consent.status is missing or invalid');
-    if (!c.scope?.coding?.length) throw httpError(400, 'invalid', 'Consent.scope is required');
+    if (!c.scope?.coding?.length) {
+      // R5 (and LEAP CDS) put the consent scope among the categories: R4 requires it in `scope`.
+      const scoped = (c.category ?? []).flatMap((cc) => cc.coding ?? []).find((x) => x.code && x.system !== undefined && CONSENT_SCOPE_SYSTEMS.has(x.system));
+      if (!scoped) throw httpError(400, 'invalid', 'Consent.scope is required (a consentscope code such as patient-privacy, in scope or among the categories)');
+      c = { ...c, scope: { coding: [scoped] } };
+    }
     if (!access.patient) throw NOT_PERMITTED();
     if (!scopesAllow(access.scopes, { context: 'patient', resourceType: 'Consent', interaction, resource: c })) throw NOT_PERMITTED();
     if (consentOwner(c) !== access.patient) {
