@@ -62,6 +62,12 @@ const SCOPE_SYSTEMS = new Set([CONSENT_SCOPE_SYSTEM, 'http://hl7.org/fhir/consen
 const PURPOSE_SYSTEMS = new Set([PURPOSE_OF_USE_SYSTEM, 'http://hl7.org/fhir/v3/ActReason', 'urn:oid:2.16.840.1.113883.5.8']);
 const ACTION_SYSTEMS = new Set([CONSENT_ACTION_SYSTEM, 'http://hl7.org/fhir/consentaction']);
 const CLASS_SYSTEMS = new Set([RESOURCE_TYPES_SYSTEM]);
+/**
+ * Actor roles that name where the data comes from rather than who receives it: v3-ParticipationType
+ * author, custodian, informant, performer, data enterer; provenance-participant-type; the contract
+ * signer types of authors and sources.
+ */
+const ORIGIN_ROLES: ReadonlySet<string> = new Set(['AUT', 'CST', 'INF', 'PRF', 'ENT', 'author', 'custodian', 'informant', 'performer', 'enterer', 'PRIMAUTH', 'COAUTH', 'SOURCE']);
 const CONFIDENTIALITY_SYSTEMS = new Set([CONFIDENTIALITY_SYSTEM, 'http://hl7.org/fhir/v3/Confidentiality']);
 const POLICY_RULE_SYSTEMS = new Set([ACT_CODE_SYSTEM, 'http://hl7.org/fhir/v3/ActCode']);
 
@@ -144,6 +150,8 @@ interface CompiledProvision {
   readonly type?: 'permit' | 'deny';
   readonly period?: Interval | 'invalid';
   readonly actors?: CodeCriterion;
+  /** Actors whose role names where the data comes from (author, custodian…): a criterion on the data. */
+  readonly origins?: CodeCriterion;
   readonly actions?: CodeCriterion;
   readonly purposes?: CodeCriterion;
   readonly classes?: CodeCriterion;
@@ -245,20 +253,29 @@ function compileProvision(p: ConsentProvision, label: string, localBases: readon
   }
 
   let actors: CodeCriterion | undefined;
+  let origins: CodeCriterion | undefined;
   if (p.actor?.length) {
-    const keys = new Set<string>();
-    let unknown = false;
+    const recipients = { keys: new Set<string>(), unknown: false };
+    const sources = { keys: new Set<string>(), unknown: false };
     for (const a of p.actor) {
+      // An author or custodian role says whose data it is, not who receives it (R4 consent-example-notAuthor).
+      const origin = (a.role?.coding ?? []).some((c) => c.code !== undefined && ORIGIN_ROLES.has(c.code));
+      const into = origin ? sources : recipients;
       const ref = a.reference?.reference !== undefined ? normalizeReference(a.reference.reference, localBases) : undefined;
       const id = a.reference?.identifier;
-      if (ref) keys.add(`ref:${unversioned(ref)}`);
-      if (id?.system && id.value) keys.add(`id:${id.system}|${id.value}`);
+      if (ref) into.keys.add(`ref:${unversioned(ref)}`);
+      if (id?.system && id.value) {
+        into.keys.add(`id:${id.system}|${id.value}`);
+        // Data names its author by reference: an author known only by identifier cannot be matched.
+        if (origin && !ref) into.unknown = true;
+      }
       if (!ref && !(id?.system && id.value)) {
-        unknown = true;
+        into.unknown = true;
         problem('provision.actor without a resolvable reference or identifier (system + value); treated as undecidable');
       }
     }
-    actors = { keys, unknown };
+    if (recipients.keys.size > 0 || recipients.unknown) actors = recipients;
+    if (sources.keys.size > 0 || sources.unknown) origins = sources;
   }
 
   const actionCodings = p.action?.flatMap((cc) => cc.coding ?? []);
@@ -319,6 +336,7 @@ function compileProvision(p: ConsentProvision, label: string, localBases: readon
     type: p.type,
     period,
     actors,
+    origins,
     actions,
     purposes,
     classes,
@@ -547,9 +565,11 @@ function matchProvision(p: CompiledProvision, type: 'permit' | 'deny', ctx: Eval
   // Criteria on the data itself.
   const res = req.resource;
   if (p.data) t = and(t, matchData(p.data, req));
+  // Data from an author or custodian: the resource refers to them.
+  if (p.origins) t = and(t, res ? matchSet(p.origins, (k) => k.startsWith('ref:') && res.outgoing().has(k.slice(4))) : MAYBE);
   // No instance, and the caller takes obligations for codes: a deny whose data criteria are only
   // codes (and labels) becomes a redact obligation for those codes (and labels) instead of a deny.
-  if (!res && ctx.redactCodes && type === 'deny' && p.codes && !p.codes.unknown && !p.data && p.dataPeriod === undefined) {
+  if (!res && ctx.redactCodes && type === 'deny' && p.codes && !p.codes.unknown && !p.data && !p.origins && p.dataPeriod === undefined) {
     ctx.redactCodes.push(...(p.codeCodings ?? []));
     if (p.labels) ctx.redact.push(...expandRedaction(p.labels));
     return NO;
@@ -566,7 +586,7 @@ function matchProvision(p: CompiledProvision, type: 'permit' | 'deny', ctx: Eval
   if (t === NO || !p.labels) return t;
   if (res) return and(t, matchLabels(p.labels, res, type));
   // No instance: a deny whose only data criterion is its labels becomes LEAP's redact obligation.
-  if (type === 'deny' && !p.data && !p.codes && p.dataPeriod === undefined) {
+  if (type === 'deny' && !p.data && !p.codes && !p.origins && p.dataPeriod === undefined) {
     ctx.redact.push(...expandRedaction(p.labels));
     return NO;
   }

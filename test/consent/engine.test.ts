@@ -510,3 +510,31 @@ describe('interoperability with consents written elsewhere (LEAP CDS, R5 style)'
     expect(decide([denyCode], request({ resource: observation('o2', { code: { coding: [{ system: LOINC, code: '718-7' }] } }) }), NOW, { ...OPT_IN, codeObligations: true })).toMatchObject({ decision: 'permit' });
   });
 });
+
+describe('actor roles: recipient or origin of the data (R4 consent-example-notThem / notOrg / notAuthor, re-authored)', () => {
+  const role = (code: string) => ({ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code }] });
+  const optIn = { policyRule: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'OPTIN' }] } };
+  const access = [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }];
+
+  it('notThem / notOrg: a PRCP actor is the recipient who is refused', () => {
+    const notOrg = consent('not-org', { provision: [{ type: 'deny', actor: [{ role: role('PRCP'), reference: { reference: 'Organization/org-a' } }], action: access }] }, optIn);
+    expect(decide([notOrg], request(), NOW, OPT_IN)).toMatchObject({ decision: 'deny', basis: 'consent' });
+    expect(decide([notOrg], request({ actor: actorB }), NOW, OPT_IN)).toMatchObject({ decision: 'permit', basis: 'consent' });
+  });
+
+  it('notAuthor: a CST (custodian) or AUT (author) actor says whose data is withheld, from every recipient', () => {
+    for (const code of ['CST', 'AUT']) {
+      const notAuthor = consent(`not-author-${code}`, { provision: [{ type: 'deny', actor: [{ role: role(code), reference: { reference: 'Organization/f001' } }] }] }, optIn);
+      const fromF001 = observation('o-f001', { performer: [{ reference: 'Organization/f001' }] });
+      // Data the organisation produced is withheld from everyone, including other organisations.
+      expect(decide([notAuthor], request({ resource: fromF001 }), NOW, OPT_IN)).toMatchObject({ decision: 'deny' });
+      expect(decide([notAuthor], request({ resource: fromF001, actor: actorB }), NOW, OPT_IN)).toMatchObject({ decision: 'deny' });
+      // Other data is not, and the organisation itself is not refused as a reader.
+      expect(decide([notAuthor], request(), NOW, OPT_IN)).toMatchObject({ decision: 'permit' });
+      const f001Reads = { ...actorA, references: ['Organization/f001'] };
+      expect(decide([notAuthor], request({ actor: f001Reads }), NOW, OPT_IN)).toMatchObject({ decision: 'permit' });
+      // Asked about the type, the answer depends on each resource.
+      expect(decide([notAuthor], request({ resource: undefined }), NOW, OPT_IN)).toMatchObject({ decision: 'deny', resourceDependent: true });
+    }
+  });
+});
