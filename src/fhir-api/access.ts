@@ -60,3 +60,26 @@ export interface DisclosureRecorder {
    */
   flush?(): Promise<void>;
 }
+
+/** Resource types a requester's identifiers can name (the actors consents are written about). */
+export const ACTOR_RESOURCE_TYPES = ['Organization', 'Practitioner', 'PractitionerRole'] as const;
+
+/**
+ * The local references (`Organization/…`, `Practitioner/…`, `PractitionerRole/…`) whose resources
+ * carry one of `identifiers`, at most `limit` per identifier and type. Used for SMART clients
+ * registered by identifier and for the actors of a consent consult, so that a consent naming the
+ * actor by reference applies to a requester known by identifier.
+ */
+export async function resolveActorIdentifiers(
+  store: { readonly resources: { findByIdentifier(resourceType: string, system: string, value: string, limit?: number): Promise<ReadonlyArray<{ readonly id: string }>> } },
+  identifiers: ReadonlyArray<{ readonly system: string; readonly value: string }>,
+  limit = 10,
+): Promise<string[]> {
+  const references = new Set<string>();
+  for (const a of identifiers) {
+    for (const type of ACTOR_RESOURCE_TYPES) {
+      for (const v of await store.resources.findByIdentifier(type, a.system, a.value, limit)) references.add(`${type}/${v.id}`);
+    }
+  }
+  return [...references];
+}

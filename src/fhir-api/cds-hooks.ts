@@ -30,7 +30,7 @@ import { codingKey, primaryCodings } from '../consent/fhir-values.js';
 import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
 import type { Store } from '../store/index.js';
-import type { AccessContext } from './access.js';
+import { resolveActorIdentifiers, type AccessContext } from './access.js';
 import { requireScope } from './smart/authenticate.js';
 
 /** The hook and service id. */
@@ -245,13 +245,8 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
   }
 
   const actorIdentifiers = (ctx.actor ?? []).filter((a): a is typeof a & { system: string } => a.system !== undefined).map((a) => ({ system: a.system, value: a.value }));
-  const references = new Set<string>();
-  for (const a of actorIdentifiers) {
-    for (const type of ['Organization', 'Practitioner', 'PractitionerRole']) {
-      for (const v of await resources.findByIdentifier(type, a.system, a.value, MAX_MATCHES)) references.add(`${type}/${v.id}`);
-    }
-  }
-  const actor: RequestActor = { references: [...references], identifiers: actorIdentifiers, mayBreakGlass: false };
+  const references = await resolveActorIdentifiers(deps.store, actorIdentifiers, MAX_MATCHES);
+  const actor: RequestActor = { references, identifiers: actorIdentifiers, mayBreakGlass: false };
 
   const now = deps.clock.now();
   const decisions: ConsentDecision[] = [];

@@ -14,7 +14,15 @@ export interface TestClient {
 export async function registerTestClient(
   base: string,
   adminToken: string,
-  registration: { id: string; allowedScopes: string[]; allowedPurposes?: string[]; mayBreakGlass?: boolean; fhirUser?: string; patient?: string },
+  registration: {
+    id: string;
+    allowedScopes: string[];
+    allowedPurposes?: string[];
+    mayBreakGlass?: boolean;
+    fhirUser?: string;
+    patient?: string;
+    actor?: { references?: string[]; identifiers?: Array<{ system: string; value: string }> };
+  },
 ): Promise<TestClient> {
   const { publicKey, privateKey } = await generateKeyPair('ES384');
   const jwk = { ...(await exportJWK(publicKey)), kid: `${registration.id}-k1`, alg: 'ES384' };

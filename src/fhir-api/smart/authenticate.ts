@@ -56,6 +56,13 @@ export interface AuthenticatorDeps {
    * (default 30 000; 0 disables both).
    */
   readonly clientCacheMs?: number;
+  /**
+   * The local Organization / Practitioner / PractitionerRole references a registered client's actor
+   * identifiers resolve to (a store look-up by identifier). Consents mostly name actors by reference;
+   * without this a client registered only by identifier (an NPI, an organisation OID) would escape
+   * a deny that names its Organization by reference. Cached with the token.
+   */
+  readonly resolveActorIdentifiers?: (identifiers: ReadonlyArray<{ readonly system: string; readonly value: string }>) => Promise<string[]>;
 }
 
 export interface Authenticator {
@@ -160,7 +167,9 @@ export function createAuthenticator(deps: AuthenticatorDeps): Authenticator {
       const allowed = new Set(registration.allowedPurposes);
       purposes = purposes.filter((p) => allowed.has(p));
     }
-    const references = [...new Set([...(registration?.actorReferences ?? []), ...(fhirUser && !fhirUser.includes('://') ? [fhirUser] : [])])];
+    const registered = registration?.actorIdentifiers ?? [];
+    const resolved = registered.length > 0 && deps.resolveActorIdentifiers ? await deps.resolveActorIdentifiers(registered) : [];
+    const references = [...new Set([...(registration?.actorReferences ?? []), ...resolved, ...(fhirUser && !fhirUser.includes('://') ? [fhirUser] : [])])];
     const identifiers = [...(registration?.actorIdentifiers ?? []), { system: OAUTH_CLIENT_ID_SYSTEM, value: clientId }];
     const jti = stringClaim(payload, 'jti');
     return Object.freeze({

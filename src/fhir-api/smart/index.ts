@@ -9,7 +9,7 @@ import type { Router } from 'express';
 import type { Clock } from '../../platform/clock.js';
 import type { Logger } from '../../platform/logger.js';
 import type { AssertionReplayCache, OAuthClientStore } from '../../store/clients-store.js';
-import { createAuthenticator, type Authenticator } from './authenticate.js';
+import { createAuthenticator, type Authenticator, type AuthenticatorDeps } from './authenticate.js';
 import { createClientsAdminRouter } from './clients.js';
 import { resolveSmartOptions, type SmartOptions, type SmartOptionsInput } from './config.js';
 import { loadAccessTokenKey, type AccessTokenKey, type AccessTokenKeyOptions } from './keys.js';
@@ -32,6 +32,8 @@ export interface SmartStageDeps {
   readonly clients: OAuthClientStore & AssertionReplayCache;
   readonly clock: Clock;
   readonly logger: Logger;
+  /** Resolves registered actor identifiers to local references (see `AuthenticatorDeps`). */
+  readonly resolveActorIdentifiers?: AuthenticatorDeps['resolveActorIdentifiers'];
 }
 
 export interface SmartStage {
@@ -52,7 +54,15 @@ export async function createSmartStage(deps: SmartStageDeps): Promise<SmartStage
   const key = await loadAccessTokenKey(deps.key);
   // One remote JWK Set cache for client keys and external issuers alike.
   const remoteJwks = remoteJwksCache();
-  const authenticator = createAuthenticator({ options, key, clients: deps.clients, clock: deps.clock, logger: deps.logger, remoteJwks });
+  const authenticator = createAuthenticator({
+    options,
+    key,
+    clients: deps.clients,
+    clock: deps.clock,
+    logger: deps.logger,
+    remoteJwks,
+    ...(deps.resolveActorIdentifiers ? { resolveActorIdentifiers: deps.resolveActorIdentifiers } : {}),
+  });
   return {
     options,
     key,

@@ -1,0 +1,98 @@
+/**
+ * A LEAP CDS scenario end to end through the composition root (re-authored from
+ * sdhealthconnect/leap-cds test fixtures, see cds-hooks-leap.test.ts): patient Boris opts in but
+ * excludes organisation 54 ("Good Health Clinic"), which his consent names by reference. Good Health's
+ * SMART client is registered with the organisation's identifier only, as an integrator would register
+ * it. Its reads must be refused like the consent decision service refuses it, and other
+ * organisations' reads permitted: the same answer from both enforcement points.
+ */
+import type { Resource } from '@medplum/fhirtypes';
+import type { Config } from '../../src/config/index.js';
+import { CONSENT_HOOK } from '../../src/fhir-api/cds-hooks.js';
+import { startService, type RunningService } from '../../src/runtime.js';
+import { cleanupConfig, silentLogger, testConfig } from '../helpers/env.js';
+import { registerTestClient } from '../helpers/smart-client.js';
+
+const ADMIN = 'test-admin-token-0123456789abcdef0123456789';
+const ORG_ID = { system: 'urn:ietf:rfc:3986', value: '2.16.840.1.113883.19.5' };
+const MEDICARE = { system: 'http://hl7.org/fhir/sid/us-medicare', value: '0000-000-0000' };
+
+describe('LEAP scenario through real reads and the decision service', () => {
+  let config: Config;
+  let service: RunningService;
+  let base: string;
+  let goodHealth: string;
+  let otherClinic: string;
+  let enforcer: string;
+
+  beforeAll(async () => {
+    // Opt-in jurisdiction: without a consent nobody reads.
+    config = testConfig({ CONSENT_DEFAULT_DECISION: 'deny' });
+    service = await startService({ config, roles: { api: true, workers: false }, logger: silentLogger });
+    base = service.url!;
+    const now = new Date();
+    const consent = {
+      resourceType: 'Consent',
+      id: 'boris-optin',
+      status: 'active',
+      category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] }],
+      patient: { reference: 'Patient/boris' },
+      dateTime: now.toISOString().slice(0, 10),
+      provision: {
+        type: 'permit',
+        period: { start: new Date(now.getTime() - 86_400_000).toISOString(), end: new Date(now.getTime() + 365 * 86_400_000).toISOString() },
+        provision: [
+          {
+            type: 'deny',
+            actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { reference: 'Organization/org-54' } }],
+            action: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }],
+          },
+        ],
+      },
+    };
+    await service.database.store.resources.putVersions(
+      [
+        { resourceType: 'Organization', id: 'org-54', resource: { resourceType: 'Organization', id: 'org-54', name: 'Good Health Clinic', identifier: [ORG_ID] } },
+        { resourceType: 'Patient', id: 'boris', resource: { resourceType: 'Patient', id: 'boris', identifier: [MEDICARE], name: [{ family: 'Betterhalf' }] } },
+        { resourceType: 'Observation', id: 'boris-glucose', resource: { resourceType: 'Observation', id: 'boris-glucose', status: 'final', code: { text: 'glucose' }, subject: { reference: 'Patient/boris' } } },
+        { resourceType: 'Consent', id: 'boris-optin', resource: consent },
+      ].map((v) => ({ ...v, sourceId: 'test', resource: v.resource as Resource })),
+    );
+    const gh = await registerTestClient(base, ADMIN, { id: 'good-health', allowedScopes: ['system/Observation.rs'], allowedPurposes: ['TREAT'], actor: { identifiers: [ORG_ID] } });
+    goodHealth = await gh.token('system/Observation.rs', { purposeOfUse: 'TREAT' });
+    const other = await registerTestClient(base, ADMIN, { id: 'other-clinic', allowedScopes: ['system/Observation.rs'], allowedPurposes: ['TREAT'] });
+    otherClinic = await other.token('system/Observation.rs', { purposeOfUse: 'TREAT' });
+    const pep = await registerTestClient(base, ADMIN, { id: 'enforcer', allowedScopes: ['system/Consent.rs'] });
+    enforcer = await pep.token('system/Consent.rs');
+  }, 60_000);
+
+  afterAll(async () => {
+    await service?.close();
+    if (config) await cleanupConfig(config);
+  });
+
+  const read = (token: string): Promise<Response> => fetch(`${base}/fhir/R4/Observation/boris-glucose`, { headers: { authorization: `Bearer ${token}` } });
+  const consult = async (actor: Array<{ system: string; value: string }>): Promise<string> => {
+    const res = await fetch(`${base}/cds-services/${CONSENT_HOOK}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${enforcer}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        hook: CONSENT_HOOK,
+        hookInstance: 'e2e',
+        context: { patientId: [MEDICARE], category: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }], purposeOfUse: 'TREAT', actor },
+      }),
+    });
+    expect(res.status).toBe(200);
+    return ((await res.json()) as { cards: Array<{ extension: { decision: string } }> }).cards[0]!.extension.decision;
+  };
+
+  it('refuses the excluded organisation, known to us only by identifier, on reads and in the consult alike', async () => {
+    expect((await read(goodHealth)).status).toBe(404);
+    expect(await consult([ORG_ID])).toBe('CONSENT_DENY');
+  });
+
+  it('permits other organisations under the opt-in', async () => {
+    expect((await read(otherClinic)).status).toBe(200);
+    expect(await consult([{ system: 'test-system', value: 'test-value' }])).toBe('CONSENT_PERMIT');
+  });
+});
