@@ -173,8 +173,9 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
   /**
    * Everything of `types` the source changed since `since` (a `_lastUpdated` search, `_count`
    * {@link CATCH_UP_PAGE}). The first `catchUpInlineMax` resources come back as entries for this job;
-   * the rest are handed on as `catch-up` inbox items of {@link CATCH_UP_PAGE} resources (durable before
-   * this job finishes, deduplicated by their bytes, so a retry of this job hands on nothing twice).
+   * the rest are handed on as `catch-up` inbox items of {@link CATCH_UP_PAGE} resources, durable before
+   * this job finishes. A retry of this job that gets the same pages back hands them on once (the inbox
+   * deduplicates by bytes); different pages bring duplicates the store keeps once.
    */
   const searchSince = async (
     source: Source,
