@@ -188,6 +188,14 @@ function consultScopes(ctx: ConsultRequest['context']): ConsentScopeCode[] {
   return [...new Set(asked)] as ConsentScopeCode[];
 }
 
+/** `Type/id`, or a full URL under one of our FHIR bases, as type and id; anything else undefined. */
+function literalReference(value: string, bases: readonly string[]): { type: string; id: string } | undefined {
+  let v = value;
+  for (const b of bases) if (v.startsWith(`${b.replace(/\/$/, '')}/`)) v = v.slice(b.replace(/\/$/, '').length + 1);
+  const m = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})$/.exec(v);
+  return m ? { type: m[1]!, id: m[2]! } : undefined;
+}
+
 /** `Consent/id` (or `Consent/id/_history/v`) as a full URL under our FHIR base, versionless (as LEAP's basedOn). */
 function consentUrl(reference: string, bases: readonly string[]): string {
   const plain = reference.replace(/\/_history\/.*$/, '');
@@ -232,7 +240,7 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
   const scopes = consultScopes(ctx);
   const purposeOfUse = typeof ctx.purposeOfUse === 'string' ? ctx.purposeOfUse.split(' ').filter((p) => p !== '') : (ctx.purposeOfUse ?? []);
   let types: string[] | undefined;
-  if (ctx.class) {
+  if (ctx.class && ctx.class.length > 0) {
     types = [...new Set(ctx.class.filter((c) => c.system === undefined || c.system === RESOURCE_TYPES_SYSTEM).map((c) => c.code))];
     if (types.length === 0) throw httpError(400, 'not-supported', `context.class must use the system ${RESOURCE_TYPES_SYSTEM}`);
   }
@@ -240,12 +248,23 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
   const resources = deps.store.resources;
   const patientIds = new Set<string>();
   for (const id of ctx.patientId) {
-    if (!id.system) continue;
+    if (!id.system) {
+      // No system: some callers (ASU SHARES) send the patient's literal reference as the value.
+      const ref = literalReference(id.value, deps.localBases ?? []);
+      if (ref?.type === 'Patient' && (await resources.readCurrent('Patient', ref.id))?.deleted === false) patientIds.add(ref.id);
+      continue;
+    }
     for (const v of await resources.findByIdentifier('Patient', id.system, id.value, MAX_MATCHES)) patientIds.add(v.id);
   }
 
   const actorIdentifiers = (ctx.actor ?? []).filter((a): a is typeof a & { system: string } => a.system !== undefined).map((a) => ({ system: a.system, value: a.value }));
-  const references = await resolveActorIdentifiers(deps.store, actorIdentifiers, MAX_MATCHES);
+  // An actor without a system whose value is a literal reference (`Organization/128`) is that reference.
+  const literalActors = (ctx.actor ?? [])
+    .filter((a) => a.system === undefined)
+    .map((a) => literalReference(a.value, deps.localBases ?? []))
+    .filter((r): r is { type: string; id: string } => r !== undefined)
+    .map((r) => `${r.type}/${r.id}`);
+  const references = [...new Set([...literalActors, ...(await resolveActorIdentifiers(deps.store, actorIdentifiers, MAX_MATCHES))])];
   const actor: RequestActor = { references, identifiers: actorIdentifiers, mayBreakGlass: false };
 
   const now = deps.clock.now();

@@ -341,6 +341,14 @@ describe('CDS Hooks consent decision service', () => {
       expect(hiv.extension.content.entry.map((e: { resource: { id: string } }) => e.resource.id)).toEqual(['psy-labelled', 'glucose']);
     });
 
+    it('accepts the ASU SHARES request shape: literal references without a system, empty lists', async () => {
+      const asu = (actor: string) => ({ patientId: [{ value: 'Patient/p-2' }], actor: [{ value: actor }], purposeOfUse: [], category: [], class: [] });
+      expect((await card(asu('Organization/org-x'))).extension.decision).toBe('CONSENT_DENY');
+      expect((await card(asu('Organization/org-y'))).extension.decision).toBe('CONSENT_PERMIT');
+      // A reference to a patient we do not have finds nothing.
+      expect((await card({ ...asu('Organization/org-y'), patientId: [{ value: 'Patient/nobody' }] })).extension.decision).toBe('NO_CONSENT');
+    });
+
     it('answers 400 naming the problem for content entries without a resource', async () => {
       const res = await consult({ patientId: p('p-4'), category: privacy, content: { resourceType: 'Bundle', entry: [{}] } });
       expect(res.status).toBe(400);
