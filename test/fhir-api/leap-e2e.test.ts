@@ -16,6 +16,7 @@ import { registerTestClient } from '../helpers/smart-client.js';
 const ADMIN = 'test-admin-token-0123456789abcdef0123456789';
 const ORG_ID = { system: 'urn:ietf:rfc:3986', value: '2.16.840.1.113883.19.5' };
 const MEDICARE = { system: 'http://hl7.org/fhir/sid/us-medicare', value: '0000-000-0000' };
+const ROEL_ID = { system: 'http://hl7.org/fhir/sid/us-medicare', value: '1111-111-1111' };
 
 describe('LEAP scenario through real reads and the decision service', () => {
   let config: Config;
@@ -56,6 +57,21 @@ describe('LEAP scenario through real reads and the decision service', () => {
         { resourceType: 'Patient', id: 'boris', resource: { resourceType: 'Patient', id: 'boris', identifier: [MEDICARE], name: [{ family: 'Betterhalf' }] } },
         { resourceType: 'Observation', id: 'boris-glucose', resource: { resourceType: 'Observation', id: 'boris-glucose', status: 'final', code: { text: 'glucose' }, subject: { reference: 'Patient/boris' } } },
         { resourceType: 'Consent', id: 'boris-optin', resource: consent },
+        { resourceType: 'Patient', id: 'roel', resource: { resourceType: 'Patient', id: 'roel', identifier: [ROEL_ID], name: [{ family: 'Roel' }] } },
+        {
+          // LEAP's consent-boris-deny-restricted-label, for Roel: opt in, but nothing restricted for organisation 54.
+          resourceType: 'Consent',
+          id: 'roel-deny-restricted',
+          resource: {
+            ...consent,
+            id: 'roel-deny-restricted',
+            patient: { reference: 'Patient/roel' },
+            provision: {
+              ...consent.provision,
+              provision: [{ ...consent.provision.provision[0], securityLabel: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-Confidentiality', code: 'R' }] }],
+            },
+          },
+        },
       ].map((v) => ({ ...v, sourceId: 'test', resource: v.resource as Resource })),
     );
     const gh = await registerTestClient(base, ADMIN, { id: 'good-health', allowedScopes: ['system/Observation.rs'], allowedPurposes: ['TREAT'], actor: { identifiers: [ORG_ID] } });
@@ -72,23 +88,43 @@ describe('LEAP scenario through real reads and the decision service', () => {
   });
 
   const read = (token: string): Promise<Response> => fetch(`${base}/fhir/R4/Observation/boris-glucose`, { headers: { authorization: `Bearer ${token}` } });
-  const consult = async (actor: Array<{ system: string; value: string }>): Promise<string> => {
+  type Card = { extension: { decision: string; obligations: unknown[]; content?: { total?: number; entry: Array<{ resource: { id: string } }> } } };
+  const consultCard = async (actor: Array<{ system: string; value: string }>, extra: Record<string, unknown> = {}): Promise<Card> => {
     const res = await fetch(`${base}/cds-services/${CONSENT_HOOK}`, {
       method: 'POST',
       headers: { authorization: `Bearer ${enforcer}`, 'content-type': 'application/json' },
       body: JSON.stringify({
         hook: CONSENT_HOOK,
         hookInstance: 'e2e',
-        context: { patientId: [MEDICARE], category: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }], purposeOfUse: 'TREAT', actor },
+        context: { patientId: [MEDICARE], category: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }], purposeOfUse: 'TREAT', actor, ...extra },
       }),
     });
     expect(res.status).toBe(200);
-    return ((await res.json()) as { cards: Array<{ extension: { decision: string } }> }).cards[0]!.extension.decision;
+    return ((await res.json()) as { cards: Card[] }).cards[0]!;
   };
+  const consult = async (actor: Array<{ system: string; value: string }>): Promise<string> => (await consultCard(actor)).extension.decision;
 
   it('refuses the excluded organisation, known to us only by identifier, on reads and in the consult alike', async () => {
     expect((await read(goodHealth)).status).toBe(404);
     expect(await consult([ORG_ID])).toBe('CONSENT_DENY');
+  });
+
+  it("redacts LEAP's restricted ketamine observation from consult content (labelled SUD and R by the shipped code lists)", async () => {
+    const obs = (id: string, system: string, code: string) => ({ resourceType: 'Observation', id, status: 'final', code: { coding: [{ system, code }] }, subject: { reference: 'Patient/roel' }, valueBoolean: true });
+    const content = {
+      resourceType: 'Bundle',
+      type: 'collection',
+      total: 2,
+      entry: [
+        { fullUrl: '1', resource: obs('ketamine', 'http://snomed.info/sct', '724713006') },
+        { fullUrl: '2', resource: obs('bacteria', 'http://loinc.org', '600-7') },
+      ],
+    };
+    const card = await consultCard([ORG_ID], { patientId: [ROEL_ID], content });
+    expect(card.extension.decision).toBe('CONSENT_PERMIT');
+    expect(card.extension.obligations).toHaveLength(1);
+    expect(card.extension.content?.total).toBe(1);
+    expect(card.extension.content?.entry.map((e) => e.resource.id)).toEqual(['bacteria']);
   });
 
   it('permits other organisations under the opt-in', async () => {
