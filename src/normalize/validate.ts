@@ -66,6 +66,32 @@ const ok = (): OperationOutcome => ({
   issue: [{ severity: 'information', code: 'informational', details: { text: 'All OK' } }],
 });
 
+/**
+ * An invariant made only of element names joined by `or` (US Core 6.1 PractitionerRole pd-1
+ * `telecom or endpoint`, us-core-13 `practitioner or organization or healthcareService or location`)
+ * relies on FHIRPath's singleton evaluation: a non-empty non-boolean operand counts as true, as the
+ * HL7 validator evaluates it. @medplum/core 4.5 throws "Expected singleton of type boolean" instead,
+ * so every PractitionerRole failed pd-1. Such an expression is rewritten to the same test with
+ * `.exists()` on each operand; other expressions are left alone.
+ */
+export function singletonSafeExpression(expression: string): string {
+  if (!/^\s*[A-Za-z]\w*(\s+or\s+[A-Za-z]\w*)+\s*$/.test(expression)) return expression;
+  return expression
+    .trim()
+    .split(/\s+or\s+/)
+    .map((name) => `${name}.exists()`)
+    .join(' or ');
+}
+
+function rewriteConstraints(sd: StructureDefinition): StructureDefinition {
+  for (const part of [sd.snapshot, sd.differential]) {
+    for (const el of part?.element ?? []) {
+      for (const c of el.constraint ?? []) if (c.expression) c.expression = singletonSafeExpression(c.expression);
+    }
+  }
+  return sd;
+}
+
 function outcomeOf(issues: OperationOutcomeIssue[]): OperationOutcome {
   return issues.length > 0 ? { resourceType: 'OperationOutcome', issue: issues } : ok();
 }
@@ -83,7 +109,7 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
   const unloadable = new Map<string, string>();
   const names = (await readdir(dir)).filter((f) => f.startsWith('StructureDefinition-') && f.endsWith('.json')).sort();
   for (const name of names) {
-    const sd = JSON.parse((await readFile(path.join(dir, name), 'utf8')).replace(/^\uFEFF/, '')) as StructureDefinition;
+    const sd = rewriteConstraints(JSON.parse((await readFile(path.join(dir, name), 'utf8')).replace(/^\uFEFF/, '')) as StructureDefinition);
     try {
       loadDataType(sd);
       if (sd.kind === 'resource' && sd.url) {

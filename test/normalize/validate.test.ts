@@ -4,6 +4,7 @@
  */
 import type { Observation, Patient, Resource } from '@medplum/fhirtypes';
 import { createValidator, loadNormalizationRules, normalizeResource, type Validator } from '../../src/normalize/index.js';
+import { singletonSafeExpression } from '../../src/normalize/validate.js';
 import { BASE, LEGACY, RUN1, SOURCE, bundle, resolveBundle, resources, usCoreExamples } from './helpers.js';
 
 const US_CORE = 'http://hl7.org/fhir/us/core/StructureDefinition/';
@@ -60,6 +61,42 @@ describe('createValidator', () => {
       expect(invalid.filter((line) => !allowed.some((a) => a.test(line)))).toEqual([]);
       if (file === RUN1) expect(invalid).toEqual([]);
     });
+  });
+});
+
+describe('invariants that rely on FHIRPath singleton evaluation', () => {
+  // US Core PractitionerRole pd-1 is `telecom or endpoint`; @medplum/core 4.5 throws on a non-boolean
+  // operand, which made every PractitionerRole invalid (all 33 of Synthea's). The HL7 validator reads a
+  // non-empty operand as true: so do we.
+  const role = (extra: Record<string, unknown>): Resource =>
+    ({ resourceType: 'PractitionerRole', id: 'pr1', practitioner: { reference: 'Practitioner/p1' }, organization: { reference: 'Organization/o1' }, ...extra }) as Resource;
+
+  it('passes pd-1 with one or several telecoms, or an endpoint', () => {
+    for (const extra of [
+      { telecom: [{ system: 'phone', value: '555-0100' }] },
+      { telecom: [{ system: 'phone', value: '555-0100' }, { system: 'email', value: 'a@example.org' }] },
+      { endpoint: [{ reference: 'Endpoint/e1' }] },
+    ]) {
+      const r = validator.validate(role(extra), `${US_CORE}us-core-practitionerrole`);
+      expect(texts(r)).not.toMatch(/pd-1|Error evaluating/);
+      expect(r.valid).toBe(true);
+    }
+  });
+
+  it('still fails pd-1 with neither', () => {
+    const r = validator.validate(role({}), `${US_CORE}us-core-practitionerrole`);
+    expect(r.valid).toBe(false);
+    expect(texts(r)).toMatch(/pd-1/);
+  });
+
+  it('rewrites only expressions made of element names joined by or', () => {
+    expect(singletonSafeExpression('telecom or endpoint')).toBe('telecom.exists() or endpoint.exists()');
+    expect(singletonSafeExpression('practitioner or organization or healthcareService or location')).toBe(
+      'practitioner.exists() or organization.exists() or healthcareService.exists() or location.exists()',
+    );
+    for (const untouched of ['name.exists() or telecom.exists()', 'hasValue() or (children().count() > id.count())', 'active', 'a and b']) {
+      expect(singletonSafeExpression(untouched)).toBe(untouched);
+    }
   });
 });
 
