@@ -103,7 +103,8 @@ class Walker {
   }
 
   private namespaceIdentifier(id: JsonObject): void {
-    if (id.system === undefined && this.identifierSystem !== undefined && typeof id.value === 'string') {
+    // An empty system (`"system": ""`, seen in real transaction bundles) names no system either.
+    if ((id.system === undefined || id.system === '') && this.identifierSystem !== undefined && typeof id.value === 'string') {
       id.system = this.identifierSystem;
     }
   }

@@ -110,6 +110,39 @@ function rewriteConstraints(sd: StructureDefinition): StructureDefinition {
   return sd;
 }
 
+/**
+ * FHIR JSON allows no empty arrays, no empty objects (ele-1: an element has a value or children;
+ * @medplum/core skips ele-1) and no empty strings (a primitive's value has at least one character).
+ * The HL7 validator reports each as an error; @medplum/core passed `telecom: []` and `maritalStatus: {}`.
+ * `fhir_comments` and the narrative's XHTML are not inspected.
+ */
+export function emptyElementIssues(resource: Resource): OperationOutcomeIssue[] {
+  const issues: OperationOutcomeIssue[] = [];
+  const report = (at: string, what: string): void => {
+    if (issues.length < 20) issues.push({ severity: 'error', code: 'structure', details: { text: what }, expression: [at] });
+  };
+  const walk = (node: unknown, at: string): void => {
+    if (typeof node === 'string') {
+      if (node === '') report(at, 'Empty string: a primitive value must have at least one character');
+      return;
+    }
+    if (node === null || typeof node !== 'object') return;
+    if (Array.isArray(node)) {
+      if (node.length === 0) report(at, 'Empty array: leave the property out instead');
+      node.forEach((n, i) => walk(n, `${at}[${i}]`));
+      return;
+    }
+    const entries = Object.entries(node as Record<string, unknown>);
+    if (entries.length === 0) report(at, 'Empty object: an element must have a value or children (ele-1)');
+    for (const [k, val] of entries) {
+      if (k === 'div' || k === 'fhir_comments') continue;
+      walk(val, `${at}.${k}`);
+    }
+  };
+  walk(resource, resource.resourceType);
+  return issues;
+}
+
 function outcomeOf(issues: OperationOutcomeIssue[]): OperationOutcome {
   return issues.length > 0 ? { resourceType: 'OperationOutcome', issue: issues } : ok();
 }
@@ -192,7 +225,7 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
         };
       }
     }
-    const bindingIssues = bindingsFor(resource, url)?.check(resource) ?? [];
+    const bindingIssues = [...emptyElementIssues(resource), ...(bindingsFor(resource, url)?.check(resource) ?? [])];
     try {
       const issues = run(resource, url);
       return { valid: bindingIssues.length === 0, outcome: outcomeOf([...extra, ...bindingIssues, ...issues]) };

@@ -228,6 +228,9 @@ describe('hand-built resources', () => {
     const none = normalizeResource(patient, ctx()).resource as Patient;
     expect(none.identifier?.[0]).toEqual({ value: 'MRN-001' });
     expect(patient.identifier?.[0]).toEqual({ value: 'MRN-001' });
+    // An empty system (as in a real transaction bundle of the Microsoft FHIR server's tests) is no system.
+    const empty = normalizeResource({ ...patient, identifier: [{ system: '', value: 'MRN-002' }] }, ctx({ identifierSystem: 'https://hospital.example/mrn' })).resource as Patient;
+    expect(empty.identifier?.[0]).toEqual({ system: 'https://hospital.example/mrn', value: 'MRN-002' });
   });
 
   it('adds LOINC / SNOMED / RxNorm codings from the ConceptMaps and keeps the original coding', () => {

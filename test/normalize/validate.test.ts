@@ -131,6 +131,10 @@ describe('broken resources', () => {
     ],
     ['invariant failure (obs-6: dataAbsentReason with a value)', { resourceType: 'Observation', status: 'final', code: { text: 'x' }, valueString: 'a', dataAbsentReason: { text: 'unknown' } } as Observation, undefined, /obs-6/],
     ['profile for another type', patient(), `${US_CORE}us-core-encounter`, /constrains Encounter, not Patient/],
+    // FHIR JSON: no empty arrays, objects or strings (@medplum/core passed the first two).
+    ['an empty array', patient({ telecom: [] }), undefined, /Empty array.*@Patient.telecom/],
+    ['an empty object', patient({ maritalStatus: {} }), undefined, /Empty object.*@Patient.maritalStatus/],
+    ['an empty string', patient({ identifier: [{ system: '', value: '1' }] }), undefined, /Empty string.*@Patient.identifier\[0\].system/],
     // Required bindings (@medplum/core does not expand value sets; src/normalize/bindings.ts does).
     ['a gender outside administrative-gender', patient({ gender: 'woman' }), `${US_CORE}us-core-patient`, /'woman' is not in the value set http:\/\/hl7.org\/fhir\/ValueSet\/administrative-gender.*@Patient.gender/],
     ['an identifier use outside identifier-use', patient({ identifier: [{ use: 'Official', system: 'urn:x', value: '1' }] }), undefined, /'Official' is not in the value set .*identifier-use.*@Patient.identifier\[0\].use/],
