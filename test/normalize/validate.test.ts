@@ -108,6 +108,21 @@ describe('broken resources', () => {
     expect(validator.validate(patient(), `${US_CORE}us-core-patient`).valid).toBe(true);
   });
 
+  it('a well-formed us-core-race extension passes, and references of allowed types, absolute or conditional, pass', () => {
+    const race = {
+      url: 'http://hl7.org/fhir/us/core/StructureDefinition/us-core-race',
+      extension: [
+        { url: 'ombCategory', valueCoding: { system: 'urn:oid:2.16.840.1.113883.6.238', code: '2106-3', display: 'White' } },
+        { url: 'text', valueString: 'White' },
+      ],
+    };
+    expect(validator.validate(patient({ extension: [race] }), `${US_CORE}us-core-patient`).valid).toBe(true);
+    for (const subject of ['Patient/p1', 'https://ehr.example/fhir/Patient/p1/_history/2', 'Patient?identifier=urn:x|1', 'urn:uuid:0b1d0a2e-3b3e-4c1a-9f3a-1a2b3c4d5e6f']) {
+      const obs = { resourceType: 'Observation', status: 'final', category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'laboratory' }] }], code: { coding: [{ system: 'http://loinc.org', code: '2339-0' }] }, subject: { reference: subject }, effectiveDateTime: '2024-01-01T00:00:00Z', valueString: 'a' } as Observation;
+      expect(texts(validator.validate(obs, `${US_CORE}us-core-observation-lab`))).not.toMatch(/not a valid target/);
+    }
+  });
+
   it('accepts codes nested in their code system (Observation.status corrected under amended); refuses a required concept given as text only', () => {
     const obs = (status: string) => ({ resourceType: 'Observation', status, code: { text: 'x' }, valueString: 'a' }) as unknown as Observation;
     for (const status of ['final', 'corrected', 'entered-in-error']) expect(texts(validator.validate(obs(status)))).not.toMatch(/value set/);
@@ -131,6 +146,19 @@ describe('broken resources', () => {
     ],
     ['invariant failure (obs-6: dataAbsentReason with a value)', { resourceType: 'Observation', status: 'final', code: { text: 'x' }, valueString: 'a', dataAbsentReason: { text: 'unknown' } } as Observation, undefined, /obs-6/],
     ['profile for another type', patient(), `${US_CORE}us-core-encounter`, /constrains Encounter, not Patient/],
+    // Reference targets (medplum did not check targetProfile) and US Core extension profiles (checked as plain Extension).
+    [
+      'a lab Observation whose subject is a Practitioner',
+      { resourceType: 'Observation', status: 'final', category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/observation-category', code: 'laboratory' }] }], code: { coding: [{ system: 'http://loinc.org', code: '2339-0' }] }, subject: { reference: 'Practitioner/x' }, effectiveDateTime: '2024-01-01T00:00:00Z', valueString: 'a' } as Observation,
+      `${US_CORE}us-core-observation-lab`,
+      /The type 'Practitioner' implied by the reference Practitioner\/x is not a valid target for this element \(must be one of Patient\) @Observation.subject/,
+    ],
+    [
+      'a us-core-race extension with a plain value',
+      patient({ extension: [{ url: 'http://hl7.org/fhir/us/core/StructureDefinition/us-core-race', valueString: 'white' }] }),
+      `${US_CORE}us-core-patient`,
+      /Missing required property @Patient.extension\[0\].extension/,
+    ],
     // FHIR JSON: no empty arrays, objects or strings (@medplum/core passed the first two).
     ['an empty array', patient({ telecom: [] }), undefined, /Empty array.*@Patient.telecom/],
     ['an empty object', patient({ maritalStatus: {} }), undefined, /Empty object.*@Patient.maritalStatus/],
