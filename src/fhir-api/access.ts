@@ -66,19 +66,20 @@ export const ACTOR_RESOURCE_TYPES = ['Organization', 'Practitioner', 'Practition
 
 /**
  * The local references (`Organization/…`, `Practitioner/…`, `PractitionerRole/…`) whose resources
- * carry one of `identifiers`, at most `limit` per identifier and type. Used for SMART clients
- * registered by identifier and for the actors of a consent consult, so that a consent naming the
- * actor by reference applies to a requester known by identifier.
+ * carry one of `identifiers`. Used for SMART clients registered by identifier and for the actors of
+ * a consent consult, so that a consent naming the actor by reference applies to a requester known by
+ * identifier. An identifier that more than one resource of a type carries names none of them: the
+ * identity would also carry permits meant for the others.
  */
 export async function resolveActorIdentifiers(
   store: { readonly resources: { findByIdentifier(resourceType: string, system: string, value: string, limit?: number): Promise<ReadonlyArray<{ readonly id: string }>> } },
   identifiers: ReadonlyArray<{ readonly system: string; readonly value: string }>,
-  limit = 10,
 ): Promise<string[]> {
   const references = new Set<string>();
   for (const a of identifiers) {
     for (const type of ACTOR_RESOURCE_TYPES) {
-      for (const v of await store.resources.findByIdentifier(type, a.system, a.value, limit)) references.add(`${type}/${v.id}`);
+      const found = await store.resources.findByIdentifier(type, a.system, a.value, 2);
+      if (found.length === 1) references.add(`${type}/${found[0]!.id}`);
     }
   }
   return [...references];

@@ -264,7 +264,7 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
     .map((a) => literalReference(a.value, deps.localBases ?? []))
     .filter((r): r is { type: string; id: string } => r !== undefined)
     .map((r) => `${r.type}/${r.id}`);
-  const references = [...new Set([...literalActors, ...(await resolveActorIdentifiers(deps.store, actorIdentifiers, MAX_MATCHES))])];
+  const references = [...new Set([...literalActors, ...(await resolveActorIdentifiers(deps.store, actorIdentifiers))])];
   const actor: RequestActor = { references, identifiers: actorIdentifiers, mayBreakGlass: false };
 
   const now = deps.clock.now();
