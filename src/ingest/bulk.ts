@@ -20,6 +20,8 @@ import type { SourceRegistry } from './sources.js';
 
 /** Resources per inbox item when NDJSON or search pages are grouped into collection Bundles. */
 export const BULK_CHUNK = 200;
+/** Pages one backfill search follows per type: the bound only stops a source whose `next` links never end. */
+const BACKFILL_MAX_PAGES = 100_000;
 /** The source used by `import` when none is named. */
 export const FILE_IMPORT_SOURCE = 'file-import';
 
@@ -243,7 +245,9 @@ export async function backfill(deps: BulkDeps, options: BackfillOptions): Promis
       deps.progress?.({ phase: `${type}: fetching`, done: count });
       page = [];
     };
-    for await (const resource of client.search(type as Resource['resourceType'], params)) {
+    // Pages are submitted (and the cursor saved) as they come, so memory does not grow with them; the
+    // client's default guard of 1,000 pages (200,000 resources) would stop a large backfill midway.
+    for await (const resource of client.search(type as Resource['resourceType'], params, { maxPages: BACKFILL_MAX_PAGES })) {
       page.push(resource);
       if (page.length >= BULK_CHUNK) await flush();
     }
