@@ -16,7 +16,7 @@ import { createQueueRegistry, integrityJobId, rerunJobId, type QueueBackendConfi
 import { createHmac } from 'node:crypto';
 import { createDisclosureRecorder, drainAuditOutbox, type AuditRecorder } from './fhir-api/audit.js';
 import { createAdaptiveDrain, createMaterialiserThread } from './fhir-api/audit-materialiser.js';
-import { resolveActorIdentifiers } from './fhir-api/access.js';
+import { completeActor } from './fhir-api/access.js';
 import { consentsFromSearch, createCdsHooksRouter } from './fhir-api/cds-hooks.js';
 import { createVerifyGate } from './fhir-api/operations/verify-gate.js';
 import { createFhirApiRouter, fhirApiCapability } from './fhir-api/routes.js';
@@ -219,7 +219,7 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
       clients: clientStore,
       clock,
       logger,
-      resolveActorIdentifiers: (identifiers) => resolveActorIdentifiers(database.store, identifiers),
+      completeActor: (actor) => completeActor(database.store, actor),
     });
   } catch (err) {
     await clientStore.close();

@@ -84,3 +84,35 @@ export async function resolveActorIdentifiers(
   }
   return [...references];
 }
+
+/**
+ * A requester's actor identity completed from the store, both ways: its identifiers resolve to the
+ * local actor resources that carry them ({@link resolveActorIdentifiers}), and the identifiers of its
+ * local actor resources (`Organization/…`, `Practitioner/…`, `PractitionerRole/…`) join it. A consent
+ * naming the practitioner by NPI then applies to a client registered as `Practitioner/dr-1`, and one
+ * naming `Organization/org-54` to a client registered by the organisation's OID.
+ */
+export async function completeActor(
+  store: {
+    readonly resources: {
+      findByIdentifier(resourceType: string, system: string, value: string, limit?: number): Promise<ReadonlyArray<{ readonly id: string }>>;
+      readCurrent(resourceType: string, id: string): Promise<{ readonly deleted: boolean; readonly resource?: unknown } | undefined>;
+    };
+  },
+  actor: { readonly references: readonly string[]; readonly identifiers: ReadonlyArray<{ readonly system: string; readonly value: string }> },
+): Promise<{ references: string[]; identifiers: Array<{ system: string; value: string }> }> {
+  const references = new Set([...actor.references, ...(await resolveActorIdentifiers(store, actor.identifiers))]);
+  const identifiers = new Map(actor.identifiers.map((i) => [`${i.system}|${i.value}`, { system: i.system, value: i.value }]));
+  for (const ref of references) {
+    const [type, id] = ref.split('/');
+    if (!type || !id || !(ACTOR_RESOURCE_TYPES as readonly string[]).includes(type)) continue;
+    const current = await store.resources.readCurrent(type, id);
+    if (!current || current.deleted) continue;
+    const list = (current.resource as { identifier?: unknown } | undefined)?.identifier;
+    for (const i of Array.isArray(list) ? list : []) {
+      const { system, value } = (i ?? {}) as { system?: unknown; value?: unknown };
+      if (typeof system === 'string' && system !== '' && typeof value === 'string' && value !== '') identifiers.set(`${system}|${value}`, { system, value });
+    }
+  }
+  return { references: [...references], identifiers: [...identifiers.values()] };
+}

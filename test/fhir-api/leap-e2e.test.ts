@@ -17,6 +17,7 @@ const ADMIN = 'test-admin-token-0123456789abcdef0123456789';
 const ORG_ID = { system: 'urn:ietf:rfc:3986', value: '2.16.840.1.113883.19.5' };
 const MEDICARE = { system: 'http://hl7.org/fhir/sid/us-medicare', value: '0000-000-0000' };
 const ROEL_ID = { system: 'http://hl7.org/fhir/sid/us-medicare', value: '1111-111-1111' };
+const BOB_NPI = { system: 'http://hl7.org/fhir/sid/us-npi', value: '1234567893' };
 
 describe('LEAP scenario through real reads and the decision service', () => {
   let config: Config;
@@ -25,6 +26,7 @@ describe('LEAP scenario through real reads and the decision service', () => {
   let goodHealth: string;
   let otherClinic: string;
   let enforcer: string;
+  let drBob: string;
 
   beforeAll(async () => {
     // Opt-in jurisdiction: without a consent nobody reads.
@@ -48,12 +50,15 @@ describe('LEAP scenario through real reads and the decision service', () => {
             actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { reference: 'Organization/org-54' } }],
             action: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentaction', code: 'access' }] }],
           },
+          // And Dr Bob, named by his NPI (as consents written elsewhere often name people).
+          { type: 'deny', actor: [{ role: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ParticipationType', code: 'IRCP' }] }, reference: { identifier: BOB_NPI } }] },
         ],
       },
     };
     await service.database.store.resources.putVersions(
       [
         { resourceType: 'Organization', id: 'org-54', resource: { resourceType: 'Organization', id: 'org-54', name: 'Good Health Clinic', identifier: [ORG_ID] } },
+        { resourceType: 'Practitioner', id: 'dr-bob', resource: { resourceType: 'Practitioner', id: 'dr-bob', name: [{ family: 'Careful' }], identifier: [BOB_NPI] } },
         { resourceType: 'Patient', id: 'boris', resource: { resourceType: 'Patient', id: 'boris', identifier: [MEDICARE], name: [{ family: 'Betterhalf' }] } },
         { resourceType: 'Observation', id: 'boris-glucose', resource: { resourceType: 'Observation', id: 'boris-glucose', status: 'final', code: { text: 'glucose' }, subject: { reference: 'Patient/boris' } } },
         { resourceType: 'Consent', id: 'boris-optin', resource: consent },
@@ -78,6 +83,8 @@ describe('LEAP scenario through real reads and the decision service', () => {
     goodHealth = await gh.token('system/Observation.rs', { purposeOfUse: 'TREAT' });
     const other = await registerTestClient(base, ADMIN, { id: 'other-clinic', allowedScopes: ['system/Observation.rs'], allowedPurposes: ['TREAT'] });
     otherClinic = await other.token('system/Observation.rs', { purposeOfUse: 'TREAT' });
+    const bob = await registerTestClient(base, ADMIN, { id: 'bob-app', allowedScopes: ['system/Observation.rs'], allowedPurposes: ['TREAT'], actor: { references: ['Practitioner/dr-bob'] } });
+    drBob = await bob.token('system/Observation.rs', { purposeOfUse: 'TREAT' });
     const pep = await registerTestClient(base, ADMIN, { id: 'enforcer', allowedScopes: ['system/Consent.rs'] });
     enforcer = await pep.token('system/Consent.rs');
   }, 60_000);
@@ -125,6 +132,10 @@ describe('LEAP scenario through real reads and the decision service', () => {
     expect(card.extension.obligations).toHaveLength(1);
     expect(card.extension.content?.total).toBe(1);
     expect(card.extension.content?.entry.map((e) => e.resource.id)).toEqual(['bacteria']);
+  });
+
+  it('refuses a practitioner the consent names by NPI, whose client is registered by reference', async () => {
+    expect((await read(drBob)).status).toBe(404);
   });
 
   it('permits other organisations under the opt-in', async () => {

@@ -57,12 +57,18 @@ export interface AuthenticatorDeps {
    */
   readonly clientCacheMs?: number;
   /**
-   * The local Organization / Practitioner / PractitionerRole references a registered client's actor
-   * identifiers resolve to (a store look-up by identifier). Consents mostly name actors by reference;
-   * without this a client registered only by identifier (an NPI, an organisation OID) would escape
-   * a deny that names its Organization by reference. Cached with the token.
+   * Completes a requester's actor identity from the store, both ways: identifiers resolve to the
+   * local Organization / Practitioner / PractitionerRole that carries them, and those resources'
+   * identifiers join the identity. Consents name actors by reference or by identifier; without this
+   * a client registered one way would escape a deny written the other way. Cached with the token.
    */
-  readonly resolveActorIdentifiers?: (identifiers: ReadonlyArray<{ readonly system: string; readonly value: string }>) => Promise<string[]>;
+  readonly completeActor?: (actor: ActorIdentity) => Promise<ActorIdentity>;
+}
+
+/** A requester's actor identity: local references and identifiers. */
+export interface ActorIdentity {
+  readonly references: readonly string[];
+  readonly identifiers: ReadonlyArray<{ readonly system: string; readonly value: string }>;
 }
 
 export interface Authenticator {
@@ -167,10 +173,13 @@ export function createAuthenticator(deps: AuthenticatorDeps): Authenticator {
       const allowed = new Set(registration.allowedPurposes);
       purposes = purposes.filter((p) => allowed.has(p));
     }
-    const registered = registration?.actorIdentifiers ?? [];
-    const resolved = registered.length > 0 && deps.resolveActorIdentifiers ? await deps.resolveActorIdentifiers(registered) : [];
-    const references = [...new Set([...(registration?.actorReferences ?? []), ...resolved, ...(fhirUser && !fhirUser.includes('://') ? [fhirUser] : [])])];
-    const identifiers = [...(registration?.actorIdentifiers ?? []), { system: OAUTH_CLIENT_ID_SYSTEM, value: clientId }];
+    const given: ActorIdentity = {
+      references: [...new Set([...(registration?.actorReferences ?? []), ...(fhirUser && !fhirUser.includes('://') ? [fhirUser] : [])])],
+      identifiers: registration?.actorIdentifiers ?? [],
+    };
+    const actor = deps.completeActor && (given.references.length > 0 || given.identifiers.length > 0) ? await deps.completeActor(given) : given;
+    const references = actor.references;
+    const identifiers = [...actor.identifiers, { system: OAUTH_CLIENT_ID_SYSTEM, value: clientId }];
     const jti = stringClaim(payload, 'jti');
     return Object.freeze({
       clientId,

@@ -32,8 +32,8 @@ export interface SmartStageDeps {
   readonly clients: OAuthClientStore & AssertionReplayCache;
   readonly clock: Clock;
   readonly logger: Logger;
-  /** Resolves registered actor identifiers to local references (see `AuthenticatorDeps`). */
-  readonly resolveActorIdentifiers?: AuthenticatorDeps['resolveActorIdentifiers'];
+  /** Completes a requester's actor identity from the store (see `AuthenticatorDeps`). */
+  readonly completeActor?: AuthenticatorDeps['completeActor'];
 }
 
 export interface SmartStage {
@@ -61,7 +61,7 @@ export async function createSmartStage(deps: SmartStageDeps): Promise<SmartStage
     clock: deps.clock,
     logger: deps.logger,
     remoteJwks,
-    ...(deps.resolveActorIdentifiers ? { resolveActorIdentifiers: deps.resolveActorIdentifiers } : {}),
+    ...(deps.completeActor ? { completeActor: deps.completeActor } : {}),
   });
   return {
     options,
