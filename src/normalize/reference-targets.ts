@@ -7,6 +7,7 @@
  * identifier or display, `#contained`, `urn:uuid:`) are not checked here.
  */
 import type { ElementDefinition, OperationOutcomeIssue, StructureDefinition } from '@medplum/fhirtypes';
+import { valuesAt } from './json-path.js';
 
 const BASE = 'http://hl7.org/fhir/StructureDefinition/';
 
@@ -21,15 +22,6 @@ export function referencedType(reference: string): string | undefined {
   if (conditional) return conditional[1];
   const m = /(?:^|\/)([A-Z][A-Za-z]{1,63})\/[A-Za-z0-9\-.]{1,64}(?:\/_history\/[A-Za-z0-9\-.]{1,64})?$/.exec(reference);
   return m?.[1];
-}
-
-function valuesAt(node: unknown, path: readonly string[], i = 0, at = ''): Array<{ value: unknown; expression: string }> {
-  if (node === null || node === undefined) return [];
-  if (Array.isArray(node)) return node.flatMap((n, k) => valuesAt(n, path, i, `${at}[${k}]`));
-  if (i === path.length) return [{ value: node, expression: at }];
-  if (typeof node !== 'object') return [];
-  const name = path[i]!;
-  return valuesAt((node as Record<string, unknown>)[name], path, i + 1, `${at}.${name}`);
 }
 
 export interface ReferenceTargets {

@@ -8,7 +8,7 @@
  * terminology bindings (no ValueSet expansion: a required binding passes any code; required bindings
  * to value sets the FHIR definitions can expand are checked here, by `bindings.ts`), `exists` /
  * `profile` slice discriminators, profiles of nested extensions (us-core-race etc. are checked
- * as plain Extension: applied here, `extensionIssues`), reference target types (checked here,
+ * as plain Extension: applied here, `checkExtensions`), reference target types (checked here,
  * `reference-targets.ts`), and the
  * invariants it skips on purpose (ele-1, dom-3, org-1, sdf-19).
  */
@@ -119,14 +119,16 @@ function rewriteConstraints(sd: StructureDefinition): StructureDefinition {
 }
 
 /**
- * FHIR JSON allows no empty arrays, no empty objects (ele-1: an element has a value or children;
- * @medplum/core skips ele-1) and no empty strings (a primitive's value has at least one character).
- * The HL7 validator reports each as an error; @medplum/core passed `telecom: []` and `maritalStatus: {}`.
- * `fhir_comments` and the narrative's XHTML are not inspected.
+ * One walk over a resource's JSON. It reports what FHIR JSON does not allow: empty arrays, empty
+ * objects (ele-1: an element has a value or children; @medplum/core skips ele-1) and empty strings (a
+ * primitive's value has at least one character); the HL7 validator reports each as an error, and
+ * @medplum/core passed `telecom: []` and `maritalStatus: {}`. It also hands every `extension` /
+ * `modifierExtension` list, with its location, to `onExtensions` (the extension-profile check), so
+ * the resource is walked once for both. `fhir_comments` and the narrative's XHTML are not inspected.
+ * The location is built only when needed (segments pushed and popped while walking).
  */
-export function emptyElementIssues(resource: Resource): OperationOutcomeIssue[] {
+export function jsonShapeIssues(resource: Resource, onExtensions?: (list: readonly unknown[], at: string, issues: OperationOutcomeIssue[]) => void): OperationOutcomeIssue[] {
   const issues: OperationOutcomeIssue[] = [];
-  // The path is built only for a finding (segments pushed and popped while walking).
   const path: string[] = [resource.resourceType];
   const report = (what: string): void => {
     if (issues.length < 20) issues.push({ severity: 'error', code: 'structure', details: { text: what }, expression: [path.join('')] });
@@ -154,6 +156,7 @@ export function emptyElementIssues(resource: Resource): OperationOutcomeIssue[] 
       const val = o[k];
       if (val !== null && typeof val !== 'object' && val !== '') continue;
       path.push(`.${k}`);
+      if (onExtensions && (k === 'extension' || k === 'modifierExtension') && Array.isArray(val)) onExtensions(val, path.join(''), issues);
       walk(val);
       path.pop();
     }
@@ -190,7 +193,7 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
         sds.set(sd.url, sd);
       } else if (sd.kind === 'complex-type' && sd.type === 'Extension' && sd.url) {
         // US Core extensions (race, ethnicity, birthsex, …): medplum checks an extension only as
-        // plain Extension; its profile is applied where the extension occurs (extensionIssues).
+        // plain Extension; its profile is applied where the extension occurs (checkExtensions).
         const schema = tryGetProfile(sd.url);
         if (schema) {
           getAllDataTypes()[cachedTypeName(sd.url)] = schema;
@@ -202,48 +205,20 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
     }
   }
   /**
-   * Each extension anywhere in the resource whose url is a loaded extension profile, validated
-   * against that profile (issues re-rooted at the extension's path).
+   * The extensions of one list whose url is a loaded extension profile, validated against that
+   * profile (issues re-rooted at the extension's location); called by {@link jsonShapeIssues}.
    */
-  const extensionIssues = (resource: Resource): OperationOutcomeIssue[] => {
-    const out: OperationOutcomeIssue[] = [];
-    const path: string[] = [resource.resourceType];
-    const walk = (node: unknown): void => {
-      if (node === null || typeof node !== 'object') return;
-      if (Array.isArray(node)) {
-        for (let i = 0; i < node.length; i++) {
-          path.push(`[${i}]`);
-          walk(node[i]);
-          path.pop();
-        }
-        return;
+  const checkExtensions = (list: readonly unknown[], at: string, out: OperationOutcomeIssue[]): void => {
+    list.forEach((ext, i) => {
+      const url = (ext as { url?: unknown } | null)?.url;
+      if (typeof url !== 'string' || !extensionProfiles.has(url)) return;
+      try {
+        validateTypedValue({ type: cachedTypeName(url), value: ext });
+      } catch (err) {
+        const issues = err instanceof OperationOutcomeError ? (err.outcome.issue ?? []) : [{ severity: 'error' as const, code: 'exception' as const, details: { text: String(err) } }];
+        for (const issue of issues) out.push({ ...issue, expression: (issue.expression ?? ['Extension']).map((e) => e.replace(/^Extension/, `${at}[${i}]`)) });
       }
-      const o = node as Record<string, unknown>;
-      for (const key of ['extension', 'modifierExtension']) {
-        const list = o[key];
-        if (!Array.isArray(list)) continue;
-        list.forEach((ext, i) => {
-          const url = (ext as { url?: unknown } | null)?.url;
-          if (typeof url !== 'string' || !extensionProfiles.has(url)) return;
-          const where = `${path.join('')}.${key}[${i}]`;
-          try {
-            validateTypedValue({ type: cachedTypeName(url), value: ext });
-          } catch (err) {
-            const issues = err instanceof OperationOutcomeError ? (err.outcome.issue ?? []) : [{ severity: 'error' as const, code: 'exception' as const, details: { text: String(err) } }];
-            for (const issue of issues) out.push({ ...issue, expression: (issue.expression ?? ['Extension']).map((e) => e.replace(/^Extension/, where)) });
-          }
-        });
-      }
-      for (const k in o) {
-        const v = o[k];
-        if (k === 'extension' || k === 'modifierExtension' || v === null || typeof v !== 'object') continue;
-        path.push(`.${k}`);
-        walk(v);
-        path.pop();
-      }
-    };
-    walk(resource);
-    return out;
+    });
   };
 
   const unloadableUrls = new Map<string, string>();
@@ -251,31 +226,18 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
     unloadableUrls.set(`http://hl7.org/fhir/us/core/StructureDefinition/${name.slice('StructureDefinition-'.length, -'.json'.length)}`, why);
   }
 
-  // Required bindings and reference targets, per profile URL or base type, built on first use.
-  const bindingChecks = new Map<string, RequiredBindings>();
-  const targetChecks = new Map<string, ReferenceTargets>();
-  const targetsFor = (resource: Resource, url: string | undefined): ReferenceTargets | undefined => {
-    const key = url ?? resource.resourceType;
-    let t = targetChecks.get(key);
-    if (!t) {
-      const sd = url !== undefined ? sds.get(url) : baseSds().resources.get(resource.resourceType);
-      if (!sd) return undefined;
-      t = referenceTargets(sd, (profile) => sds.get(profile)?.type);
-      targetChecks.set(key, t);
-    }
-    return t;
-  };
+  // Required bindings and reference targets, per profile URL or base type, built together on first use.
   const datatype = (name: string): readonly ElementDefinition[] | undefined => baseSds().types.get(name)?.snapshot?.element;
-  const bindingsFor = (resource: Resource, url: string | undefined): RequiredBindings | undefined => {
+  const profileChecks = new Map<string, { bindings: RequiredBindings; targets: ReferenceTargets } | null>();
+  const checksFor = (resource: Resource, url: string | undefined): { bindings: RequiredBindings; targets: ReferenceTargets } | null => {
     const key = url ?? resource.resourceType;
-    let b = bindingChecks.get(key);
-    if (!b) {
+    let c = profileChecks.get(key);
+    if (c === undefined) {
       const sd = url !== undefined ? sds.get(url) : baseSds().resources.get(resource.resourceType);
-      if (!sd) return undefined;
-      b = requiredBindings(sd, datatype);
-      bindingChecks.set(key, b);
+      c = sd ? { bindings: requiredBindings(sd, datatype), targets: referenceTargets(sd, (profile) => sds.get(profile)?.type) } : null;
+      profileChecks.set(key, c);
     }
-    return b;
+    return c;
   };
 
   let fastPath = true;
@@ -311,11 +273,11 @@ export async function createValidator(options: { profilesDir?: string } = {}): P
         };
       }
     }
+    const checks = checksFor(resource, url);
     const bindingIssues = [
-      ...emptyElementIssues(resource),
-      ...(bindingsFor(resource, url)?.check(resource) ?? []),
-      ...(targetsFor(resource, url)?.check(resource) ?? []),
-      ...(extensionProfiles.size > 0 ? extensionIssues(resource) : []),
+      ...jsonShapeIssues(resource, extensionProfiles.size > 0 ? checkExtensions : undefined),
+      ...(checks?.bindings.check(resource) ?? []),
+      ...(checks?.targets.check(resource) ?? []),
     ];
     try {
       const issues = run(resource, url);
