@@ -37,6 +37,7 @@ import {
 } from '../consent/index.js';
 import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
+import { unstorableText } from '../platform/json-text.js';
 import type { Logger } from '../platform/logger.js';
 import { integrityJobId, type QueueRegistry } from '../queue/index.js';
 import { isExportManifest } from '../research/export/manifest.js';
@@ -161,12 +162,6 @@ export function patientsOf(resource: Resource): string[] {
   };
   walk(resource);
   return [...out];
-}
-
-function hasNul(value: unknown): boolean {
-  if (typeof value === 'string') return value.includes('\u0000');
-  if (typeof value !== 'object' || value === null) return false;
-  return Object.entries(value).some(([k, v]) => k.includes('\u0000') || hasNul(v));
 }
 
 function entityOf(v: { resourceType: string; id: string; versionId: string }): string {
@@ -421,8 +416,9 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
 
   const checkConsentBody = (body: unknown, interaction: 'create' | 'update'): Consent => {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw httpError(400, 'structure', 'The body must be a Consent resource');
-    // PostgreSQL jsonb cannot hold NUL; refuse it here rather than fail in the store.
-    if (hasNul(body)) throw httpError(400, 'invalid', 'The body must not contain NUL characters');
+    // PostgreSQL jsonb cannot hold NUL or lone surrogates; refuse them here rather than fail in the store.
+    const bad = unstorableText(body, 'Consent');
+    if (bad) throw httpError(400, 'invalid', `${bad.path}: ${bad.why}`);
     let c = body as Consent;
     if (c.resourceType !== 'Consent') throw httpError(400, 'invalid', 'The body must be a Consent resource');
     if (typeof c.status !== 'string' || !CONSENT_STATUSES.has(c.status)) throw httpError(400, 'invalid', 'Consent.status is missing or invalid');

@@ -107,11 +107,18 @@ export function createHooksRouter(deps: HooksDeps): Router {
       // Durable already: the reconciler re-enqueues inbox items that have no job.
       logger.warn({ inboxId: id, err: err instanceof Error ? err.message : String(err) }, 'enqueue failed; left for the reconciler');
     }
+    const bad = n.entries.filter((e) => e.kind === 'invalid');
+    const good = n.entries.length - bad.length;
     const accepted =
       n.style === 'ping'
         ? 'Accepted: a notification without payload; the changes will be fetched from the source'
-        : `Accepted: ${n.entries.length} entr${n.entries.length === 1 ? 'y' : 'ies'} queued`;
-    send(res, 202, outcome('information', 'informational', accepted), {
+        : `Accepted: ${good} entr${good === 1 ? 'y' : 'ies'} queued`;
+    // Entries that cannot be applied are kept as dead letters; the sender is told which (the rest go on).
+    const answer = outcome('information', 'informational', accepted);
+    for (const e of bad.slice(0, 20)) {
+      if (e.kind === 'invalid') answer.issue.push({ severity: 'warning', code: 'structure', details: { text: `${e.text}: kept as a dead letter, not applied` }, expression: [`Bundle.entry[${e.index}]`] });
+    }
+    send(res, 202, answer, {
       'X-Inbox-Id': id,
     });
   };

@@ -34,7 +34,12 @@ export type NotificationEntry =
   /** A reference we must fetch from the source (id-only payloads, focus of empty payloads). */
   | { readonly kind: 'fetch'; readonly index: number; readonly reference: string }
   /** A deletion. */
-  | { readonly kind: 'delete'; readonly index: number; readonly resourceType: string; readonly id: string };
+  | { readonly kind: 'delete'; readonly index: number; readonly resourceType: string; readonly id: string }
+  /**
+   * A Bundle entry that cannot be applied (not an object, a resource that is not one, a delete or
+   * id-only entry naming nothing): a dead letter with this reason, while the entries beside it go on.
+   */
+  | { readonly kind: 'invalid'; readonly index: number; readonly text: string };
 
 export interface SubscriptionStatusInfo {
   readonly subscription: string;
@@ -179,28 +184,48 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): Not
   const raw = bundle.entry === undefined ? [] : bundle.entry;
   if (!Array.isArray(raw)) return 'Bundle.entry must be an array';
   const entries: NotificationEntry[] = [];
+  const invalid = (index: number, text: string): void => {
+    entries.push({ kind: 'invalid', index, text });
+  };
   for (let index = skipFirst ? 1 : 0; index < raw.length; index++) {
     const e = raw[index];
-    if (!isObject(e)) return `Bundle.entry[${index}] must be an object`;
+    if (!isObject(e)) {
+      invalid(index, `Bundle.entry[${index}] must be an object`);
+      continue;
+    }
     const request = isObject(e.request) ? e.request : undefined;
     const method = typeof request?.method === 'string' ? request.method : undefined;
     const fullUrl = typeof e.fullUrl === 'string' ? e.fullUrl : undefined;
     if (method === 'DELETE') {
       const ref = typeof request?.url === 'string' ? parseReference(request.url) : undefined;
-      if (!ref) return `Bundle.entry[${index}].request.url must name the deleted resource as Type/id`;
+      if (!ref) {
+        invalid(index, `Bundle.entry[${index}].request.url must name the deleted resource as Type/id`);
+        continue;
+      }
       entries.push({ kind: 'delete', index, resourceType: ref.resourceType, id: ref.id });
       continue;
     }
     if (e.resource !== undefined) {
-      if (!isObject(e.resource)) return `Bundle.entry[${index}].resource must be an object`;
+      if (!isObject(e.resource)) {
+        invalid(index, `Bundle.entry[${index}].resource must be an object`);
+        continue;
+      }
       const ifNoneExist = typeof request?.ifNoneExist === 'string' ? request.ifNoneExist : undefined;
       entries.push({ kind: 'resource', index, resource: e.resource, ...(fullUrl ? { fullUrl } : {}), ...(ifNoneExist ? { ifNoneExist } : {}) });
       continue;
     }
     // No resource: an id-only entry; the reference is the fullUrl (or the request URL).
     const target = fullUrl ?? (typeof request?.url === 'string' ? request.url : undefined);
-    if (!target || !parseReference(target)) return `Bundle.entry[${index}] has neither a resource nor a resolvable fullUrl`;
+    if (!target || !parseReference(target)) {
+      invalid(index, `Bundle.entry[${index}] has neither a resource nor a resolvable fullUrl`);
+      continue;
+    }
     entries.push({ kind: 'fetch', index, reference: target });
+  }
+  // Nothing in it can be applied: the notification as a whole is refused.
+  if (entries.length > 0 && entries.every((e) => e.kind === 'invalid')) {
+    const texts = entries.map((e) => (e.kind === 'invalid' ? e.text : ''));
+    return texts.length > 5 ? `${texts.slice(0, 5).join('; ')}; and ${texts.length - 5} more` : texts.join('; ');
   }
   return entries;
 }

@@ -300,7 +300,10 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       for (const e of entries) {
         if (e.kind === 'resource') work.push({ index: e.index, resource: e.resource, ...(e.fullUrl ? { fullUrl: e.fullUrl } : {}), ...(e.ifNoneExist ? { ifNoneExist: e.ifNoneExist } : {}) });
         else if (e.kind === 'delete') work.push({ index: e.index, delete: { resourceType: e.resourceType, id: e.id } });
-        else {
+        else if (e.kind === 'invalid') {
+          await deadLetter(inboxId, source.id, 'invalid-structure', outcome('error', 'structure', e.text, `Bundle.entry[${e.index}]`), e.index);
+          summary.deadLetters += 1;
+        } else {
           const ref = parseReference(e.reference);
           if (!ref) {
             await deadLetter(inboxId, source.id, 'unresolvable', outcome('error', 'invalid', `Cannot fetch ${e.reference.slice(0, 200)}: not a Type/id reference`), e.index);

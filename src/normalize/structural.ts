@@ -1,10 +1,12 @@
 /**
  * A cheap structural gate run before normalisation and validation: is this value shaped like a FHIR R4
  * resource at all? It checks only the top level against the base R4 definitions, plus, in the whole
- * tree, keys that are never legal in FHIR JSON and could poison prototypes.
+ * tree, keys that are never legal in FHIR JSON and could poison prototypes, and text that cannot be
+ * stored (NUL, lone surrogates).
  */
 import type { OperationOutcome, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { PRIMITIVE_JS_TYPE, r4Index } from './r4-index.js';
+import { UNSTORABLE_TEXT, unstorable } from '../platform/json-text.js';
 
 const ID = /^[A-Za-z0-9\-.]{1,64}$/;
 /** Keys that JSON.parse turns into own properties but that no FHIR element is named (prototype pollution). */
@@ -26,11 +28,16 @@ function scanKeys(value: unknown, path: string, depth: number, issues: Operation
     issues.push(issue('too-costly', `nesting deeper than ${MAX_DEPTH} levels`, path));
     return;
   }
-  if (Array.isArray(value)) {
+  if (typeof value === 'string') {
+    const why = unstorable(value);
+    if (why) issues.push(issue('invalid', `string ${why}`, path));
+  } else if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) scanKeys(value[i], `${path}[${i}]`, depth + 1, issues);
   } else if (isPlainObject(value)) {
     for (const key of Object.keys(value)) {
-      if (FORBIDDEN_KEYS.has(key)) issues.push(issue('security', `forbidden property "${key}"`, `${path}.${key}`));
+      const why = unstorable(key);
+      if (why) issues.push(issue('invalid', `property name ${why}`, `${path}.${key.replace(UNSTORABLE_TEXT, '?')}`));
+      else if (FORBIDDEN_KEYS.has(key)) issues.push(issue('security', `forbidden property "${key}"`, `${path}.${key}`));
       else scanKeys(value[key], `${path}.${key}`, depth + 1, issues);
     }
   }
@@ -43,7 +50,8 @@ function describe(v: unknown): string {
 /**
  * Checks that `value` is a JSON object with a known R4 `resourceType`, whose top-level properties are
  * all R4 elements of that type with the right JSON shape (array or not; string, number, boolean or
- * object), and with no `__proto__` / `constructor` / `prototype` key anywhere.
+ * object), with no `__proto__` / `constructor` / `prototype` key anywhere, and with no string or key
+ * that cannot be stored ({@link unstorableText}).
  *
  * @param value - anything, typically the result of `JSON.parse`
  * @returns the value typed as a Resource, or an OperationOutcome listing what is wrong

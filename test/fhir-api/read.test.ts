@@ -162,6 +162,10 @@ describe('FHIR read API', () => {
       expect((await send('POST', '/Consent', 'p1', '{"resourceType":"Patient"}')).status).toBe(400);
       expect((await send('POST', '/Consent', 'p1', '{not json')).status).toBe(400);
       expect((await send('POST', '/Consent', 'p1', body('Patient/p1', { type: 'deny', purpose: [{ code: 'x\u0000' }] }))).status).toBe(400);
+      // A lone surrogate (valid JSON escape, not Unicode): 400 naming the place, not a store failure.
+      const lone = await send('POST', '/Consent', 'p1', body('Patient/p1', { type: 'deny', purpose: [{ code: 'x\ud800' }] }));
+      expect(lone.status).toBe(400);
+      expect(JSON.stringify(lone.body)).toMatch(/Consent\.provision.*lone UTF-16 surrogate/);
       expect((await env.get('/Consent/c-p2', 'clinician')).status).toBe(200);
     });
 

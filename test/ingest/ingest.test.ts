@@ -257,6 +257,43 @@ describe('ingest (queues on Redis)', () => {
       expect(letters.some((l: { inboxId: string; entryIndex: number; reason: string }) => l.inboxId === r.inboxId && l.entryIndex === 1 && l.reason === 'invalid-structure')).toBe(true);
     });
 
+    it('stores the good entries of a Bundle beside entries that are not resources or hold unstorable text, and says which were not applied', async () => {
+      const bundle = {
+        resourceType: 'Bundle',
+        type: 'transaction',
+        entry: [
+          { resource: { resourceType: 'Organization', id: 'mixed-1', name: 'Good' }, request: { method: 'PUT', url: 'Organization/mixed-1' } },
+          { resource: 'not a resource', request: { method: 'PUT', url: 'Organization/x' } },
+          // JSON.parse accepts these escapes; PostgreSQL's jsonb refuses NUL and lone surrogates.
+          { resource: { resourceType: 'Organization', id: 'mixed-nul', name: 'a\u0000b' }, request: { method: 'PUT', url: 'Organization/mixed-nul' } },
+          { resource: { resourceType: 'Organization', id: 'mixed-sur', name: 'a\ud800b' }, request: { method: 'PUT', url: 'Organization/mixed-sur' } },
+          { resource: { resourceType: 'Organization', id: 'mixed-2', name: 'J\u00fcrgen \u{1F600}' }, request: { method: 'PUT', url: 'Organization/mixed-2' } },
+        ],
+      };
+      const res = await hook('ehr-b', Buffer.from(JSON.stringify(bundle)));
+      expect(res.status).toBe(202);
+      const oo = (await res.json()) as { issue: Array<{ severity: string; expression?: string[]; details?: { text?: string } }> };
+      expect(oo.issue[0]!.details?.text).toBe('Accepted: 4 entries queued');
+      expect(oo.issue.filter((i) => i.severity === 'warning').map((i) => i.expression?.[0])).toEqual(['Bundle.entry[1]']);
+      const s = await settle(res.headers.get('x-inbox-id')!);
+      expect(s.state).toBe('done');
+      expect(s.outcome.stored).toBe(2);
+      expect(s.outcome.deadLetters).toBe(3);
+      const stored = await service.database.store.resources.readCurrent('Organization', anchorId('ehr-b', 'Organization', 'mixed-2'));
+      expect((stored?.resource as { name?: string } | undefined)?.name).toBe('J\u00fcrgen \u{1F600}');
+      expect(await service.database.store.resources.readCurrent('Organization', anchorId('ehr-b', 'Organization', 'mixed-1'))).toBeDefined();
+      expect(await service.database.store.resources.readCurrent('Organization', anchorId('ehr-b', 'Organization', 'mixed-nul'))).toBeUndefined();
+      const letters = (await json(await admin('/admin/dead-letters?source=ehr-b'))) as Array<{ inboxId: string; entryIndex: number; reason: string; outcome: { issue: Array<{ details?: { text?: string } }> } }>;
+      const mine = letters.filter((l) => l.inboxId === res.headers.get('x-inbox-id')).sort((a, b) => a.entryIndex - b.entryIndex);
+      expect(mine.map((l) => [l.entryIndex, l.reason])).toEqual([
+        [1, 'invalid-structure'],
+        [2, 'invalid-structure'],
+        [3, 'invalid-structure'],
+      ]);
+      expect(mine[1]!.outcome.issue.map((i) => i.details?.text).join(' ')).toMatch(/U\+0000/);
+      expect(mine[2]!.outcome.issue.map((i) => i.details?.text).join(' ')).toMatch(/lone UTF-16 surrogate/);
+    });
+
     it('never answers 5xx to arbitrary bytes from an authenticated source (property)', async () => {
       await fc.assert(
         fc.asyncProperty(

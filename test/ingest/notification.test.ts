@@ -119,6 +119,48 @@ describe('parseNotification', () => {
     }
   });
 
+  it('keeps the applicable entries of a Bundle and marks each one that cannot be applied', () => {
+    const body = {
+      resourceType: 'Bundle',
+      type: 'batch',
+      entry: [
+        { resource: { resourceType: 'Observation', id: 'good' }, request: { method: 'PUT', url: 'Observation/good' } },
+        'not an entry',
+        { resource: 'junk', request: { method: 'PUT', url: 'Observation/junk' } },
+        { request: { method: 'DELETE', url: 'nonsense' } },
+        { request: { method: 'GET' } },
+        { request: { method: 'DELETE', url: 'Observation/gone' } },
+      ],
+    };
+    const r = parseNotification(Buffer.from(JSON.stringify(body)));
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.notification.entries.map((e) => [e.index, e.kind])).toEqual([
+      [0, 'resource'],
+      [1, 'invalid'],
+      [2, 'invalid'],
+      [3, 'invalid'],
+      [4, 'invalid'],
+      [5, 'delete'],
+    ]);
+    const texts = r.notification.entries.flatMap((e) => (e.kind === 'invalid' ? [e.text] : []));
+    expect(texts).toEqual([
+      'Bundle.entry[1] must be an object',
+      'Bundle.entry[2].resource must be an object',
+      'Bundle.entry[3].request.url must name the deleted resource as Type/id',
+      'Bundle.entry[4] has neither a resource nor a resolvable fullUrl',
+    ]);
+  });
+
+  it('refuses a Bundle none of whose entries can be applied, naming each', () => {
+    const r = parseNotification(Buffer.from(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [7, { resource: [] }] })));
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.reason).toBe('invalid-structure');
+      expect(r.outcome.issue[0]!.details?.text).toBe('Bundle.entry[0] must be an object; Bundle.entry[1].resource must be an object');
+    }
+  });
+
   it('rejects JSON nested deeper than the limit', () => {
     const deep = `{"resourceType":"Patient","id":"x","extension":${'['.repeat(200)}${']'.repeat(200)}}`;
     const r = parseNotification(Buffer.from(deep));

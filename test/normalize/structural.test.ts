@@ -21,6 +21,11 @@ describe('isStructurallyFhir', () => {
     ['an unknown property', { resourceType: 'Observation', colour: 'red' }, /unknown property "colour"/],
     ['a bad id', { resourceType: 'Patient', id: 'has space' }, /id must match/],
     ['a contained non-resource', { resourceType: 'Patient', contained: [{ id: 'x' }] }, /contained entry must be a resource/],
+    // PostgreSQL's json/jsonb cannot hold these; JSON.parse accepts them as \u escapes.
+    ['a NUL in a string', JSON.parse('{"resourceType":"Patient","name":[{"text":"a\\u0000b"}]}'), /string contains U\+0000 \(NUL\)/],
+    ['a NUL in a property name', JSON.parse('{"resourceType":"Patient","x\\u0000":1}'), /property name contains U\+0000/],
+    ['a lone high surrogate', JSON.parse('{"resourceType":"Patient","name":[{"text":"a\\ud800b"}]}'), /lone UTF-16 surrogate/],
+    ['a lone low surrogate at the end', JSON.parse('{"resourceType":"Patient","name":[{"family":"x\\udc00"}]}'), /lone UTF-16 surrogate/],
   ])('rejects %s', (_name, value, message) => {
     const r = isStructurallyFhir(value);
     expect(r.ok).toBe(false);
@@ -29,6 +34,17 @@ describe('isStructurallyFhir', () => {
       expect(r.outcome.issue?.map((i) => i.details?.text).join('\n')).toMatch(message);
     }
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+
+  it('accepts astral characters (surrogate pairs), non-ASCII text, tabs and newlines', () => {
+    const r = isStructurallyFhir({ resourceType: 'Patient', name: [{ text: 'J\u00fcrgen \u{1F600} \u6f22\u5b57\tline\nnext' }] });
+    expect(r.ok).toBe(true);
+  });
+
+  it('names where unstorable text is', () => {
+    const r = isStructurallyFhir(JSON.parse('{"resourceType":"Observation","status":"final","code":{"text":"x"},"note":[{"text":"ok"},{"text":"bad\\u0000"}]}'));
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.outcome.issue?.find((i) => /U\+0000/.test(i.details?.text ?? ''))?.expression).toEqual(['.note[1].text']);
   });
 
   it('accepts resources, choice types, primitive extensions and nulls in primitive arrays', () => {

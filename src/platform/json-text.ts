@@ -1,0 +1,51 @@
+/**
+ * Text in JSON that cannot be stored: PostgreSQL's json and jsonb refuse U+0000 and lone UTF-16
+ * surrogates (which `JSON.parse` accepts, written `"\u0000"` and `"\ud800"`). Shared by the ingest
+ * structural gate and the FHIR API's write path, so such input is refused with a 4xx naming the place
+ * instead of failing in the store.
+ */
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * U+0000 or a lone UTF-16 surrogate: text that is not Unicode (a lone surrogate; JSON can escape one,
+ * `"\ud800"`) or that PostgreSQL's json and jsonb cannot hold (NUL). FHIR strings are Unicode and should
+ * not contain character points below 32 other than tab, CR and LF (R4 datatypes, `string`).
+ */
+// eslint-disable-next-line no-control-regex -- NUL is exactly what this looks for
+export const UNSTORABLE_TEXT = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** What is wrong with a string that cannot be stored ({@link UNSTORABLE_TEXT}), or undefined. */
+export function unstorable(text: string): string | undefined {
+  const m = UNSTORABLE_TEXT.exec(text);
+  if (!m) return undefined;
+  return m[0] === '\u0000' ? 'contains U+0000 (NUL), which cannot be stored' : 'contains a lone UTF-16 surrogate (not Unicode text)';
+}
+
+/**
+ * The first place in a JSON value where a string or key cannot be stored (see {@link UNSTORABLE_TEXT}):
+ * `{ path, why }`, or undefined when all of it can.
+ */
+export function unstorableText(value: unknown, path = ''): { path: string; why: string } | undefined {
+  if (typeof value === 'string') {
+    const why = unstorable(value);
+    return why ? { path, why } : undefined;
+  }
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const hit = unstorableText(value[i], `${path}[${i}]`);
+      if (hit) return hit;
+    }
+  } else if (isPlainObject(value)) {
+    for (const key of Object.keys(value)) {
+      const why = unstorable(key);
+      if (why) return { path: `${path}.${key.replace(UNSTORABLE_TEXT, '?')}`, why: `property name ${why}` };
+      const hit = unstorableText(value[key], `${path}.${key}`);
+      if (hit) return hit;
+    }
+  }
+  return undefined;
+}
+
