@@ -136,10 +136,14 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
     await store.deadLetters.add({ inboxId, sourceId, reason, outcome: oo, ...(entryIndex !== undefined ? { entryIndex } : {}) });
   };
 
-  /** Turns a catch-up Bundle (from `$events` or a search) into work items. */
-  const itemsFromBundle = (bundle: Bundle, offset: number): NotificationEntry[] => {
+  /**
+   * Turns the Bundle a source's `$events` answered into work items; undefined when the answer is not a
+   * notification Bundle we can read (the caller then searches instead, so the gap is not lost).
+   */
+  const itemsFromBundle = (bundle: Bundle, offset: number): NotificationEntry[] | undefined => {
+    if ((bundle as { resourceType?: unknown } | null)?.resourceType !== 'Bundle') return undefined;
     const parsed = parseNotification(Buffer.from(JSON.stringify(bundle)));
-    if (!parsed.ok) return [];
+    if (!parsed.ok) return undefined;
     const n = parsed.notification;
     if (n.entries.length === 0 && n.status) {
       // id-only notifications may carry the focus only inside the status.
@@ -159,15 +163,30 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
     const status = n.status!;
     const subscriptionId = parseReference(status.subscription)?.id;
     if (subscriptionId && range && (await client.supportsEventsOperation())) {
-      const bundle = await client.events(subscriptionId, { eventsSinceNumber: range.from, eventsUntilNumber: range.to, content: 'id-only' });
-      return { entries: itemsFromBundle(bundle, offset), how: `$events ${range.from}..${range.to}` };
+      // A source whose $events fails or answers something else is searched instead: the search finds a
+      // superset of the missed events, where a failed job would leave this notification undone too.
+      let why: string;
+      try {
+        const bundle = await client.events(subscriptionId, { eventsSinceNumber: range.from, eventsUntilNumber: range.to, content: 'id-only' });
+        const entries = itemsFromBundle(bundle, offset);
+        if (entries) return { entries, how: `$events ${range.from}..${range.to}` };
+        why = 'answered no notification Bundle';
+      } catch (err) {
+        why = `failed (${(err instanceof Error ? err.message : String(err)).slice(0, 200)})`;
+      }
+      const searched = await search();
+      return { ...searched, how: `$events ${range.from}..${range.to} ${why}; ${searched.how}` };
     }
-    const types = new Set<string>(source.subscribe?.resourceTypes ?? []);
-    for (const f of status.focus) {
-      const ref = parseReference(f);
-      if (ref) types.add(ref.resourceType);
+    return search();
+
+    function search(): Promise<{ entries: NotificationEntry[]; how: string }> {
+      const types = new Set<string>(source.subscribe?.resourceTypes ?? []);
+      for (const f of status.focus) {
+        const ref = parseReference(f);
+        if (ref) types.add(ref.resourceType);
+      }
+      return searchSince(source, client, [...types], new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS), offset);
     }
-    return searchSince(source, client, [...types], new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS), offset);
   };
 
   /**

@@ -54,6 +54,8 @@ export interface FakeEhrOptions {
   pageSize?: number;
   /** Status new Subscriptions get. Default `active`. */
   subscriptionStatus?: Subscription['status'];
+  /** What `$events` answers (200) instead of the events, to play a source whose answer is unusable. */
+  eventsBody?: unknown;
   clock?: Clock;
 }
 
@@ -355,6 +357,7 @@ export async function startFakeEhr(options: FakeEhrOptions = {}): Promise<FakeEh
   function eventsOperation(req: Request, res: Response, id: string): void {
     const sub = current<Subscription>('Subscription', id);
     if (!sub) return sendFhir(res, 404, outcome('not-found', `Subscription/${id} not found`));
+    if (options.eventsBody !== undefined) return sendFhir(res, 200, options.eventsBody as Resource);
     const body = req.body as Parameters | undefined;
     const param = (name: string): string | undefined =>
       firstString((req.query as Record<string, unknown>)[name]) ??

@@ -5,6 +5,7 @@
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
+import type { Resource } from '@medplum/fhirtypes';
 import type { Config } from '../../src/config/index.js';
 import { anchorId } from '../../src/normalize/index.js';
 import { PING_CLOCK_MARGIN_MS } from '../../src/ingest/index.js';
@@ -359,6 +360,46 @@ describe('ingest (queues on Redis)', () => {
       expect(sub.gaps).toEqual([expect.objectContaining({ from: n2, to: n2, catchUp: '$events' })]);
       // A replayed notification is stored once.
       expect((await post('ehr-live', Buffer.from(JSON.stringify(third)))).status).toBe(200);
+    });
+
+    it.each<[string, string, unknown, RegExp]>([
+      ['an OperationOutcome', 'oo', { resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational' }] }, /failed \(.*expected Bundle, got OperationOutcome\)/],
+      ['a document Bundle', 'doc', { resourceType: 'Bundle', type: 'document', entry: [] }, /answered no notification Bundle/],
+    ])('falls back to a _lastUpdated search when the source\'s $events answers %s', async (_label, tag, eventsBody, why) => {
+      // A source that advertises $events but answers it with something else (200).
+      const garbled = await startFakeEhr({ capability: 'backport', eventsBody });
+      const sourceId = `ehr-garbled-${tag}`;
+      try {
+        const created = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: sourceId, name: 'garbled', baseUrl: garbled.baseUrl, hookAuth: { bearerToken: BEARER } }) });
+        expect(created.status).toBe(201);
+        garbled.seed({ resourceType: 'Subscription', id: 'sub-g', status: 'active', reason: 'test', criteria: topic, channel: { type: 'rest-hook', endpoint: `${base}/hooks/${sourceId}`, payload: 'application/fhir+json' } });
+        const url = `${garbled.baseUrl}/Subscription/sub-g`;
+        const cls = { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' };
+        const e1 = garbled.seed({ resourceType: 'Encounter', id: 'g-1', status: 'in-progress', class: cls });
+        const g1 = garbled.recordEvent('sub-g', e1);
+        const e2 = garbled.seed({ resourceType: 'Encounter', id: 'g-2', status: 'in-progress', class: cls });
+        garbled.recordEvent('sub-g', e2);
+        const e3 = garbled.seed({ resourceType: 'Encounter', id: 'g-3', status: 'finished', class: cls });
+        const g3 = garbled.recordEvent('sub-g', e3);
+        const now = new Date().toISOString();
+        const note = (n: number, focus: Resource) =>
+          buildNotificationBundle({ subscriptionUrl: url, topic, type: 'event-notification', eventsSinceSubscriptionStart: n, content: 'id-only', baseUrl: garbled.baseUrl, events: [{ eventNumber: n, timestamp: now, focus }] });
+        expect((await settle((await post(sourceId, Buffer.from(JSON.stringify(note(g1, e1))))).inboxId)).outcome).toMatchObject({ stored: 1 });
+        // Event 2 never arrives; the gap's $events answer is unusable, so the search must find g-2.
+        const s3 = await settle((await post(sourceId, Buffer.from(JSON.stringify(note(g3, e3))))).inboxId);
+        expect(s3.state).toBe('done');
+        expect(s3.outcome).toMatchObject({ gaps: 1 });
+        const notes = (s3.outcome.notes as string[]).join(' ');
+        expect(notes).toMatch(why);
+        expect(notes).toMatch(/; _lastUpdated search since .* over Encounter/);
+        for (const id of ['g-1', 'g-2', 'g-3']) {
+          expect(await service.database.store.resources.readCurrent('Encounter', anchorId(sourceId, 'Encounter', id))).toBeDefined();
+        }
+        // The unusable answer itself is not taken for data.
+        expect((await service.database.store.resources.countsByType()).map((c) => c.resourceType)).not.toContain('OperationOutcome');
+      } finally {
+        await garbled.close();
+      }
     });
 
     it('adopts the EHR\'s Subscription to our hook, and re-creates one the EHR turned off', async () => {
