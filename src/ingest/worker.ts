@@ -159,7 +159,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
     range: { from: number; to: number } | undefined,
     receivedAt: Date,
     offset: number,
-  ): Promise<{ entries: NotificationEntry[]; how: string }> => {
+  ): Promise<{ entries: NotificationEntry[]; how: string; method: '$events' | '_lastUpdated search' }> => {
     const status = n.status!;
     const subscriptionId = parseReference(status.subscription)?.id;
     if (subscriptionId && range && (await client.supportsEventsOperation())) {
@@ -169,7 +169,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       try {
         const bundle = await client.events(subscriptionId, { eventsSinceNumber: range.from, eventsUntilNumber: range.to, content: 'id-only' });
         const entries = itemsFromBundle(bundle, offset);
-        if (entries) return { entries, how: `$events ${range.from}..${range.to}` };
+        if (entries) return { entries, how: `$events ${range.from}..${range.to}`, method: '$events' };
         why = 'answered no notification Bundle';
       } catch (err) {
         why = `failed (${(err instanceof Error ? err.message : String(err)).slice(0, 200)})`;
@@ -179,13 +179,13 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
     }
     return search();
 
-    function search(): Promise<{ entries: NotificationEntry[]; how: string }> {
+    async function search(): Promise<{ entries: NotificationEntry[]; how: string; method: '_lastUpdated search' }> {
       const types = new Set<string>(source.subscribe?.resourceTypes ?? []);
       for (const f of status.focus) {
         const ref = parseReference(f);
         if (ref) types.add(ref.resourceType);
       }
-      return searchSince(source, client, [...types], new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS), offset);
+      return { ...(await searchSince(source, client, [...types], new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS), offset)), method: '_lastUpdated search' };
     }
   };
 
@@ -285,20 +285,21 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         entries.push(...c.entries);
       }
 
-      // Subscription event numbers: a gap triggers a catch-up, recorded in the subscription status.
+      // Subscription event numbers: a gap triggers a catch-up. The numbers (and the gap, with how it was
+      // caught up) are recorded only once this notification is done, so that a notification that fails
+      // and is retried or replayed finds its gap again instead of skipping it.
+      let events: { subscription: string; eventNumbers: readonly number[]; gap?: { from: number; to: number; detectedAt: Date; catchUp: string } } | undefined;
       if (n.status?.type === 'event-notification') {
-        const supportsEvents = await client.supportsEventsOperation().catch(() => false);
-        const gap = await store.subscriptions.recordEvents({
-          sourceId: source.id,
-          subscription: n.status.subscription.slice(0, 512),
-          eventNumbers: n.status.eventNumbers,
-          catchUp: supportsEvents ? '$events' : '_lastUpdated search',
-        });
+        const subscription = n.status.subscription.slice(0, 512);
+        events = { subscription, eventNumbers: n.status.eventNumbers };
+        const gap = await store.subscriptions.findGap({ sourceId: source.id, subscription, eventNumbers: n.status.eventNumbers });
         if (gap) {
+          const detectedAt = deps.clock.now();
           summary.gaps += 1;
           const c = await catchUp(source, client, n, gap, item.receivedAt, 10_000);
           notes.push(`gap ${gap.from}..${gap.to}: caught up by ${c.how} (${c.entries.length} entries)`);
           entries.push(...c.entries);
+          events.gap = { ...gap, detectedAt, catchUp: c.method };
         }
         if (n.entries.length === 0) {
           // id-only payloads may carry the focus only inside the status; empty ones carry nothing.
@@ -477,8 +478,14 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       // item is marked done in the transaction that stores its versions.
       const finishesWithStore =
         store.resources.commitsVersions && (deps.linkIdentifierSystems.length === 0 || !inputs.some((i) => i.resourceType === 'Patient' && !i.deleted));
+      // After the item is done: a crash in between makes the next notification catch the gap up again
+      // (stored once), never skip it.
+      const recordEvents = async (): Promise<void> => {
+        if (events) await store.subscriptions.recordEvents({ sourceId: source.id, ...events });
+      };
       if (finishesWithStore) {
         await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
+        await recordEvents();
         logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
         return;
       }
@@ -503,6 +510,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         );
       }
       await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: { ...summary, notes: notes.slice(0, 50) } });
+      await recordEvents();
       logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
     } catch (err) {
       if (err instanceof TerminalJobError) throw err;

@@ -76,45 +76,32 @@ export class PgSubscriptionStatusStore implements SubscriptionStatusStore {
     );
   }
 
-  async recordEvents(input: { sourceId: string; subscription: string; eventNumbers: readonly number[]; catchUp: string }): Promise<SubscriptionGap | undefined> {
+  async findGap(input: { sourceId: string; subscription: string; eventNumbers: readonly number[] }): Promise<{ from: number; to: number } | undefined> {
     if (input.eventNumbers.length === 0) return undefined;
+    const r = await this.pool.query<{ last_event_number: string | number | null }>(
+      `SELECT last_event_number FROM source_subscription WHERE source_id = $1 AND subscription = $2`,
+      [input.sourceId, input.subscription],
+    );
+    const last = r.rows[0]?.last_event_number;
+    if (last === undefined || last === null) return undefined; // the first numbers of a subscription
+    const lowest = Math.min(...input.eventNumbers.filter((n) => n > Number(last)));
+    return Number.isFinite(lowest) && lowest > Number(last) + 1 ? { from: Number(last) + 1, to: lowest - 1 } : undefined;
+  }
+
+  async recordEvents(input: { sourceId: string; subscription: string; eventNumbers: readonly number[]; gap?: { from: number; to: number; detectedAt: Date; catchUp: string } }): Promise<void> {
+    if (input.eventNumbers.length === 0) return;
     const now = this.clock.now();
-    const client = await this.pool.connect();
-    try {
-      await client.query('BEGIN');
-      await client.query(
-        `INSERT INTO source_subscription (source_id, subscription, last_seen, updated_at) VALUES ($1, $2, $3, $3) ON CONFLICT DO NOTHING`,
-        [input.sourceId, input.subscription, now],
-      );
-      const row = (
-        await client.query<{ last_event_number: number | null }>(
-          `SELECT last_event_number FROM source_subscription WHERE source_id = $1 AND subscription = $2 FOR UPDATE`,
-          [input.sourceId, input.subscription],
-        )
-      ).rows[0]!;
-      const last = row.last_event_number;
-      const fresh = input.eventNumbers.filter((n) => last === null || n > last).sort((a, b) => a - b);
-      let gap: SubscriptionGap | undefined;
-      if (fresh.length > 0) {
-        const lowest = fresh[0]!;
-        if (last !== null && lowest > last + 1) {
-          gap = { from: last + 1, to: lowest - 1, detectedAt: now.toISOString(), catchUp: input.catchUp };
-        }
-        await client.query(
-          `UPDATE source_subscription SET last_event_number = $3, last_seen = $4, updated_at = $4,
-             gaps = CASE WHEN $5::jsonb IS NULL THEN gaps ELSE gaps || $5::jsonb END
-           WHERE source_id = $1 AND subscription = $2`,
-          [input.sourceId, input.subscription, fresh[fresh.length - 1], now, gap ? JSON.stringify([gap]) : null],
-        );
-      }
-      await client.query('COMMIT');
-      return gap;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      client.release();
-    }
+    const gap: SubscriptionGap | undefined = input.gap ? { from: input.gap.from, to: input.gap.to, detectedAt: input.gap.detectedAt.toISOString(), catchUp: input.gap.catchUp } : undefined;
+    // One statement: concurrent notifications of one subscription only ever raise the last number.
+    await this.pool.query(
+      `INSERT INTO source_subscription AS s (source_id, subscription, last_seen, updated_at, last_event_number, gaps)
+       VALUES ($1, $2, $3, $3, $4, COALESCE($5::jsonb, '[]'::jsonb))
+       ON CONFLICT (source_id, subscription) DO UPDATE SET
+         last_event_number = GREATEST(s.last_event_number, EXCLUDED.last_event_number),
+         last_seen = EXCLUDED.last_seen, updated_at = EXCLUDED.updated_at,
+         gaps = CASE WHEN $5::jsonb IS NULL THEN s.gaps ELSE s.gaps || $5::jsonb END`,
+      [input.sourceId, input.subscription, now, Math.max(...input.eventNumbers), gap ? JSON.stringify([gap]) : null],
+    );
   }
 
   async list(sourceId: string): Promise<SubscriptionStatusRecord[]> {

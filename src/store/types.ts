@@ -204,10 +204,17 @@ export interface SubscriptionStatusStore {
   /** Records a handshake/heartbeat/event: last seen (and heartbeat) time, status, topic. */
   touch(input: { sourceId: string; subscription: string; topic?: string; status?: string; heartbeat?: boolean }): Promise<void>;
   /**
-   * Records event numbers seen. Returns the gap (numbers missing between the last number seen and the
-   * lowest new one) if any; gaps are stored. Numbers at or below the last seen are ignored (replays).
+   * The gap a notification reveals: the numbers missing between the last number recorded and the
+   * lowest new one (none for the first numbers of a subscription, or for replays). Reads only: the
+   * caller catches the gap up, and only then records the numbers ({@link recordEvents}), so that a
+   * notification that fails and is retried or replayed finds the same gap again.
    */
-  recordEvents(input: { sourceId: string; subscription: string; eventNumbers: readonly number[]; catchUp: string }): Promise<SubscriptionGap | undefined>;
+  findGap(input: { sourceId: string; subscription: string; eventNumbers: readonly number[] }): Promise<{ from: number; to: number } | undefined>;
+  /**
+   * Records event numbers as processed: the last number becomes the highest recorded so far (numbers
+   * at or below it change nothing), and a gap that was caught up is added to the status with how.
+   */
+  recordEvents(input: { sourceId: string; subscription: string; eventNumbers: readonly number[]; gap?: { from: number; to: number; detectedAt: Date; catchUp: string } }): Promise<void>;
   list(sourceId: string): Promise<SubscriptionStatusRecord[]>;
 }
 

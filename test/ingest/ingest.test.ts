@@ -508,6 +508,46 @@ describe('ingest (queues on Redis)', () => {
       expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-down', 'Encounter', 'enc-down'))).toBeDefined();
       await down.close();
     }, 90_000);
+
+    it('catches up a gap when the notification that revealed it is retried or replayed after the source was down', async () => {
+      const flaky = await startFakeEhr({ capability: 'backport' });
+      try {
+        const res = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: 'ehr-flaky', name: 'Flaky', baseUrl: flaky.baseUrl, hookAuth: { bearerToken: BEARER } }) });
+        expect(res.status).toBe(201);
+        flaky.seed({ resourceType: 'Subscription', id: 'sub-f', status: 'active', reason: 'test', criteria: topic, channel: { type: 'rest-hook', endpoint: `${base}/hooks/ehr-flaky`, payload: 'application/fhir+json' } });
+        const url = `${flaky.baseUrl}/Subscription/sub-f`;
+        const cls = { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' };
+        const e1 = flaky.seed({ resourceType: 'Encounter', id: 'f-1', status: 'in-progress', class: cls });
+        const f1 = flaky.recordEvent('sub-f', e1);
+        const e2 = flaky.seed({ resourceType: 'Encounter', id: 'f-2', status: 'in-progress', class: cls });
+        flaky.recordEvent('sub-f', e2);
+        const e3 = flaky.seed({ resourceType: 'Encounter', id: 'f-3', status: 'finished', class: cls });
+        const f3 = flaky.recordEvent('sub-f', e3);
+        const now = new Date().toISOString();
+        const note = (n: number, focus: Resource) =>
+          buildNotificationBundle({ subscriptionUrl: url, topic, type: 'event-notification', eventsSinceSubscriptionStart: n, content: 'full-resource', baseUrl: flaky.baseUrl, events: [{ eventNumber: n, timestamp: now, focus }] });
+        expect((await settle((await post('ehr-flaky', Buffer.from(JSON.stringify(note(f1, e1))))).inboxId)).state).toBe('done');
+        // Event 2 is lost in transit; event 3 arrives while the source answers nothing: every attempt fails.
+        flaky.failNext(100_000, 503);
+        const r3 = await post('ehr-flaky', Buffer.from(JSON.stringify(note(f3, e3))));
+        expect((await settle(r3.inboxId, 60_000)).state).toBe('dead');
+        flaky.heal();
+        const letters = (await json(await admin('/admin/dead-letters?source=ehr-flaky&open=true'))) as Array<{ id: string; inboxId: string }>;
+        const letter = letters.find((l) => l.inboxId === r3.inboxId)!;
+        expect((await admin(`/admin/dead-letters/${letter.id}/replay`, { method: 'POST' })).status).toBe(202);
+        expect((await settle(r3.inboxId, 60_000)).state).toBe('done');
+        // The gap the failed attempts found is still caught up: nothing of event 2 is lost.
+        for (const id of ['f-1', 'f-2', 'f-3']) {
+          expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-flaky', 'Encounter', id))).toBeDefined();
+        }
+        const status = await json(await admin('/admin/sources/ehr-flaky/status'));
+        const sub = status.subscriptions.find((x: { subscription: string }) => x.subscription === url);
+        expect(sub.lastEventNumber).toBe(f3);
+        expect(sub.gaps).toEqual([expect.objectContaining({ from: f1 + 1, to: f3 - 1, catchUp: '$events' })]);
+      } finally {
+        await flaky.close();
+      }
+    }, 120_000);
   });
 
   describe('operations surface', () => {

@@ -209,5 +209,25 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       expect(await h.store.inbox.get(failing.id)).toMatchObject({ state: 'processing' });
       expect(await h.store.resources.readCurrent('Patient', 'done-3')).toBeUndefined();
     });
+
+    it('finds a subscription gap without recording it, and records numbers only upwards', async () => {
+      const subs = h.store.subscriptions;
+      const key = { sourceId: 'ehr-gap', subscription: 'https://ehr.example/Subscription/s1' };
+      // The first numbers of a subscription reveal no gap.
+      expect(await subs.findGap({ ...key, eventNumbers: [5] })).toBeUndefined();
+      await subs.recordEvents({ ...key, eventNumbers: [5] });
+      // 6 and 7 missing: found, and found again until recorded (a failed notification retried).
+      expect(await subs.findGap({ ...key, eventNumbers: [8, 9] })).toEqual({ from: 6, to: 7 });
+      expect(await subs.findGap({ ...key, eventNumbers: [9, 8] })).toEqual({ from: 6, to: 7 });
+      expect(await subs.findGap({ ...key, eventNumbers: [6] })).toBeUndefined();
+      expect(await subs.findGap({ ...key, eventNumbers: [4, 5] })).toBeUndefined(); // a replay
+      const detectedAt = new Date('2026-01-01T00:00:00Z');
+      await subs.recordEvents({ ...key, eventNumbers: [8, 9], gap: { from: 6, to: 7, detectedAt, catchUp: '$events' } });
+      // A late notification never lowers the last number.
+      await subs.recordEvents({ ...key, eventNumbers: [6] });
+      expect(await subs.findGap({ ...key, eventNumbers: [10] })).toBeUndefined();
+      const [status] = (await subs.list('ehr-gap')).filter((x) => x.subscription === key.subscription);
+      expect(status).toMatchObject({ lastEventNumber: 9, gaps: [{ from: 6, to: 7, detectedAt: detectedAt.toISOString(), catchUp: '$events' }] });
+    });
   });
 }
