@@ -13,7 +13,7 @@
  * @see docs/decisions-smart.md
  */
 import { randomUUID } from 'node:crypto';
-import express, { Router, type Request } from 'express';
+import { Router, type Request } from 'express';
 import { z } from 'zod';
 import type { Bundle, BundleEntry, Coding, Consent, ConsentProvision, Resource } from '@medplum/fhirtypes';
 import {
@@ -29,6 +29,7 @@ import {
 import { codingKey, normalizeReference, primaryCodings } from '../consent/fhir-values.js';
 import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
+import { jsonBodyParser } from '../platform/json-body.js';
 import type { Store } from '../store/index.js';
 import { resolveActorIdentifiers, type AccessContext } from './access.js';
 import { requireScope } from './smart/authenticate.js';
@@ -367,7 +368,7 @@ export function createCdsHooksRouter(deps: CdsHooksDeps): Router {
       res.locals.access = access;
       next();
     },
-    express.json({ limit: BODY_LIMIT_BYTES, type: ['application/json', 'application/*+json'] }),
+    ...jsonBodyParser(BODY_LIMIT_BYTES, ['application/json', 'application/*+json']),
     async (req, res) => {
       const parsed = ConsultRequestSchema.safeParse(req.body);
       if (!parsed.success) {

@@ -16,6 +16,7 @@
  */
 import express, { Router, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { httpError } from '../platform/errors.js';
+import { jsonBodyParser } from '../platform/json-body.js';
 import type { AccessContext } from './access.js';
 import { createCursorCodec, type CursorCodec } from './bundle.js';
 import type { CapabilityContribution } from './capability.js';
@@ -74,7 +75,7 @@ export function createFhirApiRouter(deps: FhirApiRouterDeps): Router {
   const cursors: CursorCodec = createCursorCodec(deps.cursorKey);
   const accessOf = deps.accessOf ?? defaultAccessOf;
   const baseUrl = deps.baseUrl.replace(/\/+$/, '');
-  const json = express.json({ limit: BODY_LIMIT_BYTES, type: ['application/json', 'application/fhir+json'], strict: true });
+  const json = jsonBodyParser(BODY_LIMIT_BYTES, ['application/json', 'application/fhir+json']);
   const form = express.text({ limit: BODY_LIMIT_BYTES, type: 'application/x-www-form-urlencoded' });
 
   const handle =

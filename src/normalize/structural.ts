@@ -1,12 +1,12 @@
 /**
  * A cheap structural gate run before normalisation and validation: is this value shaped like a FHIR R4
  * resource at all? It checks only the top level against the base R4 definitions, plus, in the whole
- * tree, keys that are never legal in FHIR JSON and could poison prototypes, and text that cannot be
- * stored (NUL, lone surrogates).
+ * tree, keys that are never legal in FHIR JSON and could poison prototypes, and text or numbers that
+ * cannot be stored as sent (NUL, lone surrogates, numbers beyond a double).
  */
 import type { OperationOutcome, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { PRIMITIVE_JS_TYPE, r4Index } from './r4-index.js';
-import { UNSTORABLE_TEXT, unstorable } from '../platform/json-text.js';
+import { UNSTORABLE_TEXT, unrepresentableNumber, unstorable } from '../platform/json-text.js';
 
 const ID = /^[A-Za-z0-9\-.]{1,64}$/;
 /** Keys that JSON.parse turns into own properties but that no FHIR element is named (prototype pollution). */
@@ -31,6 +31,9 @@ function scanKeys(value: unknown, path: string, depth: number, issues: Operation
   if (typeof value === 'string') {
     const why = unstorable(value);
     if (why) issues.push(issue('invalid', `string ${why}`, path));
+  } else if (typeof value === 'number') {
+    const why = unrepresentableNumber(value);
+    if (why) issues.push(issue('invalid', why, path));
   } else if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) scanKeys(value[i], `${path}[${i}]`, depth + 1, issues);
   } else if (isPlainObject(value)) {

@@ -25,12 +25,25 @@ export function unstorable(text: string): string | undefined {
 }
 
 /**
- * The first place in a JSON value where a string or key cannot be stored (see {@link UNSTORABLE_TEXT}):
- * `{ path, why }`, or undefined when all of it can.
+ * Why a number cannot be stored as it was sent, or undefined. `JSON.parse` turns a number beyond the
+ * double range (`1e400`) into ±Infinity, which `JSON.stringify` writes as `null`: stored, the value
+ * would silently become null.
+ */
+export function unrepresentableNumber(n: number): string | undefined {
+  return Number.isFinite(n) ? undefined : 'number is out of range (beyond what a 64-bit double holds; it would be stored as null)';
+}
+
+/**
+ * The first place in a JSON value where a string, key or number cannot be stored (see
+ * {@link UNSTORABLE_TEXT}, {@link unrepresentableNumber}): `{ path, why }`, or undefined when all of it can.
  */
 export function unstorableText(value: unknown, path = ''): { path: string; why: string } | undefined {
   if (typeof value === 'string') {
     const why = unstorable(value);
+    return why ? { path, why } : undefined;
+  }
+  if (typeof value === 'number') {
+    const why = unrepresentableNumber(value);
     return why ? { path, why } : undefined;
   }
   if (Array.isArray(value)) {

@@ -7,6 +7,7 @@ import type { Config } from '../config/index.js';
 import type { components } from '../generated/openapi.js';
 import { buildCapabilityStatement, type CapabilityContribution } from '../fhir-api/capability.js';
 import type { Clock } from '../platform/clock.js';
+import { jsonBodyParser } from '../platform/json-body.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
 import { createDashboardRouter } from '../queue/dashboard.js';
@@ -40,13 +41,12 @@ export interface AppDeps {
   readonly adminRoutes?: readonly { path: string; router: Router }[];
 }
 
-/** JSON body parser for FHIR and admin routes: JSON and FHIR JSON, bounded, raw bytes kept for signatures. */
-export function jsonBody(limitBytes: number): RequestHandler {
-  return express.json({
-    limit: limitBytes,
-    type: ['application/json', 'application/fhir+json', 'application/*+json'],
-    strict: true,
-  });
+/**
+ * JSON body parser for FHIR and admin routes: JSON and FHIR JSON, bounded, and refusing what could not
+ * be stored as sent ({@link jsonBodyParser}).
+ */
+export function jsonBody(limitBytes: number): RequestHandler[] {
+  return jsonBodyParser(limitBytes, ['application/json', 'application/fhir+json', 'application/*+json']);
 }
 
 function metricsMiddleware(metrics: Metrics): RequestHandler {

@@ -166,6 +166,11 @@ describe('FHIR read API', () => {
       const lone = await send('POST', '/Consent', 'p1', body('Patient/p1', { type: 'deny', purpose: [{ code: 'x\ud800' }] }));
       expect(lone.status).toBe(400);
       expect(JSON.stringify(lone.body)).toMatch(/Consent\.provision.*lone UTF-16 surrogate/);
+      // A number JSON.parse makes Infinity would be stored as null: 400 as well.
+      const huge = body('Patient/p1', { type: 'deny' }).replace(/^\{/, '{"extension":[{"url":"urn:x","valueDecimal":1e400}],');
+      const inf = await send('POST', '/Consent', 'p1', huge);
+      expect(inf.status).toBe(400);
+      expect(JSON.stringify(inf.body)).toMatch(/Consent\.extension\[0\]\.valueDecimal: number is out of range/);
       expect((await env.get('/Consent/c-p2', 'clinician')).status).toBe(200);
     });
 

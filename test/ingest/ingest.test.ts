@@ -295,6 +295,23 @@ describe('ingest (queues on Redis)', () => {
       expect(mine[2]!.outcome.issue.map((i) => i.details?.text).join(' ')).toMatch(/lone UTF-16 surrogate/);
     });
 
+    it('dead-letters an entry whose number is beyond a double instead of storing it as null, and stores the entry beside it', async () => {
+      const obs = (id: string, value: string) =>
+        `{"resource":{"resourceType":"Observation","id":"${id}","status":"final","code":{"text":"x"},"valueQuantity":{"value":${value}}},"request":{"method":"PUT","url":"Observation/${id}"}}`;
+      const body = `{"resourceType":"Bundle","type":"batch","entry":[${obs('num-ok', '72.5')},${obs('num-inf', '1e400')}]}`;
+      const r = await post('ehr-b', Buffer.from(body));
+      expect(r.status).toBe(202);
+      const s = await settle(r.inboxId);
+      expect(s.outcome).toMatchObject({ stored: 1, deadLetters: 1 });
+      const ok = await service.database.store.resources.readCurrent('Observation', anchorId('ehr-b', 'Observation', 'num-ok'));
+      expect((ok?.resource as { valueQuantity?: { value?: number } } | undefined)?.valueQuantity?.value).toBe(72.5);
+      expect(await service.database.store.resources.readCurrent('Observation', anchorId('ehr-b', 'Observation', 'num-inf'))).toBeUndefined();
+      const letters = (await json(await admin('/admin/dead-letters?source=ehr-b'))) as Array<{ inboxId: string; entryIndex: number; outcome: { issue: Array<{ details?: { text?: string }; expression?: string[] }> } }>;
+      const letter = letters.find((l) => l.inboxId === r.inboxId)!;
+      expect(letter.entryIndex).toBe(1);
+      expect(letter.outcome.issue[0]).toMatchObject({ details: { text: expect.stringMatching(/number is out of range/) }, expression: ['.valueQuantity.value'] });
+    });
+
     it('never answers 5xx to arbitrary bytes from an authenticated source (property)', async () => {
       await fc.assert(
         fc.asyncProperty(

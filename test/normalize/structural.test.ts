@@ -26,6 +26,9 @@ describe('isStructurallyFhir', () => {
     ['a NUL in a property name', JSON.parse('{"resourceType":"Patient","x\\u0000":1}'), /property name contains U\+0000/],
     ['a lone high surrogate', JSON.parse('{"resourceType":"Patient","name":[{"text":"a\\ud800b"}]}'), /lone UTF-16 surrogate/],
     ['a lone low surrogate at the end', JSON.parse('{"resourceType":"Patient","name":[{"family":"x\\udc00"}]}'), /lone UTF-16 surrogate/],
+    // JSON.parse makes 1e400 Infinity, which JSON.stringify (and so the store) would turn into null.
+    ['a number beyond a double', JSON.parse('{"resourceType":"Observation","valueQuantity":{"value":1e400}}'), /number is out of range/],
+    ['a negative number beyond a double', JSON.parse('{"resourceType":"Observation","component":[{"valueQuantity":{"value":-1e400}}]}'), /number is out of range/],
   ])('rejects %s', (_name, value, message) => {
     const r = isStructurallyFhir(value);
     expect(r.ok).toBe(false);

@@ -121,6 +121,21 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     expect(charset.status).toBe(415);
   });
 
+  it.each<[string, string, string, RegExp]>([
+    ['a source whose name holds NUL', '/admin/sources', '{"id":"nul-src","name":"a\\u0000b","baseUrl":"https://x.example/fhir","hookAuth":{"bearerToken":"0123456789abcdef0123"}}', /^body\.name: contains U\+0000/],
+    ['a source whose name holds a lone surrogate', '/admin/sources', '{"id":"sur-src","name":"a\\ud800b","baseUrl":"https://x.example/fhir","hookAuth":{"bearerToken":"0123456789abcdef0123"}}', /^body\.name: contains a lone UTF-16 surrogate/],
+    ['a client whose name holds a lone surrogate', '/admin/clients', '{"id":"sur-client","name":"a\\udc00","jwksUrl":"https://x.example/jwks","allowedScopes":["system/*.rs"]}', /^body\.name: contains a lone UTF-16 surrogate/],
+    ['a number beyond a double', '/admin/sources', '{"id":"num-src","name":"n","baseUrl":"https://x.example/fhir","rateLimitPerSecond":1e400,"hookAuth":{"bearerToken":"0123456789abcdef0123"}}', /^body\.rateLimitPerSecond: number is out of range/],
+  ])('refuses %s with 400 naming where (not a 500 from PostgreSQL, not a silently changed value)', async (_label, path, body, message) => {
+    const res = await fetch(base + path, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' }, body });
+    expect(res.status).toBe(400);
+    const oo = await json(res);
+    expect(oo.issue[0].details.text).toMatch(message);
+    expect(oo.issue[0].expression[0]).toMatch(/^body\./);
+    const id = (JSON.parse(body.replace(/\\u[0-9a-f]{4}/g, '').replace('1e400', '1')) as { id: string }).id;
+    expect((await get(`${path}/${id}`, { authorization: `Bearer ${ADMIN}` })).status).toBe(404);
+  });
+
   it('never answers 5xx or a stack trace to arbitrary requests (property)', async () => {
     const paths = ['/healthz', '/readyz', '/metrics', '/fhir/R4/metadata', '/fhir/R4/Patient', '/admin/stats', '/admin/queues', '/nope', '/openapi.json'];
     await fc.assert(
