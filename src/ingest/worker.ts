@@ -23,7 +23,7 @@ import { TerminalJobError, integrityJobId, type JobContext, type QueueRegistry }
 import type { PutVersionInput, PutVersionResult, Store } from '../store/index.js';
 import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/index.js';
 import { anchorId, isStructurallyFhir, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
-import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParsedNotification } from './notification.js';
+import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParseResult, type SubscriptionStatusInfo } from './notification.js';
 import type { Source } from './source.js';
 import { BULK_CHUNK, submit } from './bulk.js';
 import { SourceError, type SourceClient } from './source-client.js';
@@ -128,6 +128,34 @@ function contentHash(resource: Resource): string {
   return createHash('sha256').update(JSON.stringify(rest)).digest('hex').slice(0, 32);
 }
 
+/** Inbox kind of a subscription gap handed on by the notification that revealed it. */
+export const GAP_ITEM_KIND = 'gap';
+
+/** The body of a {@link GAP_ITEM_KIND} inbox item: ids, numbers and type names only (no PHI). */
+interface GapTask {
+  readonly subscription: string;
+  readonly from: number;
+  readonly to: number;
+  readonly types: readonly string[];
+  /** ISO instant the `_lastUpdated` search starts from. */
+  readonly since: string;
+}
+
+function parseGapTask(body: Buffer): GapTask | undefined {
+  let v: unknown;
+  try {
+    v = JSON.parse(body.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (!isObject(v)) return undefined;
+  const { subscription, from, to, types, since } = v;
+  if (typeof subscription !== 'string' || !Number.isSafeInteger(from) || !Number.isSafeInteger(to) || (from as number) > (to as number)) return undefined;
+  if (!Array.isArray(types) || !types.every((t) => typeof t === 'string' && /^[A-Z][A-Za-z]{1,63}$/.test(t))) return undefined;
+  if (typeof since !== 'string' || Number.isNaN(Date.parse(since))) return undefined;
+  return { subscription, from: from as number, to: to as number, types: types as string[], since };
+}
+
 export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'ingest'>) => Promise<void> {
   const { store, logger } = deps;
   const inlineMax = deps.catchUpInlineMax ?? CATCH_UP_MAX_RESOURCES;
@@ -152,16 +180,18 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
     return n.entries.map((e) => ({ ...e, index: offset + e.index }));
   };
 
+  /**
+   * Fetches what a subscription's events `range` changed: through the source's `$events` where it has
+   * one, else (or when that fails) by a `_lastUpdated` search over `task.types` since `task.since`.
+   */
   const catchUp = async (
     source: Source,
     client: SourceClient,
-    n: ParsedNotification,
+    task: { readonly subscription: string; readonly types: readonly string[]; readonly since: Date },
     range: { from: number; to: number } | undefined,
-    receivedAt: Date,
     offset: number,
   ): Promise<{ entries: NotificationEntry[]; how: string; method: '$events' | '_lastUpdated search' }> => {
-    const status = n.status!;
-    const subscriptionId = parseReference(status.subscription)?.id;
+    const subscriptionId = parseReference(task.subscription)?.id;
     if (subscriptionId && range && (await client.supportsEventsOperation())) {
       // A source whose $events fails or answers something else is searched instead: the search finds a
       // superset of the missed events, where a failed job would leave this notification undone too.
@@ -180,13 +210,18 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
     return search();
 
     async function search(): Promise<{ entries: NotificationEntry[]; how: string; method: '_lastUpdated search' }> {
-      const types = new Set<string>(source.subscribe?.resourceTypes ?? []);
-      for (const f of status.focus) {
-        const ref = parseReference(f);
-        if (ref) types.add(ref.resourceType);
-      }
-      return { ...(await searchSince(source, client, [...types], new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS), offset)), method: '_lastUpdated search' };
+      return { ...(await searchSince(source, client, task.types, task.since, offset)), method: '_lastUpdated search' };
     }
+  };
+
+  /** What a catch-up for a notification's subscription searches: the source's subscribed types and the focus types. */
+  const catchUpTask = (source: Source, status: SubscriptionStatusInfo, receivedAt: Date): { subscription: string; types: string[]; since: Date } => {
+    const types = new Set<string>(source.subscribe?.resourceTypes ?? []);
+    for (const f of status.focus) {
+      const ref = parseReference(f);
+      if (ref) types.add(ref.resourceType);
+    }
+    return { subscription: status.subscription.slice(0, 512), types: [...types].sort(), since: new Date(receivedAt.getTime() - CATCH_UP_LOOKBACK_MS) };
   };
 
   /**
@@ -250,10 +285,16 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
 
     try {
       const meta = item.meta as ParseContext;
-      const parsed = parseNotification(item.body, {
-        ...(typeof meta.deletedResource === 'string' ? { deletedResource: meta.deletedResource } : {}),
-        ...(isObject(meta.path) ? { path: meta.path as { resourceType: string; id: string } } : {}),
-      });
+      // A gap whose catch-up failed when the notification that revealed it was processed, handed on.
+      const gapTask = item.kind === GAP_ITEM_KIND ? parseGapTask(item.body) : undefined;
+      const parsed: ParseResult = item.kind === GAP_ITEM_KIND
+        ? gapTask
+          ? { ok: true, notification: { style: 'bundle', entries: [] } }
+          : { ok: false, reason: 'invalid-structure', outcome: outcome('error', 'structure', 'A gap inbox item must hold {subscription, from, to, types, since}') }
+        : parseNotification(item.body, {
+            ...(typeof meta.deletedResource === 'string' ? { deletedResource: meta.deletedResource } : {}),
+            ...(isObject(meta.path) ? { path: meta.path as { resourceType: string; id: string } } : {}),
+          });
       if (!parsed.ok) {
         await deadLetter(inboxId, item.sourceId, parsed.reason, parsed.outcome);
         await store.inbox.update(inboxId, { state: 'dead', outcome: parsed.outcome });
@@ -263,6 +304,13 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const client = deps.client(source);
       const entries: NotificationEntry[] = [...n.entries];
       const notes: string[] = [];
+
+      if (gapTask) {
+        const c = await catchUp(source, client, { ...gapTask, since: new Date(gapTask.since) }, gapTask, 0);
+        summary.gaps += 1;
+        notes.push(`gap ${gapTask.from}..${gapTask.to} of ${gapTask.subscription}: caught up by ${c.how} (${c.entries.length} entries)`);
+        entries.push(...c.entries);
+      }
 
       // A ping says only that something changed: search the source's subscribed types since the
       // previous ping that was done (everything changed before that one was received was found by it).
@@ -296,10 +344,22 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         if (gap) {
           const detectedAt = deps.clock.now();
           summary.gaps += 1;
-          const c = await catchUp(source, client, n, gap, item.receivedAt, 10_000);
-          notes.push(`gap ${gap.from}..${gap.to}: caught up by ${c.how} (${c.entries.length} entries)`);
-          entries.push(...c.entries);
-          events.gap = { ...gap, detectedAt, catchUp: c.method };
+          const task = catchUpTask(source, n.status, item.receivedAt);
+          try {
+            const c = await catchUp(source, client, task, gap, 10_000);
+            notes.push(`gap ${gap.from}..${gap.to}: caught up by ${c.how} (${c.entries.length} entries)`);
+            entries.push(...c.entries);
+            events.gap = { ...gap, detectedAt, catchUp: c.method };
+          } catch (err) {
+            if (!(err instanceof SourceError)) throw err;
+            // The source cannot be read now: the gap becomes an inbox item of its own (retried, then a
+            // replayable dead letter), and this notification's own entries go on without waiting for it.
+            // Its bytes are fixed by the notification, so a retry of this job hands it on once.
+            const body: GapTask = { subscription: task.subscription, from: gap.from, to: gap.to, types: task.types, since: task.since.toISOString() };
+            const handed = (await submit(deps, source.id, Buffer.from(JSON.stringify(body)), GAP_ITEM_KIND)).replace(/^=/, '');
+            notes.push(`gap ${gap.from}..${gap.to}: catch-up failed (${err.message.slice(0, 200)}); handed on as inbox item ${handed}`);
+            events.gap = { ...gap, detectedAt, catchUp: `handed on as inbox item ${handed}` };
+          }
         }
         if (n.entries.length === 0) {
           // id-only payloads may carry the focus only inside the status; empty ones carry nothing.
@@ -308,7 +368,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
           } else {
             const nums = n.status.eventNumbers;
             const range = nums.length > 0 ? { from: Math.min(...nums), to: Math.max(...nums) } : undefined;
-            const c = await catchUp(source, client, n, range, item.receivedAt, 20_000);
+            const c = await catchUp(source, client, catchUpTask(source, n.status, item.receivedAt), range, 20_000);
             notes.push(`empty payload: fetched by ${c.how} (${c.entries.length} entries)`);
             entries.push(...c.entries);
           }

@@ -526,7 +526,7 @@ describe('ingest (queues on Redis)', () => {
       await down.close();
     }, 90_000);
 
-    it('catches up a gap when the notification that revealed it is retried or replayed after the source was down', async () => {
+    it('stores a notification\'s own resources while the source cannot be read, and catches its gap up later from an inbox item of its own', async () => {
       const flaky = await startFakeEhr({ capability: 'backport' });
       try {
         const res = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: 'ehr-flaky', name: 'Flaky', baseUrl: flaky.baseUrl, hookAuth: { bearerToken: BEARER } }) });
@@ -544,23 +544,32 @@ describe('ingest (queues on Redis)', () => {
         const note = (n: number, focus: Resource) =>
           buildNotificationBundle({ subscriptionUrl: url, topic, type: 'event-notification', eventsSinceSubscriptionStart: n, content: 'full-resource', baseUrl: flaky.baseUrl, events: [{ eventNumber: n, timestamp: now, focus }] });
         expect((await settle((await post('ehr-flaky', Buffer.from(JSON.stringify(note(f1, e1))))).inboxId)).state).toBe('done');
-        // Event 2 is lost in transit; event 3 arrives while the source answers nothing: every attempt fails.
+        // Event 2 is lost in transit; event 3 arrives (full resource) while the source answers nothing.
         flaky.failNext(100_000, 503);
         const r3 = await post('ehr-flaky', Buffer.from(JSON.stringify(note(f3, e3))));
-        expect((await settle(r3.inboxId, 60_000)).state).toBe('dead');
+        const s3 = await settle(r3.inboxId, 60_000);
+        // Its own resource is stored at once; the gap is handed on to an inbox item of its own.
+        expect(s3.state).toBe('done');
+        expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-flaky', 'Encounter', 'f-3'))).toBeDefined();
+        expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-flaky', 'Encounter', 'f-2'))).toBeUndefined();
+        const handedOn = /handed on as inbox item ([0-9a-f-]{36})/.exec((s3.outcome.notes as string[]).join(' '))?.[1];
+        expect(handedOn).toBeDefined();
+        // That item fails while the source stays down, and ends as a replayable dead letter.
+        expect((await settle(handedOn!, 60_000)).state).toBe('dead');
         flaky.heal();
-        const letters = (await json(await admin('/admin/dead-letters?source=ehr-flaky&open=true'))) as Array<{ id: string; inboxId: string }>;
-        const letter = letters.find((l) => l.inboxId === r3.inboxId)!;
+        const letters = (await json(await admin('/admin/dead-letters?source=ehr-flaky&open=true'))) as Array<{ id: string; inboxId: string; reason: string }>;
+        const letter = letters.find((l) => l.inboxId === handedOn)!;
+        expect(letter.reason).toBe('fetch-failed');
         expect((await admin(`/admin/dead-letters/${letter.id}/replay`, { method: 'POST' })).status).toBe(202);
-        expect((await settle(r3.inboxId, 60_000)).state).toBe('done');
-        // The gap the failed attempts found is still caught up: nothing of event 2 is lost.
+        expect((await settle(handedOn!, 60_000)).state).toBe('done');
+        // Nothing of event 2 is lost.
         for (const id of ['f-1', 'f-2', 'f-3']) {
           expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-flaky', 'Encounter', id))).toBeDefined();
         }
         const status = await json(await admin('/admin/sources/ehr-flaky/status'));
         const sub = status.subscriptions.find((x: { subscription: string }) => x.subscription === url);
         expect(sub.lastEventNumber).toBe(f3);
-        expect(sub.gaps).toEqual([expect.objectContaining({ from: f1 + 1, to: f3 - 1, catchUp: '$events' })]);
+        expect(sub.gaps).toEqual([expect.objectContaining({ from: f1 + 1, to: f3 - 1, catchUp: `handed on as inbox item ${handedOn}` })]);
       } finally {
         await flaky.close();
       }
