@@ -13,6 +13,7 @@
  *
  * Spec: https://hl7.org/fhir/uv/subscriptions-backport/ (notifications), http://hl7.org/fhir/R4/http.html#transaction
  */
+import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import type { OperationOutcome } from '@medplum/fhirtypes';
 import { outcome } from '../platform/errors.js';
@@ -232,6 +233,8 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): Not
 
 /** Parses a raw notification body. Never throws. */
 export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseResult {
+  // Decoding bad bytes would silently turn them into U+FFFD: a Latin-1 "Müller" stored as "M\ufffdller".
+  if (!isUtf8(body)) return fail('unparseable', 'Notification body is not valid UTF-8 (FHIR JSON is always UTF-8)');
   const text = body.toString('utf8').replace(/^\uFEFF/, '');
   if (text.trim() === '') {
     const named = ctx.deletedResource ? parseReference(ctx.deletedResource) : undefined;

@@ -161,6 +161,20 @@ describe('parseNotification', () => {
     }
   });
 
+  it('refuses a body that is not UTF-8 instead of decoding its bytes to U+FFFD', () => {
+    // "Müller" in Latin-1 (0xFC), inside otherwise valid JSON.
+    const body = Buffer.concat([Buffer.from('{"resourceType":"Patient","id":"p","name":[{"family":"M'), Buffer.from([0xfc]), Buffer.from('ller"}]}')]);
+    const r = parseNotification(body);
+    expect(r.ok).toBe(false);
+    if (!r.ok) {
+      expect(r.reason).toBe('unparseable');
+      expect(r.outcome.issue[0]!.details?.text).toMatch(/not valid UTF-8/);
+    }
+    // The same text in UTF-8, with or without a BOM, is accepted.
+    expect(parseNotification(Buffer.from('{"resourceType":"Patient","id":"p","name":[{"family":"Müller"}]}')).ok).toBe(true);
+    expect(parseNotification(Buffer.from('\uFEFF{"resourceType":"Patient","id":"p","name":[{"family":"Müller"}]}')).ok).toBe(true);
+  });
+
   it('rejects JSON nested deeper than the limit', () => {
     const deep = `{"resourceType":"Patient","id":"x","extension":${'['.repeat(200)}${']'.repeat(200)}}`;
     const r = parseNotification(Buffer.from(deep));

@@ -136,6 +136,18 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     expect((await get(`${path}/${id}`, { authorization: `Bearer ${ADMIN}` })).status).toBe(404);
   });
 
+  it('refuses an admin body that is not UTF-8 with 400 instead of storing U+FFFD in its place', async () => {
+    const body = Buffer.concat([Buffer.from('{"id":"latin1-src","name":"M'), Buffer.from([0xfc]), Buffer.from('ller","baseUrl":"https://x.example/fhir","hookAuth":{"bearerToken":"0123456789abcdef0123"}}')]);
+    const res = await fetch(base + '/admin/sources', { method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' }, body });
+    expect(res.status).toBe(400);
+    expect((await json(res)).issue[0].details.text).toMatch(/not valid UTF-8/);
+    expect((await get('/admin/sources/latin1-src', { authorization: `Bearer ${ADMIN}` })).status).toBe(404);
+    // The same in UTF-8 is accepted.
+    const ok = await fetch(base + '/admin/sources', { method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json; charset=utf-8' }, body: Buffer.from(body.toString('latin1')) });
+    expect(ok.status).toBe(201);
+    expect((await json(ok)).name).toBe('Müller');
+  });
+
   it('never answers 5xx or a stack trace to arbitrary requests (property)', async () => {
     const paths = ['/healthz', '/readyz', '/metrics', '/fhir/R4/metadata', '/fhir/R4/Patient', '/admin/stats', '/admin/queues', '/nope', '/openapi.json'];
     await fc.assert(
