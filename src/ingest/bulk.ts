@@ -5,11 +5,11 @@
  * as the hooks and let the same `ingest` workers do the rest, so every rule (dedup, ordering,
  * normalisation, validation, dead letters) applies unchanged.
  */
+import { isUtf8 } from 'node:buffer';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Logger } from '../platform/logger.js';
 import type { QueueRegistry } from '../queue/index.js';
@@ -169,21 +169,29 @@ export async function importFiles(deps: BulkDeps, target: string, sourceId = FIL
         ids.push(await submit(deps, sourceId, Buffer.from(JSON.stringify(bundle)), 'import'));
         chunk = [];
       };
-      const lines = createInterface({ input: createReadStream(f, 'utf8'), crlfDelay: Infinity });
       let lineNo = 0;
-      for await (const raw of lines) {
+      for await (const bytes of byteLines(f)) {
         lineNo += 1;
-        const line = raw.replace(/^\uFEFF/, '').trim();
-        if (!line) continue;
-        try {
-          chunk.push(JSON.parse(line));
-        } catch {
-          // Kept, not lost: an unparseable line becomes its own (rejected) inbox item with a dead letter.
-          const { id } = await deps.store.inbox.receive({ sourceId, kind: 'rejected', body: Buffer.from(line), meta: { file: path.basename(f), line: lineNo } });
-          await deps.store.inbox.update(id, { state: 'dead', outcome: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'structure', details: { text: `line ${lineNo} of ${path.basename(f)} is not valid JSON` } }] } });
-          await deps.store.deadLetters.add({ inboxId: id, sourceId, reason: 'unparseable', outcome: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'structure', details: { text: `line ${lineNo} is not valid JSON` } }] } });
-          ids.push(id);
+        // Decoding bytes that are not UTF-8 would turn them into U+FFFD: such a line is refused whole.
+        const utf8 = isUtf8(bytes);
+        const line = utf8 ? bytes.toString('utf8').replace(/^\uFEFF/, '').trim() : '';
+        if (utf8 && !line) continue;
+        let value: unknown;
+        let why: string | undefined = utf8 ? undefined : 'is not valid UTF-8';
+        if (!why) {
+          try {
+            value = JSON.parse(line);
+          } catch {
+            why = 'is not valid JSON';
+          }
         }
+        if (why) {
+          // Kept, not lost: the line's bytes become their own (rejected) inbox item with a dead letter.
+          const { id } = await deps.store.inbox.receive({ sourceId, kind: 'rejected', body: utf8 ? Buffer.from(line) : bytes, meta: { file: path.basename(f), line: lineNo } });
+          await deps.store.inbox.update(id, { state: 'dead', outcome: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'structure', details: { text: `line ${lineNo} of ${path.basename(f)} ${why}` } }] } });
+          await deps.store.deadLetters.add({ inboxId: id, sourceId, reason: 'unparseable', outcome: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'structure', details: { text: `line ${lineNo} ${why}` } }] } });
+          ids.push(id);
+        } else chunk.push(value);
         if (chunk.length >= BULK_CHUNK) await flush();
       }
       await flush();
@@ -192,6 +200,22 @@ export async function importFiles(deps: BulkDeps, target: string, sourceId = FIL
     add(await settle(deps, ids, 'ndjson'));
   }
   return total;
+}
+
+/** The lines of a file as raw bytes (LF or CRLF), streamed: a line's bytes are checked before decoding. */
+async function* byteLines(file: string): AsyncGenerator<Buffer> {
+  let rest: Buffer = Buffer.alloc(0);
+  for await (const chunk of createReadStream(file)) {
+    let buf: Buffer = rest.length > 0 ? Buffer.concat([rest, chunk as Buffer]) : (chunk as Buffer);
+    let nl: number;
+    while ((nl = buf.indexOf(0x0a)) >= 0) {
+      const end = nl > 0 && buf[nl - 1] === 0x0d ? nl - 1 : nl;
+      yield buf.subarray(0, end);
+      buf = buf.subarray(nl + 1);
+    }
+    rest = Buffer.from(buf);
+  }
+  if (rest.length > 0) yield rest.at(-1) === 0x0d ? rest.subarray(0, -1) : rest;
 }
 
 export interface BackfillOptions {

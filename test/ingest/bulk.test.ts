@@ -38,12 +38,24 @@ describe('bulk ingestion', () => {
     await copyFile(path.join(fixtures, 'normalize/Jani266_Reynolds644_304f9946-5db8-dc6f-e060-48b9fea3ca5d.json'), path.join(dir, 'a-patient.json'));
     await copyFile(path.join(fixtures, 'ingest/practitionerInformation1633536936158.subset.json'), path.join(dir, 'z-practitioners.json'));
     await copyFile(path.join(fixtures, 'ingest/hospitalInformation1633536936158.subset.json'), path.join(dir, 'z-hospitals.json'));
+    // One line in Latin-1 ("Müller" with 0xFC), one CRLF line ending, one broken line.
+    const latin1 = Buffer.concat([Buffer.from('{"resourceType":"Organization","id":"nd-latin1","name":"M'), Buffer.from([0xfc]), Buffer.from('ller"}')]);
     await writeFile(
       path.join(dir, 'extra.ndjson'),
-      [JSON.stringify({ resourceType: 'Organization', id: 'nd-1', name: 'One' }), '{broken', JSON.stringify({ resourceType: 'Organization', id: 'nd-2', name: 'Two' }), ''].join('\n'),
+      Buffer.concat([
+        Buffer.from(`${JSON.stringify({ resourceType: 'Organization', id: 'nd-1', name: 'One' })}\n{broken\n`),
+        latin1,
+        Buffer.from(`\n${JSON.stringify({ resourceType: 'Organization', id: 'nd-2', name: 'Zwei Grüße' })}\r\n`),
+      ]),
     );
     const summary = await importFiles(deps, dir);
-    expect(summary.dead).toBe(1); // the broken NDJSON line, kept as a dead letter
+    expect(summary.dead).toBe(2); // the broken line and the Latin-1 line, each kept as a dead letter
+    const letters = await service.database.store.deadLetters.list({ sourceId: 'file-import', limit: 100 });
+    const latin1Letter = letters.find((l) => JSON.stringify(l.outcome).includes('not valid UTF-8'));
+    expect(latin1Letter).toBeDefined();
+    expect((await service.database.store.inbox.get(latin1Letter!.inboxId!))?.body.equals(latin1)).toBe(true); // the bytes as they were
+    expect(await service.database.store.resources.readCurrent('Organization', anchorId('file-import', 'Organization', 'nd-latin1'))).toBeUndefined();
+    expect((await service.database.store.resources.readCurrent('Organization', anchorId('file-import', 'Organization', 'nd-2')))?.resource).toMatchObject({ name: 'Zwei Grüße' });
     expect(summary.stored).toBeGreaterThan(300);
     expect(summary.deadLetters).toBe(0);
     expect(await service.database.store.resources.readCurrent('Organization', anchorId('file-import', 'Organization', 'nd-2'))).toBeDefined();
