@@ -367,7 +367,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
             n.status.focus.forEach((f, i) => entries.push({ kind: 'fetch', index: 1000 + i, reference: f }));
           } else {
             const nums = n.status.eventNumbers;
-            const range = nums.length > 0 ? { from: Math.min(...nums), to: Math.max(...nums) } : undefined;
+            const range = nums.length > 0 ? { from: nums.reduce((m, x) => Math.min(m, x)), to: nums.reduce((m, x) => Math.max(m, x)) } : undefined;
             const c = await catchUp(source, client, catchUpTask(source, n.status, item.receivedAt), range, 20_000);
             notes.push(`empty payload: fetched by ${c.how} (${c.entries.length} entries)`);
             entries.push(...c.entries);

@@ -84,7 +84,8 @@ export class PgSubscriptionStatusStore implements SubscriptionStatusStore {
     );
     const last = r.rows[0]?.last_event_number;
     if (last === undefined || last === null) return undefined; // the first numbers of a subscription
-    const lowest = Math.min(...input.eventNumbers.filter((n) => n > Number(last)));
+    // reduce, not Math.min(...): a notification may carry more event numbers than the call stack holds arguments.
+    const lowest = input.eventNumbers.reduce((m, n) => (n > Number(last) && n < m ? n : m), Infinity);
     return Number.isFinite(lowest) && lowest > Number(last) + 1 ? { from: Number(last) + 1, to: lowest - 1 } : undefined;
   }
 
@@ -100,7 +101,7 @@ export class PgSubscriptionStatusStore implements SubscriptionStatusStore {
          last_event_number = GREATEST(s.last_event_number, EXCLUDED.last_event_number),
          last_seen = EXCLUDED.last_seen, updated_at = EXCLUDED.updated_at,
          gaps = CASE WHEN $5::jsonb IS NULL THEN s.gaps ELSE s.gaps || $5::jsonb END`,
-      [input.sourceId, input.subscription, now, Math.max(...input.eventNumbers), gap ? JSON.stringify([gap]) : null],
+      [input.sourceId, input.subscription, now, input.eventNumbers.reduce((m, n) => Math.max(m, n), -Infinity), gap ? JSON.stringify([gap]) : null],
     );
   }
 

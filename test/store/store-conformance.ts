@@ -228,6 +228,11 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       expect(await subs.findGap({ ...key, eventNumbers: [10] })).toBeUndefined();
       const [status] = (await subs.list('ehr-gap')).filter((x) => x.subscription === key.subscription);
       expect(status).toMatchObject({ lastEventNumber: 9, gaps: [{ from: 6, to: 7, detectedAt: detectedAt.toISOString(), catchUp: '$events' }] });
+      // More event numbers than a call's arguments can hold (Math.min(...numbers) overflowed the stack).
+      const many = Array.from({ length: 500_000 }, (_, i) => 12 + i);
+      expect(await subs.findGap({ ...key, eventNumbers: many })).toEqual({ from: 10, to: 11 });
+      await subs.recordEvents({ ...key, eventNumbers: many });
+      expect((await subs.list('ehr-gap')).find((x) => x.subscription === key.subscription)?.lastEventNumber).toBe(12 + 499_999);
     });
   });
 }
