@@ -19,6 +19,7 @@
  * @see http://hl7.org/fhir/R4/consent.html
  * @see https://github.com/sdhealthconnect/leap-cds (LEAP CDS: the shape of obligations)
  */
+import { pushAll } from '../platform/arrays.js';
 import type { Coding, Consent, ConsentProvision, Reference, Resource } from '@medplum/fhirtypes';
 import {
   canonicalSystem,
@@ -570,8 +571,8 @@ function matchProvision(p: CompiledProvision, type: 'permit' | 'deny', ctx: Eval
   // No instance, and the caller takes obligations for codes: a deny whose data criteria are only
   // codes (and labels) becomes a redact obligation for those codes (and labels) instead of a deny.
   if (!res && ctx.redactCodes && type === 'deny' && p.codes && !p.codes.unknown && !p.data && !p.origins && p.dataPeriod === undefined) {
-    ctx.redactCodes.push(...(p.codeCodings ?? []));
-    if (p.labels) ctx.redact.push(...expandRedaction(p.labels));
+    pushAll(ctx.redactCodes, p.codeCodings ?? []);
+    if (p.labels) pushAll(ctx.redact, expandRedaction(p.labels));
     return NO;
   }
   if (p.codes) t = and(t, res ? matchSet(p.codes, (k) => res.codes().has(k)) : MAYBE);
@@ -587,7 +588,7 @@ function matchProvision(p: CompiledProvision, type: 'permit' | 'deny', ctx: Eval
   if (res) return and(t, matchLabels(p.labels, res, type));
   // No instance: a deny whose only data criterion is its labels becomes LEAP's redact obligation.
   if (type === 'deny' && !p.data && !p.codes && !p.origins && p.dataPeriod === undefined) {
-    ctx.redact.push(...expandRedaction(p.labels));
+    pushAll(ctx.redact, expandRedaction(p.labels));
     return NO;
   }
   return and(t, MAYBE);

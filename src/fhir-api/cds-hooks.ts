@@ -12,6 +12,7 @@
  * @see https://github.com/sdhealthconnect/leap-cds (request and response schemas)
  * @see docs/decisions-smart.md
  */
+import { pushAll } from '../platform/arrays.js';
 import { randomUUID } from 'node:crypto';
 import { Router, type Request } from 'express';
 import { z } from 'zod';
@@ -286,7 +287,7 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
         });
       checkers.push((resource) => ask(resource.resourceType, resource).decision === 'permit');
       if (types) {
-        decisions.push(...types.map((t) => ask(t)));
+        pushAll(decisions, types.map((t) => ask(t)));
         continue;
       }
       const general = ask(ANY_TYPE);

@@ -14,6 +14,7 @@
  *
  * @see docs/decisions-fhir-api.md
  */
+import { pushAll } from '../platform/arrays.js';
 import express, { Router, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { httpError } from '../platform/errors.js';
 import { jsonBodyParser } from '../platform/json-body.js';
@@ -91,7 +92,7 @@ export function createFhirApiRouter(deps: FhirApiRouterDeps): Router {
       const q = req.originalUrl.indexOf('?');
       const rawQuery = q < 0 ? '' : req.originalUrl.slice(q + 1);
       const pairs = formPairs(rawQuery);
-      if (options.formBody && typeof req.body === 'string') pairs.push(...formPairs(req.body));
+      if (options.formBody && typeof req.body === 'string') pushAll(pairs, formPairs(req.body));
       const prefer = req.get('prefer') ?? '';
       // AuditEvents are materialised from the durable audit records shortly after each request: one
       // that can return AuditEvents first makes every earlier record one (a patient reading "who saw

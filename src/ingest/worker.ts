@@ -14,6 +14,7 @@
  * Transient failures (source unreachable, database) are retried with backoff by BullMQ; when the last
  * attempt fails the item is dead-lettered so it can be inspected and replayed.
  */
+import { pushAll } from '../platform/arrays.js';
 import { createHash } from 'node:crypto';
 import type { Bundle, OperationOutcome, Patient, Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
@@ -113,7 +114,7 @@ function collectReferences(value: unknown, out: Set<string>): void {
   const stack: unknown[] = [value];
   while (stack.length > 0) {
     const v = stack.pop();
-    if (Array.isArray(v)) stack.push(...v);
+    if (Array.isArray(v)) pushAll(stack, v);
     else if (isObject(v)) {
       for (const [k, child] of Object.entries(v)) {
         if (k === 'reference' && typeof child === 'string') out.add(child);
@@ -309,7 +310,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         const c = await catchUp(source, client, { ...gapTask, since: new Date(gapTask.since) }, gapTask, 0);
         summary.gaps += 1;
         notes.push(`gap ${gapTask.from}..${gapTask.to} of ${gapTask.subscription}: caught up by ${c.how} (${c.entries.length} entries)`);
-        entries.push(...c.entries);
+        pushAll(entries, c.entries);
       }
 
       // A ping says only that something changed: search the source's subscribed types since the
@@ -330,7 +331,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         const since = previous ? new Date(previous.getTime() - PING_CLOCK_MARGIN_MS) : new Date(item.receivedAt.getTime() - CATCH_UP_LOOKBACK_MS);
         const c = await searchSince(source, client, types, since, 0);
         notes.push(`notification without payload: fetched by ${c.how} (${c.entries.length} entries)`);
-        entries.push(...c.entries);
+        pushAll(entries, c.entries);
       }
 
       // Subscription event numbers: a gap triggers a catch-up. The numbers (and the gap, with how it was
@@ -348,7 +349,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
           try {
             const c = await catchUp(source, client, task, gap, 10_000);
             notes.push(`gap ${gap.from}..${gap.to}: caught up by ${c.how} (${c.entries.length} entries)`);
-            entries.push(...c.entries);
+            pushAll(entries, c.entries);
             events.gap = { ...gap, detectedAt, catchUp: c.method };
           } catch (err) {
             if (!(err instanceof SourceError)) throw err;
@@ -370,7 +371,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
             const range = nums.length > 0 ? { from: nums.reduce((m, x) => Math.min(m, x)), to: nums.reduce((m, x) => Math.max(m, x)) } : undefined;
             const c = await catchUp(source, client, catchUpTask(source, n.status, item.receivedAt), range, 20_000);
             notes.push(`empty payload: fetched by ${c.how} (${c.entries.length} entries)`);
-            entries.push(...c.entries);
+            pushAll(entries, c.entries);
           }
         }
       }

@@ -312,6 +312,28 @@ describe('ingest (queues on Redis)', () => {
       expect(letter.outcome.issue[0]).toMatchObject({ details: { text: expect.stringMatching(/number is out of range/) }, expression: ['.valueQuantity.value'] });
     });
 
+    it('ingests a resource with a very long array and the entry beside it (no argument spread of input arrays)', async () => {
+      // 160,000 given names: `stack.push(...array)` threw "Maximum call stack size exceeded" from about
+      // 130,000 items, failing the whole notification.
+      const given = Array.from({ length: 160_000 }, (_, i) => `g${i}`);
+      const bundle = {
+        resourceType: 'Bundle',
+        type: 'batch',
+        entry: [
+          { resource: { resourceType: 'Patient', id: 'long-array', name: [{ family: 'F', given }] }, request: { method: 'PUT', url: 'Patient/long-array' } },
+          { resource: { resourceType: 'Organization', id: 'beside-long', name: 'S' }, request: { method: 'PUT', url: 'Organization/beside-long' } },
+        ],
+      };
+      const r = await post('ehr-b', Buffer.from(JSON.stringify(bundle)));
+      expect(r.status).toBe(202);
+      const s = await settle(r.inboxId, 60_000);
+      expect(s.state).toBe('done');
+      expect(s.outcome.stored).toBe(2);
+      const stored = await service.database.store.resources.readCurrent('Patient', anchorId('ehr-b', 'Patient', 'long-array'));
+      expect((stored?.resource as { name?: Array<{ given?: string[] }> } | undefined)?.name?.[0]?.given?.length).toBe(160_000);
+      expect(await service.database.store.resources.readCurrent('Organization', anchorId('ehr-b', 'Organization', 'beside-long'))).toBeDefined();
+    }, 60_000);
+
     it('never answers 5xx to arbitrary bytes from an authenticated source (property)', async () => {
       await fc.assert(
         fc.asyncProperty(

@@ -9,6 +9,7 @@
  * any step, `where(…)` (its argument is full FHIRPath, evaluated by @medplum/core), `ofType(T)`,
  * `as T`, `first()`, `last()`. Unsupported syntax is a configuration error, found at compile time.
  */
+import { pushAll } from '../../platform/arrays.js';
 import { evalFhirPathTyped, parseFhirPath, type TypedValue } from '@medplum/core';
 import type { DNode, ResourceIndex } from './tree.js';
 
@@ -108,7 +109,7 @@ function typedOf(node: DNode): TypedValue {
 function evalExpr(expr: Expr, input: DNode[], idx: ResourceIndex, atRoot: boolean): DNode[] {
   if (expr.k === 'union') {
     const out: DNode[] = [];
-    for (const p of expr.parts) out.push(...evalExpr(p, input, idx, atRoot));
+    for (const p of expr.parts) pushAll(out, evalExpr(p, input, idx, atRoot));
     return out;
   }
   let cur = input;
