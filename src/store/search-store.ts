@@ -344,7 +344,10 @@ export async function indexResources(client: pg.ClientBase, items: ReadonlyArray
 function ts(d: Date): string {
   if (d.getTime() <= NEG_INF.getTime()) return '-infinity';
   if (d.getTime() >= POS_INF.getTime()) return 'infinity';
-  return d.toISOString();
+  // Past year 9999 toISOString writes an expanded year ("+010000-01-01T…"), which PostgreSQL reads as a
+  // time zone and refuses. The end of a date in 9999 ("9999-12-31", the usual "no end date") is
+  // 10000-01-01: written plainly, PostgreSQL takes it.
+  return d.toISOString().replace(/^\+0*(\d{5,})/, '$1');
 }
 
 // ---------------------------------------------------------------------------------------------

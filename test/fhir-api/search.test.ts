@@ -78,6 +78,21 @@ describe('FHIR search', () => {
     expect(ids(r.body)).toEqual(expected.map((i) => `Observation/${i}`));
   });
 
+  it('stores and searches dates that end in year 9999 (the usual "no end date")', async () => {
+    // The end of "9999-12-31" is 10000-01-01, which toISOString writes "+010000-…" and PostgreSQL
+    // refused: the resource could not be stored, and such a search answered 500.
+    await env.put({ resourceType: 'Encounter', id: 'e-open', status: 'in-progress', class: { code: 'AMB' }, subject: { reference: 'Patient/p2' }, period: { start: '2024-01-01', end: '9999-12-31' } } as never);
+    const ids = async (q: string): Promise<string[]> => {
+      const r = await env.get(`/Encounter?${q}`, 'c');
+      expect(r.status).toBe(200);
+      return (r.body.entry ?? []).map((e: { resource: { id: string } }) => e.resource.id);
+    };
+    expect(await ids('patient=p2&date=ge9999-12-31')).toEqual(['e-open']);
+    expect(await ids('patient=p2&date=gt2030')).toEqual(['e-open']);
+    expect(await ids('patient=p2&date=gt9999-12-31T23:59:59Z')).toEqual([]);
+    expect(await ids('patient=p2&_lastUpdated=lt9999-12-31')).toEqual(['e-open']);
+  });
+
   it('searches Patient by identifier and Encounter by date', async () => {
     expect(ids((await env.get(`/Patient?identifier=${encodeURIComponent('urn:mrn|MRN-1')}`, 'c')).body)).toEqual(['Patient/p1']);
     expect(ids((await env.get('/Encounter?patient=p1&date=2024-05-01', 'c')).body)).toEqual(['Encounter/e1']);
