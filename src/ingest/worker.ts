@@ -21,7 +21,7 @@ import type { Clock } from '../platform/clock.js';
 import { outcome } from '../platform/errors.js';
 import type { Logger } from '../platform/logger.js';
 import { TerminalJobError, integrityJobId, type JobContext, type QueueRegistry } from '../queue/index.js';
-import type { PutVersionInput, PutVersionResult, Store } from '../store/index.js';
+import { StoreDataError, type PutVersionInput, type PutVersionResult, type Store } from '../store/index.js';
 import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/index.js';
 import { anchorId, isStructurallyFhir, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
 import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParseResult, type SubscriptionStatusInfo } from './notification.js';
@@ -544,13 +544,45 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const recordEvents = async (): Promise<void> => {
         if (events) await store.subscriptions.recordEvents({ sourceId: source.id, ...events });
       };
+      /**
+       * When the database refuses a value in the batch (a data error no check before caught), each
+       * version is stored on its own and the refused ones become dead letters: the good entries beside
+       * a bad one are never lost with it.
+       */
+      const oneByOne = async (): Promise<PutVersionResult[]> => {
+        const stored: PutVersionResult[] = [];
+        for (let k = 0; k < inputs.length; k++) {
+          try {
+            pushAll(stored, await store.resources.putVersions([inputs[k]!]));
+          } catch (err) {
+            if (!(err instanceof StoreDataError)) throw err;
+            await deadLetter(inboxId, source.id, 'store-refused', outcome('error', 'invalid', `Not stored: ${err.message}`), inputIndex[k]);
+            summary.deadLetters += 1;
+          }
+        }
+        return stored;
+      };
+      const counted = { stored: summary.stored, duplicates: summary.duplicates, historical: summary.historical };
       if (finishesWithStore) {
-        await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
+        try {
+          await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
+        } catch (err) {
+          if (!(err instanceof StoreDataError)) throw err;
+          Object.assign(summary, counted); // the failed batch may have counted its results already
+          count(await oneByOne());
+          await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: { ...summary, notes: notes.slice(0, 50) } });
+        }
         await recordEvents();
         logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
         return;
       }
-      const results = await store.resources.putVersions(inputs);
+      let results: PutVersionResult[];
+      try {
+        results = await store.resources.putVersions(inputs);
+      } catch (err) {
+        if (!(err instanceof StoreDataError)) throw err;
+        results = await oneByOne();
+      }
       count(results);
       const stored = results.filter((r) => r.status !== 'duplicate');
 

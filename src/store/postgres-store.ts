@@ -7,6 +7,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
 import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatusStore } from './ingest-store.js';
 import { PgSearchStore, indexArrays, indexInsertCtes, indexInsertValues, indexResources } from './search-store.js';
+import { asStoreDataError } from './errors.js';
 import { quoteIdent } from './sql.js';
 import type {
   AuditOutboxRecord,
@@ -268,6 +269,13 @@ class PgResourceStore implements ResourceStore {
       if (done) await markInboxDone(this.pool, done.id, done.outcome([]), this.clock.now());
       return [];
     }
+    return this.putVersionsTx(inputs, options).catch((err: unknown) => {
+      throw asStoreDataError(err);
+    });
+  }
+
+  private async putVersionsTx(inputs: readonly PutVersionInput[], options: PutVersionsOptions): Promise<PutVersionResult[]> {
+    const done = options.inboxDone;
     return inTransaction(this.pool, async (client) => {
       // Lock (creating if needed) every head row, in a fixed order so concurrent batches cannot deadlock,
       // and read the heads in the same statement.

@@ -5,12 +5,13 @@
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
+import pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Config } from '../../src/config/index.js';
 import { anchorId } from '../../src/normalize/index.js';
 import { PING_CLOCK_MARGIN_MS } from '../../src/ingest/index.js';
 import { startService, type RunningService } from '../../src/runtime.js';
-import { cleanupConfig, json, silentLogger, testConfig } from '../helpers/env.js';
+import { TEST_DATABASE_URL, cleanupConfig, json, silentLogger, testConfig } from '../helpers/env.js';
 import { buildHandshake, buildHeartbeat, buildNotificationBundle, startFakeEhr, type FakeEhr } from '../helpers/fake-ehr.js';
 
 const ADMIN = 'test-admin-token-0123456789abcdef0123456789';
@@ -333,6 +334,37 @@ describe('ingest (queues on Redis)', () => {
       expect((stored?.resource as { name?: Array<{ given?: string[] }> } | undefined)?.name?.[0]?.given?.length).toBe(160_000);
       expect(await service.database.store.resources.readCurrent('Organization', anchorId('ehr-b', 'Organization', 'beside-long'))).toBeDefined();
     }, 60_000);
+
+    it('stores the rest of a batch when the database refuses one version, which becomes a dead letter', async () => {
+      // Fault injection in the database itself: a trigger refuses one resource with a data exception
+      // (SQLSTATE 22023), as PostgreSQL would refuse a value no check before the store caught.
+      const sql = new pg.Client({ connectionString: TEST_DATABASE_URL });
+      await sql.connect();
+      const schema = `"${config.databaseSchema}"`;
+      try {
+        await sql.query(`CREATE FUNCTION ${schema}.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                         BEGIN IF NEW.content->>'name' = 'poison' THEN RAISE EXCEPTION 'refused by test' USING ERRCODE = '22023'; END IF; RETURN NEW; END $$`);
+        await sql.query(`CREATE TRIGGER refuse_poison BEFORE INSERT ON ${schema}.resource_history FOR EACH ROW EXECUTE FUNCTION ${schema}.refuse_poison()`);
+        const org = (id: string, name: string) => ({ resource: { resourceType: 'Organization', id, name }, request: { method: 'PUT', url: `Organization/${id}` } });
+        const bundle = { resourceType: 'Bundle', type: 'batch', entry: [org('refused-1', 'poison'), org('refused-beside-1', 'fine'), org('refused-beside-2', 'also fine')] };
+        const r = await post('ehr-b', Buffer.from(JSON.stringify(bundle)));
+        const s = await settle(r.inboxId);
+        expect(s.state).toBe('done');
+        expect(s.outcome).toMatchObject({ stored: 2, deadLetters: 1 });
+        for (const id of ['refused-beside-1', 'refused-beside-2']) {
+          expect(await service.database.store.resources.readCurrent('Organization', anchorId('ehr-b', 'Organization', id))).toBeDefined();
+        }
+        expect(await service.database.store.resources.readCurrent('Organization', anchorId('ehr-b', 'Organization', 'refused-1'))).toBeUndefined();
+        const letters = (await json(await admin('/admin/dead-letters?source=ehr-b'))) as Array<{ inboxId: string; entryIndex: number; reason: string; outcome: { issue: Array<{ details?: { text?: string } }> } }>;
+        const letter = letters.find((l) => l.inboxId === r.inboxId)!;
+        expect(letter).toMatchObject({ entryIndex: 0, reason: 'store-refused' });
+        expect(letter.outcome.issue[0]!.details?.text).toMatch(/SQLSTATE 22023/);
+      } finally {
+        await sql.query(`DROP TRIGGER IF EXISTS refuse_poison ON ${schema}.resource_history`);
+        await sql.query(`DROP FUNCTION IF EXISTS ${schema}.refuse_poison()`);
+        await sql.end();
+      }
+    });
 
     it('never answers 5xx to arbitrary bytes from an authenticated source (property)', async () => {
       await fc.assert(
