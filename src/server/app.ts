@@ -7,6 +7,7 @@ import type { Config } from '../config/index.js';
 import type { components } from '../generated/openapi.js';
 import { buildCapabilityStatement, type CapabilityContribution } from '../fhir-api/capability.js';
 import type { Clock } from '../platform/clock.js';
+import { httpError } from '../platform/errors.js';
 import { jsonBodyParser } from '../platform/json-body.js';
 import type { Logger } from '../platform/logger.js';
 import type { Metrics } from '../platform/metrics.js';
@@ -81,6 +82,11 @@ export function createApp(deps: AppDeps): Express {
       );
     });
     next();
+  });
+
+  // PostgreSQL text cannot hold NUL (a query with one fails): a URL carrying one is refused before any route.
+  app.use((req, _res, next) => {
+    next(req.originalUrl.includes('%00') || req.originalUrl.includes('\u0000') ? httpError(400, 'invalid', 'The URL must not contain NUL (%00)') : undefined);
   });
 
   app.get('/healthz', (_req, res) => {

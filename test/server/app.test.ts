@@ -148,6 +148,15 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     expect((await json(ok)).name).toBe('Müller');
   });
 
+  it.each(['/admin/dead-letters?source=%00', '/admin/sources/%00', '/fhir/R4/Patient/a%00b', '/fhir/R4/Observation?patient=%00'])(
+    'refuses a URL carrying NUL (%s) with 400, not a 500 from PostgreSQL',
+    async (path) => {
+      const res = await get(path, { authorization: `Bearer ${ADMIN}` });
+      expect(res.status).toBe(400);
+      expect((await json(res)).issue[0].details.text).toMatch(/must not contain NUL/);
+    },
+  );
+
   it('never answers 5xx or a stack trace to arbitrary requests (property)', async () => {
     const paths = ['/healthz', '/readyz', '/metrics', '/fhir/R4/metadata', '/fhir/R4/Patient', '/admin/stats', '/admin/queues', '/nope', '/openapi.json'];
     await fc.assert(
