@@ -300,10 +300,21 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
   return { ok: true, notification: { style: 'bundle', bundleType, entries } };
 }
 
+/** What an entry is about, for {@link notificationDedupKey}: the resource and its version, a reference, a delete. */
+function entryIdentity(e: NotificationEntry): unknown {
+  if (e.kind === 'resource') {
+    const meta = isObject(e.resource.meta) ? e.resource.meta : {};
+    return [e.resource.resourceType, e.resource.id, meta.versionId, meta.lastUpdated];
+  }
+  if (e.kind === 'fetch') return e.reference;
+  if (e.kind === 'delete') return ['delete', e.resourceType, e.id];
+  return ['invalid', e.index];
+}
+
 /**
  * The idempotency key of a notification for the inbox: the same notification stored twice is stored
  * once. A bare resource with a versionId is keyed by type/id/version; a subscription event by its
- * subscription and event numbers; anything else by the SHA-256 of its bytes. Deletions, pings and
+ * subscription, event numbers and what the events are about; anything else by the SHA-256 of its bytes. Deletions, pings and
  * bodiless fetch-backs carry no key (an empty body says nothing to tell two of them apart); the worker
  * makes them idempotent instead (a delete of what is deleted is skipped, a version stored is stored once).
  */
@@ -320,7 +331,14 @@ export function notificationDedupKey(parsed: ParsedNotification | undefined, bod
     }
   }
   if (parsed?.status?.type === 'event-notification' && parsed.status.eventNumbers.length > 0) {
-    const key = `event:${parsed.status.subscription}#${parsed.status.eventNumbers.join(',')}`;
+    // The event numbers, and what the events are about: a redelivery of the same event is stored once,
+    // but a source whose numbering restarted (a re-created Subscription, a server that does not persist
+    // its counters) sends new events under old numbers, which must not be taken for repeats.
+    const about = createHash('sha256')
+      .update(JSON.stringify([parsed.status.focus, parsed.entries.map(entryIdentity)]))
+      .digest('hex')
+      .slice(0, 32);
+    const key = `event:${parsed.status.subscription}#${parsed.status.eventNumbers.join(',')}@${about}`;
     if (key.length <= 512) return key;
   }
   return `sha256:${createHash('sha256').update(body).digest('hex')}`;

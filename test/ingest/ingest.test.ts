@@ -366,6 +366,31 @@ describe('ingest (queues on Redis)', () => {
       }
     });
 
+    it('does not take a new event for a repeat when the source\'s event numbering restarted', async () => {
+      const url = 'https://ehr-b.example/fhir/Subscription/restarted';
+      const cls = { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' };
+      const note = (id: string) =>
+        buildNotificationBundle({
+          subscriptionUrl: url,
+          topic: 'http://example.org/topics/encounter-start',
+          type: 'event-notification',
+          eventsSinceSubscriptionStart: 1,
+          content: 'full-resource',
+          baseUrl: 'https://ehr-b.example/fhir',
+          events: [{ eventNumber: 1, timestamp: new Date().toISOString(), focus: { resourceType: 'Encounter', id, meta: { versionId: '1' }, status: 'in-progress', class: cls } as Resource }],
+        });
+      const first = await post('ehr-b', Buffer.from(JSON.stringify(note('restart-a'))));
+      expect(first.status).toBe(202);
+      expect((await settle(first.inboxId)).state).toBe('done');
+      // Event 1 again, about another encounter: the numbering restarted. It used to answer 200 "already received".
+      const second = await post('ehr-b', Buffer.from(JSON.stringify(note('restart-b'))));
+      expect(second.status).toBe(202);
+      expect((await settle(second.inboxId)).state).toBe('done');
+      expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-b', 'Encounter', 'restart-b'))).toBeDefined();
+      // A true redelivery of the second is still stored once.
+      expect((await post('ehr-b', Buffer.from(JSON.stringify(note('restart-b'))))).status).toBe(200);
+    });
+
     it('never answers 5xx to arbitrary bytes from an authenticated source (property)', async () => {
       await fc.assert(
         fc.asyncProperty(

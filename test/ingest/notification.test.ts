@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { notificationDedupKey, parseNotification, parseReference } from '../../src/ingest/notification.js';
+import { buildNotificationBundle } from '../helpers/fake-ehr.js';
 
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/ingest/subscriptions/${name}`, import.meta.url));
 
@@ -173,6 +174,28 @@ describe('parseNotification', () => {
     // The same text in UTF-8, with or without a BOM, is accepted.
     expect(parseNotification(Buffer.from('{"resourceType":"Patient","id":"p","name":[{"family":"Müller"}]}')).ok).toBe(true);
     expect(parseNotification(Buffer.from('\uFEFF{"resourceType":"Patient","id":"p","name":[{"family":"Müller"}]}')).ok).toBe(true);
+  });
+
+  it('keys an event notification by its numbers and what it is about: a redelivery is one, a restarted numbering is not', () => {
+    const url = 'https://ehr.example/fhir/Subscription/s1';
+    const topic = 'http://example.org/topics/encounter-start';
+    const enc = (id: string, versionId: string) => ({ resourceType: 'Encounter', id, meta: { versionId }, status: 'in-progress', class: { code: 'AMB' } }) as never;
+    const note = (n: number, focus: ReturnType<typeof enc>, bundleId: string) => {
+      const b = buildNotificationBundle({ subscriptionUrl: url, topic, type: 'event-notification', eventsSinceSubscriptionStart: n, content: 'full-resource', baseUrl: 'https://ehr.example/fhir', events: [{ eventNumber: n, timestamp: '2026-01-01T00:00:00Z', focus }] });
+      return Buffer.from(JSON.stringify({ ...b, id: bundleId }));
+    };
+    const key = (body: Buffer) => {
+      const r = parseNotification(body);
+      if (!r.ok) throw new Error('unparsed');
+      return notificationDedupKey(r.notification, body)!;
+    };
+    const first = key(note(1, enc('e1', '1'), 'b-1'));
+    expect(first).toMatch(/^event:https:\/\/ehr\.example\/fhir\/Subscription\/s1#1@[0-9a-f]{32}$/);
+    // The EHR delivers event 1 again in a new Bundle: the same key, stored once.
+    expect(key(note(1, enc('e1', '1'), 'b-1-retry'))).toBe(first);
+    // The EHR's numbering restarted: a different event under number 1 is not a repeat.
+    expect(key(note(1, enc('e7', '1'), 'b-2'))).not.toBe(first);
+    expect(key(note(1, enc('e1', '2'), 'b-3'))).not.toBe(first);
   });
 
   it('rejects JSON nested deeper than the limit', () => {
