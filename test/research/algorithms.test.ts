@@ -100,6 +100,14 @@ describe('dateShift (DateTimeUtilityTests)', () => {
     expect(shiftDate('1925-02-07T13:28:17-05:00', 'dateTime', offset, true, NOW)).toEqual({ value: null, op: 'redact' });
     expect(shiftDate('2015-02', 'dateTime', offset, false, NOW)).toEqual({ value: null, op: 'redact' });
   });
+
+  it('a shift that would leave years 0001–9999 redacts instead of writing a date that is not FHIR', () => {
+    // "9999-12-31" is the usual "no end date"; 40 days later used to come out as "10000-02-09".
+    expect(shiftDate('9999-12-31', 'date', 40, true, NOW)).toEqual({ value: '9999', op: 'redact' });
+    expect(shiftDate('9999-12-31T23:59:59Z', 'dateTime', 40, true, NOW)).toEqual({ value: '9999', op: 'redact' });
+    expect(shiftDate('9999-12-31', 'date', 40, false, NOW)).toEqual({ value: null, op: 'redact' });
+    expect(shiftDate('9999-12-31', 'date', -40, true, NOW)).toEqual({ value: '9999-11-21', op: 'perturb' });
+  });
 });
 
 describe('partial redaction (enablePartial*ForRedact)', () => {

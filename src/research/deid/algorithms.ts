@@ -115,13 +115,16 @@ export function redactDate(value: string, kind: 'date' | 'dateTime' | 'instant',
 
 /**
  * Shifts a date, dateTime or instant by `offsetDays`. The time of day becomes 00:00:00 (digits of
- * fractional seconds zeroed, the zone kept). Values without a day, or more than 89 years before
- * `now`, are redacted instead (partially when `partial`).
+ * fractional seconds zeroed, the zone kept). Values without a day, more than 89 years before `now`,
+ * or that the shift would carry outside years 0001–9999, are redacted instead (partially when `partial`).
  */
 export function shiftDate(value: string, kind: 'date' | 'dateTime' | 'instant', offsetDays: number, partial: boolean, now: Date): DateResult {
   const m = (kind === 'date' ? DATE_RE : DATETIME_RE).exec(value);
   if (!m || !m[3] || overThreshold(m, now)) return redactDate(value, kind, partial, now);
   const shifted = addDays(Number(m[1]), Number(m[2]), Number(m[3]), offsetDays);
+  // A shift past FHIR's four-digit years ("9999-12-31", the usual "no end date", plus 40 days) would be
+  // no FHIR date at all: redacted instead, as the tool's .NET DateTime would refuse it.
+  if (!/^\d{4}-/.test(shifted) || shifted.startsWith('0000')) return redactDate(value, kind, partial, now);
   const timePart = kind === 'date' ? undefined : m[4];
   if (!timePart) return { value: shifted, op: 'perturb' };
   const t = TIME_RE.exec(timePart);
