@@ -19,7 +19,6 @@
  * @see http://hl7.org/fhir/R4/consent.html
  * @see https://github.com/sdhealthconnect/leap-cds (LEAP CDS: the shape of obligations)
  */
-import { pushAll } from '../platform/arrays.js';
 import type { Coding, Consent, ConsentProvision, Reference, Resource } from '@medplum/fhirtypes';
 import {
   canonicalSystem,
@@ -42,6 +41,7 @@ import {
   type ConsentScopeCode,
   type DecideOptions,
 } from './types.js';
+import { pushAll } from '../platform/arrays.js';
 
 // ---------------------------------------------------------------------------------------------
 // Code systems

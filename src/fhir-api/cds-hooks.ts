@@ -12,7 +12,6 @@
  * @see https://github.com/sdhealthconnect/leap-cds (request and response schemas)
  * @see docs/decisions-smart.md
  */
-import { pushAll } from '../platform/arrays.js';
 import { randomUUID } from 'node:crypto';
 import { Router, type Request } from 'express';
 import { z } from 'zod';
@@ -31,6 +30,7 @@ import { codingKey, normalizeReference, primaryCodings } from '../consent/fhir-v
 import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
 import { jsonBodyParser } from '../platform/json-body.js';
+import { pushAll } from '../platform/arrays.js';
 import type { Store } from '../store/index.js';
 import { resolveActorIdentifiers, type AccessContext } from './access.js';
 import { requireScope } from './smart/authenticate.js';

@@ -14,10 +14,10 @@
  *
  * @see docs/decisions-fhir-api.md
  */
-import { pushAll } from '../platform/arrays.js';
 import express, { Router, type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { httpError } from '../platform/errors.js';
 import { jsonBodyParser } from '../platform/json-body.js';
+import { pushAll } from '../platform/arrays.js';
 import type { AccessContext } from './access.js';
 import { createCursorCodec, type CursorCodec } from './bundle.js';
 import type { CapabilityContribution } from './capability.js';

@@ -14,11 +14,11 @@
  * Transient failures (source unreachable, database) are retried with backoff by BullMQ; when the last
  * attempt fails the item is dead-lettered so it can be inspected and replayed.
  */
-import { pushAll } from '../platform/arrays.js';
 import { createHash } from 'node:crypto';
 import type { Bundle, OperationOutcome, Patient, Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
 import { outcome } from '../platform/errors.js';
+import { pushAll } from '../platform/arrays.js';
 import type { Logger } from '../platform/logger.js';
 import { TerminalJobError, integrityJobId, type JobContext, type QueueRegistry } from '../queue/index.js';
 import { StoreDataError, type PutVersionInput, type PutVersionResult, type Store } from '../store/index.js';

@@ -9,8 +9,8 @@
  * any step, `where(…)` (its argument is full FHIRPath, evaluated by @medplum/core), `ofType(T)`,
  * `as T`, `first()`, `last()`. Unsupported syntax is a configuration error, found at compile time.
  */
-import { pushAll } from '../../platform/arrays.js';
 import { evalFhirPathTyped, parseFhirPath, type TypedValue } from '@medplum/core';
+import { pushAll } from '../../platform/arrays.js';
 import type { DNode, ResourceIndex } from './tree.js';
 
 type FhirPathAtom = ReturnType<typeof parseFhirPath>;
