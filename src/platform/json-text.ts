@@ -17,8 +17,13 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 // eslint-disable-next-line no-control-regex -- NUL is exactly what this looks for
 export const UNSTORABLE_TEXT = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
+/** Any NUL or surrogate at all: a cheap first test, since almost every string has neither. */
+// eslint-disable-next-line no-control-regex -- NUL is exactly what this looks for
+const SUSPECT = /[\u0000\ud800-\udfff]/;
+
 /** What is wrong with a string that cannot be stored ({@link UNSTORABLE_TEXT}), or undefined. */
 export function unstorable(text: string): string | undefined {
+  if (!SUSPECT.test(text)) return undefined;
   const m = UNSTORABLE_TEXT.exec(text);
   if (!m) return undefined;
   return m[0] === '\u0000' ? 'contains U+0000 (NUL), which cannot be stored' : 'contains a lone UTF-16 surrogate (not Unicode text)';
