@@ -266,6 +266,9 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     return fail('invalid-structure', 'Resource.id must match [A-Za-z0-9-.]{1,64}', `${resourceType}.id`);
   }
 
+  if (resourceType === 'Bundle' && ctx.path && ctx.path.resourceType !== 'Bundle') {
+    return fail('invalid-structure', `Body is a Bundle but the URL names ${ctx.path.resourceType}/${ctx.path.id}`);
+  }
   if (resourceType !== 'Bundle') {
     if (ctx.path && (ctx.path.resourceType !== resourceType || (json.id !== undefined && json.id !== ctx.path.id))) {
       return fail('invalid-structure', `Body is ${resourceType}/${String(json.id)} but the URL names ${ctx.path.resourceType}/${ctx.path.id}`);

@@ -198,6 +198,13 @@ describe('parseNotification', () => {
     expect(key(note(1, enc('e1', '2'), 'b-3'))).not.toBe(first);
   });
 
+  it('refuses a Bundle PUT to a URL that names another resource', () => {
+    const body = Buffer.from(JSON.stringify({ resourceType: 'Bundle', type: 'transaction', entry: [{ resource: { resourceType: 'Observation', id: 'o1' }, request: { method: 'PUT', url: 'Observation/o1' } }] }));
+    const r = parseNotification(body, { path: { resourceType: 'Patient', id: 'x' } });
+    expect(r.ok === false && r.outcome.issue[0]!.details?.text).toBe('Body is a Bundle but the URL names Patient/x');
+    expect(parseNotification(body).ok).toBe(true);
+  });
+
   it('rejects JSON nested deeper than the limit', () => {
     const deep = `{"resourceType":"Patient","id":"x","extension":${'['.repeat(200)}${']'.repeat(200)}}`;
     const r = parseNotification(Buffer.from(deep));
