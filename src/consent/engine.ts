@@ -350,7 +350,36 @@ function compileProvision(p: ConsentProvision, label: string, localBases: readon
   };
 }
 
+/**
+ * {@link compileConsentShaped}, failing closed: a Consent whose elements do not have their FHIR shapes
+ * (stored from a source as it came, only flagged by validation: `provision.data` a number, `actor` an
+ * object) used to throw here, so every request about its patient failed. It now denies every request
+ * of its patient, in every scope, until it is corrected; its problem says why.
+ */
 function compileConsent(c: Consent, localBases: readonly string[], problems: ConsentProblem[]): CompiledConsent | undefined {
+  const before = problems.length;
+  try {
+    return compileConsentShaped(c, localBases, problems);
+  } catch (err) {
+    problems.length = before;
+    const label = typeof c?.id === 'string' ? `Consent/${c.id}` : 'Consent (no id)';
+    problems.push({ consent: label, message: `is malformed (${err instanceof Error ? err.message.slice(0, 120) : 'unreadable'}); it denies every request it applies to`, malformed: true });
+    const ref = (c as { patient?: { reference?: unknown } } | undefined)?.patient?.reference;
+    return {
+      reference: typeof c?.id === 'string' ? { reference: `Consent/${c.id}` } : { display: 'Consent without id' },
+      patient: typeof ref === 'string' ? normalizeReference(ref, localBases) : undefined,
+      scopes: new Set<string>(ALL_CONSENT_SCOPES),
+      uninterpretable: true,
+      baseType: undefined,
+      root: undefined,
+    };
+  }
+}
+
+/** Every consentscope a malformed Consent is assumed to govern. */
+const ALL_CONSENT_SCOPES: readonly string[] = ['patient-privacy', 'research', 'adr', 'treatment'];
+
+function compileConsentShaped(c: Consent, localBases: readonly string[], problems: ConsentProblem[]): CompiledConsent | undefined {
   const label = consentLabel(c);
   if (c.resourceType !== 'Consent') {
     problems.push({ consent: label, message: `not a Consent (${String((c as { resourceType?: unknown }).resourceType)}); skipped` });

@@ -156,4 +156,6 @@ export type ConsentChecked<T extends Resource> = T & { readonly [consentCheckedB
 export interface ConsentProblem {
   readonly consent: string;
   readonly message: string;
+  /** Set when the Consent's elements do not have their FHIR shapes (it then denies everything it applies to). */
+  readonly malformed?: true;
 }

@@ -421,6 +421,10 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     if (bad) throw httpError(400, 'invalid', `${bad.path}: ${bad.why}`);
     let c = body as Consent;
     if (c.resourceType !== 'Consent') throw httpError(400, 'invalid', 'The body must be a Consent resource');
+    // Elements without their FHIR shapes (`category` an object, `provision.data` a number): the engine
+    // could not read such a Consent, so it would deny everything about the patient. Refused here.
+    const malformed = compileConsents([c]).problems.find((p) => p.malformed);
+    if (malformed) throw httpError(400, 'structure', `The Consent ${malformed.message.replace(/; it denies every request it applies to$/, '')}`);
     if (typeof c.status !== 'string' || !CONSENT_STATUSES.has(c.status)) throw httpError(400, 'invalid', 'Consent.status is missing or invalid');
     if (!c.scope?.coding?.length) {
       // R5 (and LEAP CDS) put the consent scope among the categories: R4 requires it in `scope`.

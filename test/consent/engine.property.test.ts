@@ -8,7 +8,7 @@
  */
 import fc from 'fast-check';
 import type { Coding, Consent, ConsentProvision, Resource } from '@medplum/fhirtypes';
-import { decide, parseScopes, release, scopesAllow, type AccessRequest } from '../../src/consent/index.js';
+import { compileConsents, decide, parseScopes, release, scopesAllow, type AccessRequest } from '../../src/consent/index.js';
 import { LOINC, NOW, V3_ACT_CODE, V3_CONF, actor, cls, purpose } from './helpers.js';
 
 const ACTORS = ['Organization/org-a', 'Organization/org-b', 'Practitioner/dr-a', 'Practitioner/dr-b'] as const;
@@ -241,6 +241,29 @@ describe('consent engine properties', () => {
         if (without.decision === 'deny') expect(d.basis).toBe('break-glass');
       }),
       { numRuns: 1000 },
+    );
+  });
+
+  it('never throws on a Consent with garbage where its elements belong, and never permits under it', () => {
+    // What a source may send and ingest stores (flagged invalid): the top level shaped, anything below.
+    const junk = fc.anything({ maxDepth: 3, withBigInt: false, withDate: false, withMap: false, withSet: false, withTypedArray: false, withSparseArray: false, withBoxedValues: false, withNullPrototype: false });
+    const garbled = fc.record(
+      {
+        type: fc.oneof(fc.constant('deny'), fc.constant('permit'), junk),
+        period: junk, actor: junk, action: junk, securityLabel: junk, purpose: junk, class: junk, code: junk, dataPeriod: junk, data: junk, provision: junk,
+      },
+      { requiredKeys: [] },
+    );
+    fc.assert(
+      fc.property(garbled, fc.constantFrom<'permit' | 'deny'>('permit', 'deny'), (provision, defaultDecision) => {
+        const c: Consent = { resourceType: 'Consent', id: 'garbled', status: 'active', scope: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] }, category: [], patient: { reference: 'Patient/p1' }, provision: provision as ConsentProvision };
+        const req: AccessRequest = { patient: 'Patient/p1', actor: { references: ['Organization/org-a'], identifiers: [], clientId: 'app', mayBreakGlass: false }, purposeOfUse: ['TREAT'], scope: 'patient-privacy', resourceType: 'Observation', resource: { resourceType: 'Observation', id: 'o1', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient/p1' } } as Resource };
+        const compiled = compileConsents([c]);
+        const d = compiled.decide(req, NOW, { defaultDecision });
+        if (compiled.problems.some((p) => p.malformed)) expect(d.decision).toBe('deny');
+        compiled.decide({ ...req, resource: undefined }, NOW, { defaultDecision, codeObligations: true });
+      }),
+      { numRuns: 2000 },
     );
   });
 

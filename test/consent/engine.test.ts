@@ -1,7 +1,7 @@
 /**
  * Consent engine: the R4 spec example and hand-built scenarios, table-driven through `decide`.
  */
-import type { Consent, Resource } from '@medplum/fhirtypes';
+import type { Consent, ConsentProvision, Resource } from '@medplum/fhirtypes';
 import { compileConsents, decide, release, type AccessRequest, type ConsentDecision, type DecideOptions } from '../../src/consent/index.js';
 import {
   LOINC,
@@ -399,6 +399,26 @@ describe('compileConsents', () => {
       consent('bad-purpose', { type: 'permit', provision: [{ type: 'deny', purpose: [{ system: 'http://example.org/local', code: 'X' }] }] }),
     ]);
     expect(compiled.problems.map((p) => p.consent)).toEqual(['Consent/auth', 'Consent/no-scope', 'Consent/bad-purpose']);
+  });
+
+  it('fails closed on a Consent whose elements do not have their FHIR shapes (it used to throw on every request)', () => {
+    // Stored from a source as it came (validation only flags it): provision.data a number, actor an object.
+    const broken = [
+      consent('bad-data', { type: 'deny', data: 0 } as unknown as ConsentProvision),
+      consent('bad-actor', { type: 'permit', actor: { role: 'x' } } as unknown as ConsentProvision),
+      consent('bad-category', { type: 'permit' }, { scope: undefined, category: {} } as unknown as Partial<Consent>),
+    ];
+    for (const c of broken) {
+      const compiled = compileConsents([c, permitAll]);
+      expect(compiled.problems.find((p) => p.malformed)?.consent).toBe(`Consent/${c.id}`);
+      for (const r of [request(), request({ resource: undefined }), request({ scope: 'research' })]) {
+        const d = compiled.decide(r, NOW, OPT_OUT);
+        expect(d.decision).toBe('deny');
+        expect(d.policy.map((x) => x.reference)).toContain(`Consent/${c.id}`);
+      }
+      // It applies to its own patient only.
+      expect(compiled.decide(request({ patient: 'Patient/p2' }), NOW, OPT_OUT).decision).toBe('permit');
+    }
   });
 
   it('compares absolute references under the local base as local ones', () => {

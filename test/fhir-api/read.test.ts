@@ -166,6 +166,13 @@ describe('FHIR read API', () => {
       const lone = await send('POST', '/Consent', 'p1', body('Patient/p1', { type: 'deny', purpose: [{ code: 'x\ud800' }] }));
       expect(lone.status).toBe(400);
       expect(JSON.stringify(lone.body)).toMatch(/Consent\.provision.*lone UTF-16 surrogate/);
+      // Elements without their FHIR shapes (the category check threw a TypeError: 500; a number as
+      // provision.data was stored, and the engine then failed every request about the patient): 400.
+      const noShape = await send('POST', '/Consent', 'p1', JSON.stringify({ ...JSON.parse(body('Patient/p1', { type: 'deny' })), scope: undefined, category: {} }));
+      expect(noShape.status).toBe(400);
+      const badData = await send('POST', '/Consent', 'p1', body('Patient/p1', { type: 'deny', data: 0 } as never));
+      expect(badData.status).toBe(400);
+      expect(JSON.stringify(badData.body)).toMatch(/The Consent is malformed/);
       // A number JSON.parse makes Infinity would be stored as null: 400 as well.
       const huge = body('Patient/p1', { type: 'deny' }).replace(/^\{/, '{"extension":[{"url":"urn:x","valueDecimal":1e400}],');
       const inf = await send('POST', '/Consent', 'p1', huge);
