@@ -37,7 +37,7 @@ import {
 } from '../consent/index.js';
 import type { Clock } from '../platform/clock.js';
 import { httpError } from '../platform/errors.js';
-import { unstorableText } from '../platform/json-text.js';
+import { unstorableValue } from '../platform/json-text.js';
 import type { Logger } from '../platform/logger.js';
 import { integrityJobId, type QueueRegistry } from '../queue/index.js';
 import { isExportManifest } from '../research/export/manifest.js';
@@ -417,7 +417,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
   const checkConsentBody = (body: unknown, interaction: 'create' | 'update'): Consent => {
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw httpError(400, 'structure', 'The body must be a Consent resource');
     // PostgreSQL jsonb cannot hold NUL or lone surrogates; refuse them here rather than fail in the store.
-    const bad = unstorableText(body, 'Consent');
+    const bad = unstorableValue(body, 'Consent');
     if (bad) throw httpError(400, 'invalid', `${bad.path}: ${bad.why}`);
     let c = body as Consent;
     if (c.resourceType !== 'Consent') throw httpError(400, 'invalid', 'The body must be a Consent resource');

@@ -17,7 +17,7 @@ import type { Logger } from '../platform/logger.js';
 import type { QueueRegistry } from '../queue/index.js';
 import type { Store } from '../store/index.js';
 import { verifyHookAuth } from './hook-auth.js';
-import { notificationDedupKey, parseNotification, type ParseContext } from './notification.js';
+import { notificationDedupKey, parseNotification, type NotificationEntry, type ParseContext } from './notification.js';
 import type { SourceRegistry } from './sources.js';
 
 export interface HooksDeps {
@@ -107,7 +107,7 @@ export function createHooksRouter(deps: HooksDeps): Router {
       // Durable already: the reconciler re-enqueues inbox items that have no job.
       logger.warn({ inboxId: id, err: err instanceof Error ? err.message : String(err) }, 'enqueue failed; left for the reconciler');
     }
-    const bad = n.entries.filter((e) => e.kind === 'invalid');
+    const bad = n.entries.filter((e): e is Extract<NotificationEntry, { kind: 'invalid' }> => e.kind === 'invalid');
     const good = n.entries.length - bad.length;
     const accepted =
       n.style === 'ping'
@@ -116,7 +116,7 @@ export function createHooksRouter(deps: HooksDeps): Router {
     // Entries that cannot be applied are kept as dead letters; the sender is told which (the rest go on).
     const answer = outcome('information', 'informational', accepted);
     for (const e of bad.slice(0, 20)) {
-      if (e.kind === 'invalid') answer.issue.push({ severity: 'warning', code: 'structure', details: { text: `${e.text}: kept as a dead letter, not applied` }, expression: [`Bundle.entry[${e.index}]`] });
+      answer.issue.push({ severity: 'warning', code: 'structure', details: { text: `${e.text}: kept as a dead letter, not applied` }, expression: [`Bundle.entry[${e.index}]`] });
     }
     send(res, 202, answer, {
       'X-Inbox-Id': id,

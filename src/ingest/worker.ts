@@ -21,7 +21,7 @@ import { outcome } from '../platform/errors.js';
 import { pushAll } from '../platform/arrays.js';
 import type { Logger } from '../platform/logger.js';
 import { TerminalJobError, integrityJobId, type JobContext, type QueueRegistry } from '../queue/index.js';
-import { StoreDataError, type PutVersionInput, type PutVersionResult, type Store } from '../store/index.js';
+import { StoreDataError, type PutVersionInput, type PutVersionResult, type PutVersionsOptions, type Store } from '../store/index.js';
 import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/index.js';
 import { anchorId, isStructurallyFhir, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
 import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParseResult, type SubscriptionStatusInfo } from './notification.js';
@@ -545,44 +545,39 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         if (events) await store.subscriptions.recordEvents({ sourceId: source.id, ...events });
       };
       /**
-       * When the database refuses a value in the batch (a data error no check before caught), each
-       * version is stored on its own and the refused ones become dead letters: the good entries beside
-       * a bad one are never lost with it.
+       * `putVersions` of every input; when the database refuses a value in the batch (a data error no
+       * check before caught), each version is stored on its own and the refused ones become dead
+       * letters, so the good entries beside a bad one are never lost with it. With `inboxDone` the item
+       * is marked done either way.
        */
-      const oneByOne = async (): Promise<PutVersionResult[]> => {
-        const stored: PutVersionResult[] = [];
-        for (let k = 0; k < inputs.length; k++) {
-          try {
-            pushAll(stored, await store.resources.putVersions([inputs[k]!]));
-          } catch (err) {
-            if (!(err instanceof StoreDataError)) throw err;
-            await deadLetter(inboxId, source.id, 'store-refused', outcome('error', 'invalid', `Not stored: ${err.message}`), inputIndex[k]);
-            summary.deadLetters += 1;
-          }
-        }
-        return stored;
-      };
-      const counted = { stored: summary.stored, duplicates: summary.duplicates, historical: summary.historical };
-      if (finishesWithStore) {
+      const putAll = async (options?: PutVersionsOptions): Promise<PutVersionResult[]> => {
+        const counted = { stored: summary.stored, duplicates: summary.duplicates, historical: summary.historical };
         try {
-          await store.resources.putVersions(inputs, { inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
+          return await store.resources.putVersions(inputs, options);
         } catch (err) {
           if (!(err instanceof StoreDataError)) throw err;
           Object.assign(summary, counted); // the failed batch may have counted its results already
-          count(await oneByOne());
-          await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: { ...summary, notes: notes.slice(0, 50) } });
+          const results: PutVersionResult[] = [];
+          for (let k = 0; k < inputs.length; k++) {
+            try {
+              pushAll(results, await store.resources.putVersions([inputs[k]!]));
+            } catch (one) {
+              if (!(one instanceof StoreDataError)) throw one;
+              await deadLetter(inboxId, source.id, 'store-refused', outcome('error', 'invalid', `Not stored: ${one.message}`), inputIndex[k]);
+              summary.deadLetters += 1;
+            }
+          }
+          if (options?.inboxDone) await store.inbox.update(inboxId, { stage: 'stored', state: 'done', outcome: options.inboxDone.outcome(results) });
+          return results;
         }
+      };
+      if (finishesWithStore) {
+        await putAll({ inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
         await recordEvents();
         logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
         return;
       }
-      let results: PutVersionResult[];
-      try {
-        results = await store.resources.putVersions(inputs);
-      } catch (err) {
-        if (!(err instanceof StoreDataError)) throw err;
-        results = await oneByOne();
-      }
+      const results = await putAll();
       count(results);
       const stored = results.filter((r) => r.status !== 'duplicate');
 

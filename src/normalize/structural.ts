@@ -54,7 +54,7 @@ function describe(v: unknown): string {
  * Checks that `value` is a JSON object with a known R4 `resourceType`, whose top-level properties are
  * all R4 elements of that type with the right JSON shape (array or not; string, number, boolean or
  * object), with no `__proto__` / `constructor` / `prototype` key anywhere, and with no string or key
- * that cannot be stored ({@link unstorableText}).
+ * that cannot be stored ({@link unstorableValue}).
  *
  * @param value - anything, typically the result of `JSON.parse`
  * @returns the value typed as a Resource, or an OperationOutcome listing what is wrong

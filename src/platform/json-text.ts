@@ -1,8 +1,9 @@
 /**
- * Text in JSON that cannot be stored: PostgreSQL's json and jsonb refuse U+0000 and lone UTF-16
- * surrogates (which `JSON.parse` accepts, written `"\u0000"` and `"\ud800"`). Shared by the ingest
- * structural gate and the FHIR API's write path, so such input is refused with a 4xx naming the place
- * instead of failing in the store.
+ * JSON values that cannot be stored as sent: PostgreSQL's json and jsonb refuse U+0000 and lone UTF-16
+ * surrogates (which `JSON.parse` accepts, written `"\u0000"` and `"\ud800"`), and a number beyond a
+ * double would be stored as null. Shared by the ingest structural gate (which walks the resource
+ * itself, collecting every issue) and the JSON APIs' body parser, so such input is refused with a 4xx
+ * naming the place instead of failing in the store.
  */
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
@@ -42,7 +43,7 @@ export function unrepresentableNumber(n: number): string | undefined {
  * The first place in a JSON value where a string, key or number cannot be stored (see
  * {@link UNSTORABLE_TEXT}, {@link unrepresentableNumber}): `{ path, why }`, or undefined when all of it can.
  */
-export function unstorableText(value: unknown, path = ''): { path: string; why: string } | undefined {
+export function unstorableValue(value: unknown, path = ''): { path: string; why: string } | undefined {
   if (typeof value === 'string') {
     const why = unstorable(value);
     return why ? { path, why } : undefined;
@@ -53,14 +54,14 @@ export function unstorableText(value: unknown, path = ''): { path: string; why: 
   }
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
-      const hit = unstorableText(value[i], `${path}[${i}]`);
+      const hit = unstorableValue(value[i], `${path}[${i}]`);
       if (hit) return hit;
     }
   } else if (isPlainObject(value)) {
     for (const key of Object.keys(value)) {
       const why = unstorable(key);
       if (why) return { path: `${path}.${key.replace(UNSTORABLE_TEXT, '?')}`, why: `property name ${why}` };
-      const hit = unstorableText(value[key], `${path}.${key}`);
+      const hit = unstorableValue(value[key], `${path}.${key}`);
       if (hit) return hit;
     }
   }

@@ -82,11 +82,12 @@ export class PgSubscriptionStatusStore implements SubscriptionStatusStore {
       `SELECT last_event_number FROM source_subscription WHERE source_id = $1 AND subscription = $2`,
       [input.sourceId, input.subscription],
     );
-    const last = r.rows[0]?.last_event_number;
-    if (last === undefined || last === null) return undefined; // the first numbers of a subscription
+    const recorded = r.rows[0]?.last_event_number;
+    if (recorded === undefined || recorded === null) return undefined; // the first numbers of a subscription
+    const last = Number(recorded);
     // reduce, not Math.min(...): a notification may carry more event numbers than the call stack holds arguments.
-    const lowest = input.eventNumbers.reduce((m, n) => (n > Number(last) && n < m ? n : m), Infinity);
-    return Number.isFinite(lowest) && lowest > Number(last) + 1 ? { from: Number(last) + 1, to: lowest - 1 } : undefined;
+    const lowest = input.eventNumbers.reduce((m, n) => (n > last && n < m ? n : m), Infinity);
+    return Number.isFinite(lowest) && lowest > last + 1 ? { from: last + 1, to: lowest - 1 } : undefined;
   }
 
   async recordEvents(input: { sourceId: string; subscription: string; eventNumbers: readonly number[]; gap?: { from: number; to: number; detectedAt: Date; catchUp: string } }): Promise<void> {

@@ -415,6 +415,27 @@ describe('ingest (queues on Redis)', () => {
 
   describe('Subscriptions Backport IG with a live source EHR', () => {
     const topic = 'http://example.org/topics/encounter-start';
+
+    /**
+     * Registers `sourceId` for `ehr`, gives the EHR a Subscription (`sub-{prefix}`) to our hook and three
+     * recorded Encounter events (`{prefix}-1..3`); `note(k)` is the notification of event k (0-based).
+     */
+    async function sourceWithThreeEvents(ehr: FakeEhr, sourceId: string, prefix: string, content: 'id-only' | 'full-resource') {
+      const created = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: sourceId, name: sourceId, baseUrl: ehr.baseUrl, hookAuth: { bearerToken: BEARER } }) });
+      expect(created.status).toBe(201);
+      const sub = `sub-${prefix}`;
+      ehr.seed({ resourceType: 'Subscription', id: sub, status: 'active', reason: 'test', criteria: topic, channel: { type: 'rest-hook', endpoint: `${base}/hooks/${sourceId}`, payload: 'application/fhir+json' } });
+      const url = `${ehr.baseUrl}/Subscription/${sub}`;
+      const cls = { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' };
+      const events = (['in-progress', 'in-progress', 'finished'] as const).map((status, i) => {
+        const focus: Resource = ehr.seed({ resourceType: 'Encounter', id: `${prefix}-${i + 1}`, status, class: cls });
+        return { focus, number: ehr.recordEvent(sub, focus) };
+      });
+      const now = new Date().toISOString();
+      const note = (k: number) =>
+        buildNotificationBundle({ subscriptionUrl: url, topic, type: 'event-notification', eventsSinceSubscriptionStart: events[k]!.number, content, baseUrl: ehr.baseUrl, events: [{ eventNumber: events[k]!.number, timestamp: now, focus: events[k]!.focus }] });
+      return { url, numbers: events.map((e) => e.number), note };
+    }
     let subscriptionUrl: string;
 
     beforeAll(() => {
@@ -466,23 +487,10 @@ describe('ingest (queues on Redis)', () => {
       const garbled = await startFakeEhr({ capability: 'backport', eventsBody });
       const sourceId = `ehr-garbled-${tag}`;
       try {
-        const created = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: sourceId, name: 'garbled', baseUrl: garbled.baseUrl, hookAuth: { bearerToken: BEARER } }) });
-        expect(created.status).toBe(201);
-        garbled.seed({ resourceType: 'Subscription', id: 'sub-g', status: 'active', reason: 'test', criteria: topic, channel: { type: 'rest-hook', endpoint: `${base}/hooks/${sourceId}`, payload: 'application/fhir+json' } });
-        const url = `${garbled.baseUrl}/Subscription/sub-g`;
-        const cls = { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' };
-        const e1 = garbled.seed({ resourceType: 'Encounter', id: 'g-1', status: 'in-progress', class: cls });
-        const g1 = garbled.recordEvent('sub-g', e1);
-        const e2 = garbled.seed({ resourceType: 'Encounter', id: 'g-2', status: 'in-progress', class: cls });
-        garbled.recordEvent('sub-g', e2);
-        const e3 = garbled.seed({ resourceType: 'Encounter', id: 'g-3', status: 'finished', class: cls });
-        const g3 = garbled.recordEvent('sub-g', e3);
-        const now = new Date().toISOString();
-        const note = (n: number, focus: Resource) =>
-          buildNotificationBundle({ subscriptionUrl: url, topic, type: 'event-notification', eventsSinceSubscriptionStart: n, content: 'id-only', baseUrl: garbled.baseUrl, events: [{ eventNumber: n, timestamp: now, focus }] });
-        expect((await settle((await post(sourceId, Buffer.from(JSON.stringify(note(g1, e1))))).inboxId)).outcome).toMatchObject({ stored: 1 });
+        const { note } = await sourceWithThreeEvents(garbled, sourceId, 'g', 'id-only');
+        expect((await settle((await post(sourceId, Buffer.from(JSON.stringify(note(0))))).inboxId)).outcome).toMatchObject({ stored: 1 });
         // Event 2 never arrives; the gap's $events answer is unusable, so the search must find g-2.
-        const s3 = await settle((await post(sourceId, Buffer.from(JSON.stringify(note(g3, e3))))).inboxId);
+        const s3 = await settle((await post(sourceId, Buffer.from(JSON.stringify(note(2))))).inboxId);
         expect(s3.state).toBe('done');
         expect(s3.outcome).toMatchObject({ gaps: 1 });
         const notes = (s3.outcome.notes as string[]).join(' ');
@@ -608,24 +616,11 @@ describe('ingest (queues on Redis)', () => {
     it('stores a notification\'s own resources while the source cannot be read, and catches its gap up later from an inbox item of its own', async () => {
       const flaky = await startFakeEhr({ capability: 'backport' });
       try {
-        const res = await admin('/admin/sources', { method: 'POST', body: JSON.stringify({ id: 'ehr-flaky', name: 'Flaky', baseUrl: flaky.baseUrl, hookAuth: { bearerToken: BEARER } }) });
-        expect(res.status).toBe(201);
-        flaky.seed({ resourceType: 'Subscription', id: 'sub-f', status: 'active', reason: 'test', criteria: topic, channel: { type: 'rest-hook', endpoint: `${base}/hooks/ehr-flaky`, payload: 'application/fhir+json' } });
-        const url = `${flaky.baseUrl}/Subscription/sub-f`;
-        const cls = { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' };
-        const e1 = flaky.seed({ resourceType: 'Encounter', id: 'f-1', status: 'in-progress', class: cls });
-        const f1 = flaky.recordEvent('sub-f', e1);
-        const e2 = flaky.seed({ resourceType: 'Encounter', id: 'f-2', status: 'in-progress', class: cls });
-        flaky.recordEvent('sub-f', e2);
-        const e3 = flaky.seed({ resourceType: 'Encounter', id: 'f-3', status: 'finished', class: cls });
-        const f3 = flaky.recordEvent('sub-f', e3);
-        const now = new Date().toISOString();
-        const note = (n: number, focus: Resource) =>
-          buildNotificationBundle({ subscriptionUrl: url, topic, type: 'event-notification', eventsSinceSubscriptionStart: n, content: 'full-resource', baseUrl: flaky.baseUrl, events: [{ eventNumber: n, timestamp: now, focus }] });
-        expect((await settle((await post('ehr-flaky', Buffer.from(JSON.stringify(note(f1, e1))))).inboxId)).state).toBe('done');
+        const { url, numbers, note } = await sourceWithThreeEvents(flaky, 'ehr-flaky', 'f', 'full-resource');
+        expect((await settle((await post('ehr-flaky', Buffer.from(JSON.stringify(note(0))))).inboxId)).state).toBe('done');
         // Event 2 is lost in transit; event 3 arrives (full resource) while the source answers nothing.
         flaky.failNext(100_000, 503);
-        const r3 = await post('ehr-flaky', Buffer.from(JSON.stringify(note(f3, e3))));
+        const r3 = await post('ehr-flaky', Buffer.from(JSON.stringify(note(2))));
         const s3 = await settle(r3.inboxId, 60_000);
         // Its own resource is stored at once; the gap is handed on to an inbox item of its own.
         expect(s3.state).toBe('done');
@@ -647,8 +642,8 @@ describe('ingest (queues on Redis)', () => {
         }
         const status = await json(await admin('/admin/sources/ehr-flaky/status'));
         const sub = status.subscriptions.find((x: { subscription: string }) => x.subscription === url);
-        expect(sub.lastEventNumber).toBe(f3);
-        expect(sub.gaps).toEqual([expect.objectContaining({ from: f1 + 1, to: f3 - 1, catchUp: `handed on as inbox item ${handedOn}` })]);
+        expect(sub.lastEventNumber).toBe(numbers[2]);
+        expect(sub.gaps).toEqual([expect.objectContaining({ from: numbers[0]! + 1, to: numbers[2]! - 1, catchUp: `handed on as inbox item ${handedOn}` })]);
       } finally {
         await flaky.close();
       }
