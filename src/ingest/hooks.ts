@@ -112,11 +112,15 @@ export function createHooksRouter(deps: HooksDeps): Router {
     const accepted =
       n.style === 'ping'
         ? 'Accepted: a notification without payload; the changes will be fetched from the source'
-        : `Accepted: ${good} entr${good === 1 ? 'y' : 'ies'} queued`;
+        : good === 0 && n.entries.length > 0
+          ? 'Received, but nothing in it can be applied: kept as a dead letter'
+          : `Accepted: ${good} entr${good === 1 ? 'y' : 'ies'} queued`;
     // Entries that cannot be applied are kept as dead letters; the sender is told which (the rest go on).
+    // Not a 4xx: an EHR may turn a Subscription whose notifications get 4xx answers to `error`.
     const answer = outcome('information', 'informational', accepted);
     for (const e of bad.slice(0, 20)) {
-      answer.issue.push({ severity: 'warning', code: 'structure', details: { text: `${e.text}: kept as a dead letter, not applied` }, expression: [`Bundle.entry[${e.index}]`] });
+      const where = n.style === 'rest-hook' ? (e.issues?.[0]?.expression ?? []) : [`Bundle.entry[${e.index}]`];
+      answer.issue.push({ severity: 'warning', code: 'structure', details: { text: `${e.text}: kept as a dead letter, not applied` }, ...(where.length > 0 ? { expression: [...where] } : {}) });
     }
     send(res, 202, answer, {
       'X-Inbox-Id': id,

@@ -15,7 +15,8 @@
  */
 import { isUtf8 } from 'node:buffer';
 import { createHash } from 'node:crypto';
-import type { OperationOutcome } from '@medplum/fhirtypes';
+import type { OperationOutcome, OperationOutcomeIssue } from '@medplum/fhirtypes';
+import { isStructurallyFhir } from '../normalize/index.js';
 import { outcome } from '../platform/errors.js';
 
 export type NotificationType = 'handshake' | 'heartbeat' | 'event-notification' | 'query-status' | 'query-event';
@@ -37,10 +38,18 @@ export type NotificationEntry =
   /** A deletion. */
   | { readonly kind: 'delete'; readonly index: number; readonly resourceType: string; readonly id: string }
   /**
-   * A Bundle entry that cannot be applied (not an object, a resource that is not one, a delete or
+   * A Bundle entry that cannot be applied (not an object, a resource that is not FHIR, a delete or
    * id-only entry naming nothing): a dead letter with this reason, while the entries beside it go on.
+   * For a resource that is not FHIR, `issues` are the structural check's findings (paths inside it)
+   * and `resource` is the resource (what the entry is about, for {@link notificationDedupKey}).
    */
-  | { readonly kind: 'invalid'; readonly index: number; readonly text: string };
+  | {
+      readonly kind: 'invalid';
+      readonly index: number;
+      readonly text: string;
+      readonly issues?: readonly OperationOutcomeIssue[];
+      readonly resource?: Record<string, unknown>;
+    };
 
 export interface SubscriptionStatusInfo {
   readonly subscription: string;
@@ -84,6 +93,24 @@ export const MAX_JSON_DEPTH = 64;
 
 function fail(reason: 'unparseable' | 'not-fhir' | 'invalid-structure', text: string, expression?: string): ParseResult {
   return { ok: false, reason, outcome: outcome('error', reason === 'not-fhir' || reason === 'invalid-structure' ? 'structure' : 'invalid', text, expression) };
+}
+
+/**
+ * The `invalid` entry for a resource that is not FHIR R4 at all (unknown type or element, wrong JSON
+ * shape, text PostgreSQL cannot store: {@link isStructurallyFhir}), or `undefined` for one that is.
+ * Such an entry is answered with a warning and kept as a dead letter, not refused with a 4xx: a
+ * rest-hook EHR may turn a Subscription that gets 4xx answers to `error` and stop sending the rest.
+ */
+function structuralFailure(resource: Record<string, unknown>, what: string, index: number): NotificationEntry | undefined {
+  const check = isStructurallyFhir(resource);
+  if (check.ok) return undefined;
+  return { kind: 'invalid', index, text: `${what} is not FHIR R4: ${summarise(check.outcome.issue)}`, issues: check.outcome.issue, resource };
+}
+
+/** The first few issues' texts and places, for a one-line reason. */
+function summarise(issues: readonly OperationOutcomeIssue[]): string {
+  const texts = issues.slice(0, 3).map((i) => `${i.details?.text ?? i.code}${i.expression?.[0] ? ` (${i.expression[0]})` : ''}`);
+  return issues.length > 3 ? `${texts.join('; ')}; and ${issues.length - 3} more` : texts.join('; ');
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -211,6 +238,11 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): Not
         invalid(index, `Bundle.entry[${index}].resource must be an object`);
         continue;
       }
+      const notFhir = structuralFailure(e.resource, `Bundle.entry[${index}].resource`, index);
+      if (notFhir) {
+        entries.push(notFhir);
+        continue;
+      }
       const ifNoneExist = typeof request?.ifNoneExist === 'string' ? request.ifNoneExist : undefined;
       entries.push({ kind: 'resource', index, resource: e.resource, ...(fullUrl ? { fullUrl } : {}), ...(ifNoneExist ? { ifNoneExist } : {}) });
       continue;
@@ -223,8 +255,9 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): Not
     }
     entries.push({ kind: 'fetch', index, reference: target });
   }
-  // Nothing in it can be applied: the notification as a whole is refused.
-  if (entries.length > 0 && entries.every((e) => e.kind === 'invalid')) {
+  // Nothing in it is even shaped like an entry: the notification as a whole is refused. (Resources
+  // that are not FHIR do not count: like a bare one, they are accepted and kept as dead letters.)
+  if (entries.length > 0 && entries.every((e) => e.kind === 'invalid' && !e.resource)) {
     const texts = entries.map((e) => (e.kind === 'invalid' ? e.text : ''));
     return texts.length > 5 ? `${texts.slice(0, 5).join('; ')}; and ${texts.length - 5} more` : texts.join('; ');
   }
@@ -275,7 +308,8 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     }
     const resource = ctx.path && json.id === undefined ? { ...json, id: ctx.path.id } : json;
     if (resource.id === undefined) return fail('invalid-structure', 'A notified resource must carry its id', `${resourceType}.id`);
-    return { ok: true, notification: { style: 'rest-hook', entries: [{ kind: 'resource', index: 0, resource }] } };
+    const entry = structuralFailure(resource, 'The resource', 0) ?? { kind: 'resource', index: 0, resource };
+    return { ok: true, notification: { style: 'rest-hook', entries: [entry] } };
   }
 
   const bundleType = typeof json.type === 'string' ? json.type : undefined;
@@ -311,6 +345,8 @@ function entryIdentity(e: NotificationEntry): unknown {
   }
   if (e.kind === 'fetch') return e.reference;
   if (e.kind === 'delete') return ['delete', e.resourceType, e.id];
+  // A resource that is not FHIR is about what a valid one would be (the key is the same as before the check).
+  if (e.resource) return entryIdentity({ kind: 'resource', index: e.index, resource: e.resource });
   return ['invalid', e.index];
 }
 
@@ -326,10 +362,11 @@ export function notificationDedupKey(parsed: ParsedNotification | undefined, bod
   if (parsed?.style === 'delete' || parsed?.style === 'ping' || (parsed?.style === 'rest-hook' && parsed.entries[0]?.kind === 'fetch')) return undefined;
   if (parsed?.style === 'rest-hook') {
     const e = parsed.entries[0];
-    if (e?.kind === 'resource') {
-      const meta = isObject(e.resource.meta) ? e.resource.meta : undefined;
+    const resource = e?.kind === 'resource' || e?.kind === 'invalid' ? e.resource : undefined;
+    if (resource) {
+      const meta = isObject(resource.meta) ? resource.meta : undefined;
       if (typeof meta?.versionId === 'string' && meta.versionId.length <= 64) {
-        return `${String(e.resource.resourceType)}/${String(e.resource.id)}/_history/${meta.versionId}`;
+        return `${String(resource.resourceType)}/${String(resource.id)}/_history/${meta.versionId}`;
       }
     }
   }

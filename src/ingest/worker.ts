@@ -382,7 +382,8 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         if (e.kind === 'resource') work.push({ index: e.index, resource: e.resource, ...(e.fullUrl ? { fullUrl: e.fullUrl } : {}), ...(e.ifNoneExist ? { ifNoneExist: e.ifNoneExist } : {}) });
         else if (e.kind === 'delete') work.push({ index: e.index, delete: { resourceType: e.resourceType, id: e.id } });
         else if (e.kind === 'invalid') {
-          await deadLetter(inboxId, source.id, 'invalid-structure', outcome('error', 'structure', e.text, `Bundle.entry[${e.index}]`), e.index);
+          const oo = e.issues ? { resourceType: 'OperationOutcome' as const, issue: [...e.issues] } : outcome('error', 'structure', e.text, `Bundle.entry[${e.index}]`);
+          await deadLetter(inboxId, source.id, 'invalid-structure', oo, e.index);
           summary.deadLetters += 1;
         } else {
           const ref = parseReference(e.reference);

@@ -239,6 +239,33 @@ describe('ingest (queues on Redis)', () => {
       expect(item.body).toBeUndefined();
     });
 
+    it('tells the sender at once that a bare resource is not FHIR R4 (unknown type, unknown element, wrong JSON shape), with a 202 and a dead letter, not a 4xx', async () => {
+      const cases: Array<[string, RegExp, string]> = [
+        ['{"resourceType":"Foo","id":"f1"}', /unknown resourceType "Foo"/, 'resourceType'],
+        ['{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"valueQuantyti":{"value":1}}', /unknown property "valueQuantyti"/, 'Observation.valueQuantyti'],
+        ['{"resourceType":"Observation","id":"o2","status":5,"code":{"text":"x"}}', /expected string, got number/, 'Observation.status'],
+        ['{"resourceType":"Patient","id":"p1","name":{"family":"Not an array"}}', /expected an array/, 'Patient.name'],
+      ];
+      for (const [body, text, expression] of cases) {
+        const res = await hook('ehr-b', body);
+        // A 4xx could make the EHR turn the Subscription to `error` and stop sending everything else.
+        expect(res.status).toBe(202);
+        const oo = await json(res);
+        expect(oo.issue[0].details.text).toBe('Received, but nothing in it can be applied: kept as a dead letter');
+        expect(oo.issue[1]).toMatchObject({ severity: 'warning', details: { text: expect.stringMatching(text) }, expression: [expression] });
+        const inboxId = res.headers.get('x-inbox-id')!;
+        const s = await settle(inboxId);
+        expect(s).toMatchObject({ state: 'done', outcome: { stored: 0, deadLetters: 1 } });
+        const letters = await json(await admin('/admin/dead-letters?source=ehr-b&open=true'));
+        const letter = letters.find((l: { inboxId: string }) => l.inboxId === inboxId);
+        expect(letter).toMatchObject({ reason: 'invalid-structure', outcome: { issue: [expect.objectContaining({ details: { text: expect.stringMatching(text) }, expression: [expression] })] } });
+      }
+      // The same resource made valid is accepted: the check refuses shapes, not content it does not know.
+      const fixed = await hook('ehr-b', '{"resourceType":"Observation","id":"o2","status":"final","code":{"text":"x"}}');
+      expect(fixed.status).toBe(202);
+      expect((await json(fixed)).issue).toEqual([expect.objectContaining({ details: { text: 'Accepted: 1 entry queued' } })]);
+    });
+
     it('dead-letters only the bad entry of a bundle and stores the good ones beside it', async () => {
       const bundle = {
         resourceType: 'Bundle',
@@ -249,7 +276,14 @@ describe('ingest (queues on Redis)', () => {
           { resource: { resourceType: 'Organization', id: 'good-2', name: 'Also good', active: 'yes-ish' }, request: { method: 'PUT', url: 'Organization/good-2' } },
         ],
       };
-      const r = await post('ehr-b', Buffer.from(JSON.stringify(bundle)));
+      const res = await hook('ehr-b', Buffer.from(JSON.stringify(bundle)));
+      expect(res.status).toBe(202);
+      const oo = (await res.json()) as { issue: Array<{ severity: string; expression?: string[]; details?: { text?: string } }> };
+      expect(oo.issue.filter((i) => i.severity === 'warning')).toEqual([
+        expect.objectContaining({ expression: ['Bundle.entry[1]'], details: { text: expect.stringMatching(/^Bundle.entry\[1\].resource is not FHIR R4: unknown resourceType "NotAType"/) } }),
+        expect.objectContaining({ expression: ['Bundle.entry[2]'], details: { text: expect.stringMatching(/expected boolean, got string \(Organization.active\)/) } }),
+      ]);
+      const r = { inboxId: res.headers.get('x-inbox-id')! };
       const s = await settle(r.inboxId);
       expect(s.state).toBe('done');
       expect(s.outcome.stored).toBeGreaterThanOrEqual(1);
@@ -275,8 +309,9 @@ describe('ingest (queues on Redis)', () => {
       const res = await hook('ehr-b', Buffer.from(JSON.stringify(bundle)));
       expect(res.status).toBe(202);
       const oo = (await res.json()) as { issue: Array<{ severity: string; expression?: string[]; details?: { text?: string } }> };
-      expect(oo.issue[0]!.details?.text).toBe('Accepted: 4 entries queued');
-      expect(oo.issue.filter((i) => i.severity === 'warning').map((i) => i.expression?.[0])).toEqual(['Bundle.entry[1]']);
+      expect(oo.issue[0]!.details?.text).toBe('Accepted: 2 entries queued');
+      expect(oo.issue.filter((i) => i.severity === 'warning').map((i) => i.expression?.[0])).toEqual(['Bundle.entry[1]', 'Bundle.entry[2]', 'Bundle.entry[3]']);
+      expect(oo.issue.find((i) => i.expression?.[0] === 'Bundle.entry[2]')?.details?.text).toMatch(/not FHIR R4: .*U\+0000.*\(\.name\)/);
       const s = await settle(res.headers.get('x-inbox-id')!);
       expect(s.state).toBe('done');
       expect(s.outcome.stored).toBe(2);

@@ -153,6 +153,51 @@ describe('parseNotification', () => {
     ]);
   });
 
+  it('marks an entry whose resource is not FHIR R4 (unknown type or element, wrong shape, unstorable text) invalid, with its issues', () => {
+    const body = {
+      resourceType: 'Bundle',
+      type: 'transaction',
+      entry: [
+        { fullUrl: 'urn:uuid:1', resource: { resourceType: 'Patient', name: [{ family: 'Ok' }] }, request: { method: 'POST', url: 'Patient' } },
+        { resource: { resourceType: 'Patient', id: 'p2', name: { family: 'Not an array' } }, request: { method: 'PUT', url: 'Patient/p2' } },
+        { resource: { resourceType: 'Medication', id: 'm1', kode: {} }, request: { method: 'PUT', url: 'Medication/m1' } },
+        { resource: { resourceType: 'Organization', id: 'o1', name: 'a\u0000b' }, request: { method: 'PUT', url: 'Organization/o1' } },
+      ],
+    };
+    const r = parseNotification(Buffer.from(JSON.stringify(body)));
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.notification.entries.map((e) => [e.index, e.kind])).toEqual([
+      [0, 'resource'],
+      [1, 'invalid'],
+      [2, 'invalid'],
+      [3, 'invalid'],
+    ]);
+    const bad = r.notification.entries.flatMap((e) => (e.kind === 'invalid' ? [e] : []));
+    expect(bad.map((e) => e.text)).toEqual([
+      'Bundle.entry[1].resource is not FHIR R4: expected an array, got object (Patient.name)',
+      'Bundle.entry[2].resource is not FHIR R4: unknown property "kode" for Medication (Medication.kode)',
+      expect.stringMatching(/^Bundle.entry\[3\].resource is not FHIR R4: string contains U\+0000.* \(\.name\)$/),
+    ]);
+    expect(bad.map((e) => e.issues?.[0]?.expression)).toEqual([['Patient.name'], ['Medication.kode'], ['.name']]);
+  });
+
+  it('marks a bare resource that is not FHIR R4 invalid with the structural check\'s issues, keeping its dedup key', () => {
+    const unknown = parseNotification(Buffer.from('{"resourceType":"Foo","id":"x","meta":{"versionId":"3"}}'));
+    expect(unknown).toMatchObject({ ok: true, notification: { style: 'rest-hook', entries: [{ kind: 'invalid', index: 0, issues: [{ code: 'not-supported', expression: ['resourceType'] }] }] } });
+    if (unknown.ok) expect(notificationDedupKey(unknown.notification, Buffer.alloc(0))).toBe('Foo/x/_history/3');
+    const shape = parseNotification(Buffer.from('{"resourceType":"Observation","status":["final"]}'), { path: { resourceType: 'Observation', id: 'o9' } });
+    expect(shape).toMatchObject({ ok: true, notification: { entries: [{ kind: 'invalid', text: 'The resource is not FHIR R4: expected a single value, got an array (Observation.status)' }] } });
+    // The id a PUT URL supplies counts: the same body with a valid status is a resource.
+    const fine = parseNotification(Buffer.from('{"resourceType":"Observation","status":"final"}'), { path: { resourceType: 'Observation', id: 'o9' } });
+    expect(fine).toMatchObject({ ok: true, notification: { entries: [{ kind: 'resource', resource: { id: 'o9' } }] } });
+  });
+
+  it('accepts a Bundle whose resources are all not FHIR (each a dead letter), unlike one whose entries are not even shaped like entries', () => {
+    const r = parseNotification(Buffer.from(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [{ resource: { resourceType: 'Foo' } }, 7] })));
+    expect(r).toMatchObject({ ok: true, notification: { entries: [{ kind: 'invalid', index: 0 }, { kind: 'invalid', index: 1 }] } });
+  });
+
   it('refuses a Bundle none of whose entries can be applied, naming each', () => {
     const r = parseNotification(Buffer.from(JSON.stringify({ resourceType: 'Bundle', type: 'batch', entry: [7, { resource: [] }] })));
     expect(r.ok).toBe(false);
