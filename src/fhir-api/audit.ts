@@ -10,10 +10,10 @@
  * @see https://profiles.ihe.net/ITI/BALP/ (Basic Audit Log Patterns: Read, Query, PatientRead, AuthZconsent)
  * @see http://hl7.org/fhir/R4/auditevent.html
  */
-import { randomUUID } from 'node:crypto';
 import type { AuditEvent, AuditEventAgent, AuditEventEntity, CodeableConcept, Coding } from '@medplum/fhirtypes';
 import { OAUTH_CLIENT_ID_SYSTEM, PURPOSE_OF_USE_SYSTEM } from '../consent/index.js';
 import type { Clock } from '../platform/clock.js';
+import { timeOrderedId } from '../platform/ids.js';
 import type { Logger } from '../platform/logger.js';
 // From jobs.ts, not the queue module's index: the materialiser thread loads this file and needs no BullMQ.
 import { integrityJobId } from '../queue/jobs.js';
@@ -416,7 +416,7 @@ export function createDisclosureRecorder(deps: DisclosureRecorderDeps): AuditRec
     record(event) {
       let record: AuditOutboxRecord;
       try {
-        record = { id: randomUUID(), recorded: clock.now(), record: auditRecordOf(event) };
+        record = { id: timeOrderedId(), recorded: clock.now(), record: auditRecordOf(event) };
       } catch (err) {
         return Promise.reject(err);
       }

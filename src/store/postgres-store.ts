@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
+import { timeOrderedId } from '../platform/ids.js';
 import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatusStore } from './ingest-store.js';
 import { PgSearchStore, indexArrays, indexInsertCtes, indexInsertValues, indexResources } from './search-store.js';
 import { asStoreDataError } from './errors.js';
@@ -581,11 +582,11 @@ class PgInboxStore implements InboxStore {
     const sha = createHash('sha256').update(input.body).digest();
     const r = await this.pool.query<{ id: string }>({
       name: 'fa_inbox_receive',
-      text: `INSERT INTO inbox (source_id, kind, content_type, body, body_sha256, dedup_key, meta, received_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+      text: `INSERT INTO inbox (id, source_id, kind, content_type, body, body_sha256, dedup_key, meta, received_at, updated_at)
+             VALUES ($9, $1, $2, $3, $4, $5, $6, $7, $8, $8)
              ON CONFLICT (source_id, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING
              RETURNING id`,
-      values: [input.sourceId, input.kind, input.contentType ?? null, input.body, sha, input.dedupKey ?? null, input.meta ?? {}, now],
+      values: [input.sourceId, input.kind, input.contentType ?? null, input.body, sha, input.dedupKey ?? null, input.meta ?? {}, now, timeOrderedId()],
     });
     if (r.rows[0]) {
       return { id: r.rows[0].id, duplicate: false };

@@ -210,6 +210,18 @@ describe('disclosure recorder', () => {
     await recorder.close();
   });
 
+  it('gives AuditEvents time-ordered ids (UUIDv7) in the order the requests were recorded', async () => {
+    const recorder = recorderOf({ store: db.store, queues: recordingQueues(), clock, logger: silentLogger, materialiseDelayMs: 60_000, materialiseIntervalMs: 0 });
+    const marks = ['o-order-1', 'o-order-2', 'o-order-3'];
+    for (const m of marks) await recorder.record(event({ entities: [`Observation/${m}/_history/1`] }));
+    await recorder.flush();
+    const found = await db.store.search.search({ resourceType: 'AuditEvent', clauses: [{ kind: 'reference', param: 'patient', values: [{ type: 'Patient', id: 'p-1' }] }], limit: 500 });
+    const ids = marks.map((m) => found.find((v) => JSON.stringify(v.resource).includes(m))!.id);
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect([...ids].sort()).toEqual(ids);
+    await recorder.close();
+  });
+
   it('keeps a record whose materialisation failed and materialises it on the next run', async () => {
     let failNext = true;
     const outbox = db.store.auditOutbox;

@@ -108,6 +108,9 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       expect(a.duplicate).toBe(false);
       expect(b).toEqual({ id: a.id, duplicate: true });
       expect(c.id).not.toBe(a.id);
+      // Time-ordered ids (UUIDv7): each new item's key lands at the right edge of the primary key.
+      expect([a.id, c.id]).toEqual([expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-7/), expect.stringMatching(/^[0-9a-f]{8}-[0-9a-f]{4}-7/)]);
+      expect(c.id > a.id).toBe(true);
       const item = await inbox.get(a.id);
       expect(item?.body.equals(body)).toBe(true);
       expect(item?.bodySha256).toMatch(/^[0-9a-f]{64}$/);
