@@ -325,12 +325,17 @@ export function indexInsertValues(a: IndexArrays): unknown[] {
 /**
  * {@link indexResource} for many resources in one statement (a batch of stored versions): deletes
  * their old rows and inserts the rows of their new current versions. Call it inside the transaction
- * that stores the versions; each resource must appear at most once.
+ * that stores the versions; each resource must appear at most once. `nameSuffix` names the statement
+ * apart for a transaction that plans differently (`BEGIN_INDEX_PLANS`).
  */
-export async function indexResources(client: pg.ClientBase, items: ReadonlyArray<{ resourceType: string; id: string; content: Resource | undefined }>): Promise<void> {
+export async function indexResources(
+  client: pg.ClientBase,
+  items: ReadonlyArray<{ resourceType: string; id: string; content: Resource | undefined }>,
+  nameSuffix = '',
+): Promise<void> {
   if (items.length === 0) return;
   await client.query({
-    name: 'fa_index_resources',
+    name: `fa_index_resources${nameSuffix}`,
     text: `WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(t, i)),
                 d1 AS (DELETE FROM search_token s USING k WHERE s.resource_type = k.t AND s.id = k.i),
                 d2 AS (DELETE FROM search_reference s USING k WHERE s.resource_type = k.t AND s.id = k.i),
