@@ -3,7 +3,7 @@
  * values are extracted from a resource (pure functions, also used by the consent-narrowed
  * repository), and the PostgreSQL tables that hold them (`search_token`, `search_reference`,
  * `search_date`, migration 005). Rows are written in the same transaction as the version they
- * describe ({@link indexResource}, called from the store's per-version write), for the current
+ * describe ({@link indexResources}, called from the store's version writes), for the current
  * version only.
  *
  * @see http://hl7.org/fhir/R4/search.html
@@ -14,6 +14,7 @@ import type pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import type { DateComparison, SearchClause, SearchQuery, SearchStore, StoredVersion } from './types.js';
 import { toVersion, type VersionRow } from './rows.js';
+import { BEGIN_INDEX_PLANS } from './sql.js';
 
 /** Kinds of search parameter the index supports. */
 export type SearchParamKind = 'token' | 'reference' | 'date';
@@ -255,14 +256,6 @@ export function extractIndexRows(resource: Resource): IndexRows {
   return rows;
 }
 
-/**
- * Replaces the index rows of one resource with those of its new current version (`content`
- * undefined for a delete). One statement; call it inside the transaction that stores the version.
- */
-export async function indexResource(client: pg.ClientBase, resourceType: string, id: string, content: Resource | undefined): Promise<void> {
-  await indexResources(client, [{ resourceType, id, content }]);
-}
-
 /** The search-index rows of some resources, as the column arrays the index statements unnest. */
 export interface IndexArrays {
   readonly tok: { t: string[]; i: string[]; p: string[]; s: (string | null)[]; c: string[] };
@@ -323,9 +316,9 @@ export function indexInsertValues(a: IndexArrays): unknown[] {
 }
 
 /**
- * {@link indexResource} for many resources in one statement (a batch of stored versions): deletes
- * their old rows and inserts the rows of their new current versions. Call it inside the transaction
- * that stores the versions; each resource must appear at most once. `nameSuffix` names the statement
+ * Replaces the index rows of resources with those of their new current versions (`content` undefined
+ * for a delete), in one statement: deletes their old rows and inserts the new ones. Call it inside the
+ * transaction that stores the versions; each resource must appear at most once. `nameSuffix` names the statement
  * apart for a transaction that plans differently (`BEGIN_INDEX_PLANS`).
  */
 export async function indexResources(
@@ -541,7 +534,8 @@ export class PgSearchStore implements SearchStore {
       const client = await this.pool.connect();
       let n = 0;
       try {
-        await client.query('BEGIN');
+        // One resource per index statement: the small-batch plans (see BEGIN_INDEX_PLANS).
+        await client.query(BEGIN_INDEX_PLANS);
         const rows = await client.query<VersionRow>(
           `SELECT ${COLUMNS} FROM resource r WHERE r.version_id IS NOT NULL
              AND (r.resource_type COLLATE "C", r.id COLLATE "C") > ($1 COLLATE "C", $2 COLLATE "C")
@@ -549,7 +543,7 @@ export class PgSearchStore implements SearchStore {
           [after.type, after.id, batchSize],
         );
         for (const row of rows.rows) {
-          await indexResource(client, row.resource_type, row.id, row.deleted ? undefined : (row.content ?? undefined));
+          await indexResources(client, [{ resourceType: row.resource_type, id: row.id, content: row.deleted ? undefined : (row.content ?? undefined) }], '_small');
           after = { type: row.resource_type, id: row.id };
         }
         await client.query('COMMIT');
