@@ -20,7 +20,7 @@ import { randomFillSync } from 'node:crypto';
 import { v7 } from 'uuid';
 
 const POOL_BYTES = 4096;
-/** The counter's 31 bits (`uuid` writes a 32nd bit into the version nibble). */
+/** The counter's 31 bits, the range it starts in; past them the next millisecond is borrowed. */
 const MAX_SEQ = 0x7fffffff;
 
 /**
