@@ -96,21 +96,30 @@ function fail(reason: 'unparseable' | 'not-fhir' | 'invalid-structure', text: st
 }
 
 /**
- * The `invalid` entry for a resource that is not FHIR R4 at all (unknown type or element, wrong JSON
- * shape, text PostgreSQL cannot store: {@link isStructurallyFhir}), or `undefined` for one that is.
- * Such an entry is answered with a warning and kept as a dead letter, not refused with a 4xx: a
- * rest-hook EHR may turn a Subscription that gets 4xx answers to `error` and stop sending the rest.
+ * The entry for a resource: a `resource` entry, or an `invalid` one when it is not FHIR R4 at all
+ * (unknown type or element, wrong JSON shape, text PostgreSQL cannot store: {@link isStructurallyFhir}).
+ * Every `resource` entry is made here, so the worker need not check them again. An `invalid` one is
+ * answered with a warning and kept as a dead letter, not refused with a 4xx: a rest-hook EHR may turn
+ * a Subscription that gets 4xx answers to `error` and stop sending the rest.
+ *
+ * @param what - how the reason names the resource (`Bundle.entry[3].resource`)
  */
-function structuralFailure(resource: Record<string, unknown>, what: string, index: number): NotificationEntry | undefined {
+export function resourceEntry(
+  resource: Record<string, unknown>,
+  index: number,
+  what: string,
+  extras: { readonly fullUrl?: string | undefined; readonly ifNoneExist?: string | undefined } = {},
+): NotificationEntry {
   const check = isStructurallyFhir(resource);
-  if (check.ok) return undefined;
-  return { kind: 'invalid', index, text: `${what} is not FHIR R4: ${summarise(check.outcome.issue)}`, issues: check.outcome.issue, resource };
+  if (!check.ok) return { kind: 'invalid', index, text: `${what} is not FHIR R4: ${firstFew(check.outcome.issue.map(issueText), 3)}`, issues: check.outcome.issue, resource };
+  return { kind: 'resource', index, resource, ...(extras.fullUrl ? { fullUrl: extras.fullUrl } : {}), ...(extras.ifNoneExist ? { ifNoneExist: extras.ifNoneExist } : {}) };
 }
 
-/** The first few issues' texts and places, for a one-line reason. */
-function summarise(issues: readonly OperationOutcomeIssue[]): string {
-  const texts = issues.slice(0, 3).map((i) => `${i.details?.text ?? i.code}${i.expression?.[0] ? ` (${i.expression[0]})` : ''}`);
-  return issues.length > 3 ? `${texts.join('; ')}; and ${issues.length - 3} more` : texts.join('; ');
+const issueText = (i: OperationOutcomeIssue): string => `${i.details?.text ?? i.code}${i.expression?.[0] ? ` (${i.expression[0]})` : ''}`;
+
+/** The first `max` texts, and how many more there are, for a one-line reason. */
+function firstFew(texts: readonly string[], max: number): string {
+  return texts.length > max ? `${texts.slice(0, max).join('; ')}; and ${texts.length - max} more` : texts.join('; ');
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -238,13 +247,8 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): Not
         invalid(index, `Bundle.entry[${index}].resource must be an object`);
         continue;
       }
-      const notFhir = structuralFailure(e.resource, `Bundle.entry[${index}].resource`, index);
-      if (notFhir) {
-        entries.push(notFhir);
-        continue;
-      }
       const ifNoneExist = typeof request?.ifNoneExist === 'string' ? request.ifNoneExist : undefined;
-      entries.push({ kind: 'resource', index, resource: e.resource, ...(fullUrl ? { fullUrl } : {}), ...(ifNoneExist ? { ifNoneExist } : {}) });
+      entries.push(resourceEntry(e.resource, index, `Bundle.entry[${index}].resource`, { fullUrl, ifNoneExist }));
       continue;
     }
     // No resource: an id-only entry; the reference is the fullUrl (or the request URL).
@@ -258,8 +262,10 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): Not
   // Nothing in it is even shaped like an entry: the notification as a whole is refused. (Resources
   // that are not FHIR do not count: like a bare one, they are accepted and kept as dead letters.)
   if (entries.length > 0 && entries.every((e) => e.kind === 'invalid' && !e.resource)) {
-    const texts = entries.map((e) => (e.kind === 'invalid' ? e.text : ''));
-    return texts.length > 5 ? `${texts.slice(0, 5).join('; ')}; and ${texts.length - 5} more` : texts.join('; ');
+    return firstFew(
+      entries.map((e) => (e.kind === 'invalid' ? e.text : '')),
+      5,
+    );
   }
   return entries;
 }
@@ -308,8 +314,7 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     }
     const resource = ctx.path && json.id === undefined ? { ...json, id: ctx.path.id } : json;
     if (resource.id === undefined) return fail('invalid-structure', 'A notified resource must carry its id', `${resourceType}.id`);
-    const entry = structuralFailure(resource, 'The resource', 0) ?? { kind: 'resource', index: 0, resource };
-    return { ok: true, notification: { style: 'rest-hook', entries: [entry] } };
+    return { ok: true, notification: { style: 'rest-hook', entries: [resourceEntry(resource, 0, 'The resource')] } };
   }
 
   const bundleType = typeof json.type === 'string' ? json.type : undefined;

@@ -23,8 +23,8 @@ import type { Logger } from '../platform/logger.js';
 import { TerminalJobError, integrityJobId, type JobContext, type QueueRegistry } from '../queue/index.js';
 import { StoreDataError, type PutVersionInput, type PutVersionResult, type PutVersionsOptions, type Store } from '../store/index.js';
 import { applySensitivityLabels, type SensitivityCodeIndex } from '../consent/index.js';
-import { anchorId, isStructurallyFhir, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
-import { parseNotification, parseReference, type NotificationEntry, type ParseContext, type ParseResult, type SubscriptionStatusInfo } from './notification.js';
+import { anchorId, normalizeResource, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
+import { parseNotification, parseReference, resourceEntry, type NotificationEntry, type ParseContext, type ParseResult, type SubscriptionStatusInfo } from './notification.js';
 import type { Source } from './source.js';
 import { BULK_CHUNK, submit } from './bulk.js';
 import { SourceError, type SourceClient } from './source-client.js';
@@ -255,7 +255,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
     for (const type of [...types].sort()) {
       for await (const r of client.search(type as Resource['resourceType'], { _lastUpdated: `ge${ge}`, _count: String(CATCH_UP_PAGE) }, { maxPages: CATCH_UP_MAX_PAGES })) {
         if (entries.length < inlineMax) {
-          entries.push({ kind: 'resource', index: offset + entries.length, resource: r as unknown as Record<string, unknown> });
+          entries.push(resourceEntry(r as unknown as Record<string, unknown>, offset + entries.length, `${type}/${String(r.id)} from the catch-up search`));
           continue;
         }
         page.push(r);
@@ -305,6 +305,12 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       const client = deps.client(source);
       const entries: NotificationEntry[] = [...n.entries];
       const notes: string[] = [];
+      /** A dead letter for an entry that cannot be applied, with the structural check's issues where it ran. */
+      const deadLetterInvalid = async (e: Extract<NotificationEntry, { kind: 'invalid' }>): Promise<void> => {
+        const oo: OperationOutcome = e.issues ? { resourceType: 'OperationOutcome', issue: [...e.issues] } : outcome('error', 'structure', e.text, `Bundle.entry[${e.index}]`);
+        await deadLetter(inboxId, source.id, 'invalid-structure', oo, e.index);
+        summary.deadLetters += 1;
+      };
 
       if (gapTask) {
         const c = await catchUp(source, client, { ...gapTask, since: new Date(gapTask.since) }, gapTask, 0);
@@ -381,11 +387,8 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       for (const e of entries) {
         if (e.kind === 'resource') work.push({ index: e.index, resource: e.resource, ...(e.fullUrl ? { fullUrl: e.fullUrl } : {}), ...(e.ifNoneExist ? { ifNoneExist: e.ifNoneExist } : {}) });
         else if (e.kind === 'delete') work.push({ index: e.index, delete: { resourceType: e.resourceType, id: e.id } });
-        else if (e.kind === 'invalid') {
-          const oo = e.issues ? { resourceType: 'OperationOutcome' as const, issue: [...e.issues] } : outcome('error', 'structure', e.text, `Bundle.entry[${e.index}]`);
-          await deadLetter(inboxId, source.id, 'invalid-structure', oo, e.index);
-          summary.deadLetters += 1;
-        } else {
+        else if (e.kind === 'invalid') await deadLetterInvalid(e);
+        else {
           const ref = parseReference(e.reference);
           if (!ref) {
             await deadLetter(inboxId, source.id, 'unresolvable', outcome('error', 'invalid', `Cannot fetch ${e.reference.slice(0, 200)}: not a Type/id reference`), e.index);
@@ -396,8 +399,11 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
             ? await client.vread(ref.resourceType as Resource['resourceType'], ref.id, ref.versionId)
             : await client.read(ref.resourceType as Resource['resourceType'], ref.id);
           summary.fetched += 1;
-          if (r.kind === 'found') work.push({ index: e.index, resource: r.resource as unknown as Record<string, unknown>, fullUrl: e.reference });
-          else if (!ref.versionId) work.push({ index: e.index, delete: { resourceType: ref.resourceType, id: ref.id } });
+          if (r.kind === 'found') {
+            const fetched = resourceEntry(r.resource as unknown as Record<string, unknown>, e.index, `${e.reference.slice(0, 200)} as fetched`);
+            if (fetched.kind === 'invalid') await deadLetterInvalid(fetched);
+            else if (fetched.kind === 'resource') work.push({ index: e.index, resource: fetched.resource, fullUrl: e.reference });
+          } else if (!ref.versionId) work.push({ index: e.index, delete: { resourceType: ref.resourceType, id: ref.id } });
           else summary.skipped += 1;
         }
       }
@@ -406,18 +412,12 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       await store.inbox.update(inboxId, { stage: 'normalize', state: 'processing' }, { durable: false });
       const rules = await deps.rules(source.id);
 
-      // Structural check first: a resource that is not FHIR is a dead letter; the rest go on.
+      // Every resource here passed the structural check (resourceEntry); those that did not are dead letters.
       const valid: Array<WorkItem & { resource: Record<string, unknown> }> = [];
       const deletes: WorkItem[] = [];
       for (const w of work) {
         if (w.delete) {
           deletes.push(w);
-          continue;
-        }
-        const check = isStructurallyFhir(w.resource);
-        if (!check.ok) {
-          await deadLetter(inboxId, source.id, 'invalid-structure', check.outcome, w.index);
-          summary.deadLetters += 1;
           continue;
         }
         // A resource without an id (a transaction POST) takes its urn:uuid, else a content hash.

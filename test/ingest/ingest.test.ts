@@ -6,7 +6,7 @@ import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import pg from 'pg';
-import type { Resource } from '@medplum/fhirtypes';
+import type { Encounter, Resource } from '@medplum/fhirtypes';
 import type { Config } from '../../src/config/index.js';
 import { anchorId } from '../../src/normalize/index.js';
 import { PING_CLOCK_MARGIN_MS } from '../../src/ingest/index.js';
@@ -512,6 +512,25 @@ describe('ingest (queues on Redis)', () => {
       expect(sub.gaps).toEqual([expect.objectContaining({ from: n2, to: n2, catchUp: '$events' })]);
       // A replayed notification is stored once.
       expect((await post('ehr-live', Buffer.from(JSON.stringify(third)))).status).toBe(200);
+    });
+
+    it('dead-letters a fetched-back resource that is not FHIR R4, with its place, and stores the one beside it', async () => {
+      // A subscription of its own (first numbers: no gap to catch up); the EHR keeps no Subscription for it.
+      const sub = `${ehr.baseUrl}/Subscription/sub-fetch-bad`;
+      const good = ehr.seed({ resourceType: 'Encounter', id: 'fetch-good', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' } });
+      const bad = ehr.seed({ resourceType: 'Encounter', id: 'fetch-bad', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'AMB' }, statusHistroy: [] } as unknown as Encounter);
+      const [ng, nb] = [1, 2];
+      const now = new Date().toISOString();
+      const note = buildNotificationBundle({ subscriptionUrl: sub, topic, type: 'event-notification', eventsSinceSubscriptionStart: nb, content: 'id-only', baseUrl: ehr.baseUrl, events: [{ eventNumber: ng, timestamp: now, focus: good }, { eventNumber: nb, timestamp: now, focus: bad }] });
+      const r = await post('ehr-live', Buffer.from(JSON.stringify(note)));
+      expect(r.status).toBe(202);
+      expect((await settle(r.inboxId)).outcome).toMatchObject({ fetched: 2, stored: 1, deadLetters: 1 });
+      expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-live', 'Encounter', 'fetch-good'))).toBeDefined();
+      expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-live', 'Encounter', 'fetch-bad'))).toBeUndefined();
+      const letters = (await json(await admin('/admin/dead-letters?source=ehr-live'))) as Array<{ inboxId: string; reason: string; outcome: { issue: Array<{ expression?: string[] }> } }>;
+      expect(letters.filter((l) => l.inboxId === r.inboxId)).toEqual([
+        expect.objectContaining({ reason: 'invalid-structure', outcome: { resourceType: 'OperationOutcome', issue: [expect.objectContaining({ expression: ['Encounter.statusHistroy'] })] } }),
+      ]);
     });
 
     it.each<[string, string, unknown, RegExp]>([
