@@ -7,7 +7,7 @@ import type { Router } from 'express';
 import { compileCodeLists, type SensitivityCodeIndex } from '../consent/index.js';
 import type { Clock } from '../platform/clock.js';
 import type { Logger } from '../platform/logger.js';
-import { createValidatorPool, defaultValidationThreads, loadNormalizationRules, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
+import { createValidatorPool, defaultValidationThreads, loadNormalizationRules, prepareStructuralCheck, type BatchValidator, type NormalizationRules } from '../normalize/index.js';
 import { rerunJobId, type QueueRegistry } from '../queue/index.js';
 import type { Store } from '../store/index.js';
 import { createIngestAdminRouter } from './admin.js';
@@ -72,6 +72,8 @@ export interface IngestStage {
 
 export async function createIngestStage(options: IngestStageOptions): Promise<IngestStage> {
   const { store, queues, clock, logger } = options;
+  // The hook checks every resource's structure: build what that needs before the first notification.
+  prepareStructuralCheck();
   const registry = new SourceRegistry(store, clock, options.sealer);
   const sealedNow = await registry.sealStored();
   if (sealedNow > 0) logger.info({ sources: sealedNow }, 'source secrets stored before SECRETS_KEY was set are now encrypted');

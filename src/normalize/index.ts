@@ -15,4 +15,4 @@ export {
   type ValidationRequest,
   type ValidationResult,
 } from './validator-pool.js';
-export { isStructurallyFhir } from './structural.js';
+export { isStructurallyFhir, prepareStructuralCheck } from './structural.js';

@@ -19,6 +19,11 @@ export type R4Index = ReadonlyMap<string, ReadonlyMap<string, TopLevelElement>>;
 
 let cached: R4Index | undefined;
 
+/** Whether {@link r4Index} has been built (start-up builds it before the first request: see `prepareStructuralCheck`). */
+export function r4IndexBuilt(): boolean {
+  return cached !== undefined;
+}
+
 /** The R4 resource index (computed on first use, about 0.3 s; then shared). */
 export function r4Index(): R4Index {
   if (cached) return cached;

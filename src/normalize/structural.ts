@@ -51,6 +51,15 @@ function describe(v: unknown): string {
 }
 
 /**
+ * Builds what {@link isStructurallyFhir} needs (the R4 index, about 0.3 s of synchronous work) now
+ * rather than in the first request that needs it: start-up calls this, so that the first notification
+ * after a start does not stall every other request on the event loop for that long.
+ */
+export function prepareStructuralCheck(): void {
+  r4Index();
+}
+
+/**
  * Checks that `value` is a JSON object with a known R4 `resourceType`, whose top-level properties are
  * all R4 elements of that type with the right JSON shape (array or not; string, number, boolean or
  * object), with no `__proto__` / `constructor` / `prototype` key anywhere, and with no string or key

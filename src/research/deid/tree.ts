@@ -58,7 +58,12 @@ export interface ResourceIndex {
 
 let schemasLoaded = false;
 
-/** Loads the base R4 type schemas into @medplum/core's registry once per process. */
+/** Whether {@link ensureR4Schemas} has run in this thread (the de-identification router runs it at start-up). */
+export function r4SchemasReady(): boolean {
+  return schemasLoaded;
+}
+
+/** Loads the base R4 type schemas into @medplum/core's registry once per process (about 0.65 s). */
 export function ensureR4Schemas(): void {
   if (schemasLoaded) return;
   if (!tryGetDataType('Patient') || !tryGetDataType('HumanName')) {
