@@ -58,6 +58,14 @@ function defaultAccessOf(_req: Request, res: Response): AccessContext | undefine
   return typeof a === 'object' && a !== null && Array.isArray((a as AccessContext).scopes) ? (a as AccessContext) : undefined;
 }
 
+/** The conditional-read headers of a request (only what `notModified` reads; long values are cut). */
+function conditionsOf(req: Request): OperationContext['conditions'] {
+  const ifNoneMatch = req.get('if-none-match');
+  const ifModifiedSince = req.get('if-modified-since');
+  if (ifNoneMatch === undefined && ifModifiedSince === undefined) return undefined;
+  return { ...(ifNoneMatch !== undefined ? { ifNoneMatch: ifNoneMatch.slice(0, 512) } : {}), ...(ifModifiedSince !== undefined ? { ifModifiedSince: ifModifiedSince.slice(0, 64) } : {}) };
+}
+
 /** Skips routes whose type segment is not a FHIR type name, so other routers (e.g. `/metadata`) still answer. */
 const typeGuard: RequestHandler = (req, _res, next) => {
   const type = (req.params as { type?: string }).type;
@@ -111,6 +119,7 @@ export function createFhirApiRouter(deps: FhirApiRouterDeps): Router {
         cursors,
         cursorBinding: `${access.issuer}|${access.clientId}|${access.patient ?? ''}`,
         body: req.body as unknown,
+        conditions: conditionsOf(req),
       };
       const auditQuery = `${req.baseUrl}${req.path}${rawQuery ? `?${rawQuery}` : ''}`.slice(0, 2048);
       let result: OperationResult;

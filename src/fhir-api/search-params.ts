@@ -301,6 +301,7 @@ export function capabilityResources(): CapabilityStatementRestResource[] {
     interaction: [{ code: 'read' }, { code: 'vread' }, { code: 'history-instance' }, { code: 'search-type' }, ...(type === 'Consent' ? [{ code: 'create' as const }, { code: 'update' as const }, { code: 'delete' as const }] : [])],
     versioning: 'versioned',
     readHistory: true,
+    conditionalRead: 'full-support',
     searchInclude: Object.entries(params).filter(([, k]) => k === 'reference').map(([p]) => `${type}:${p}`),
     searchParam: [
       { name: '_id', type: 'token' },

@@ -119,7 +119,10 @@ export interface paths {
             };
             cookie?: never;
         };
-        /** FHIR read (available for the types the CapabilityStatement lists). */
+        /**
+         * FHIR read (available for the types the CapabilityStatement lists).
+         * @description Conditional read: with `If-None-Match` naming the current version's ETag (`W/"{versionId}"`, or `*`), or `If-Modified-Since` not earlier than its Last-Modified, the answer is 304 without a body. The consent gate and the audit run first: a resource the client may not read is a 404 whatever it sends.
+         */
         get: operations["fhirRead"];
         put?: never;
         post?: never;
@@ -825,7 +828,12 @@ export interface operations {
     fhirRead: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description ETags the client holds, e.g. W/"3". */
+                "If-None-Match"?: string;
+                /** @description An HTTP date. */
+                "If-Modified-Since"?: string;
+            };
             path: {
                 type: components["parameters"]["ResourceType"];
                 id: components["parameters"]["ResourceId"];
@@ -842,6 +850,13 @@ export interface operations {
                 content: {
                     "application/fhir+json": components["schemas"]["FhirResource"];
                 };
+            };
+            /** @description The client's copy is the current version (ETag and Last-Modified headers, no body). */
+            304: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             default: components["responses"]["Error"];
         };

@@ -45,6 +45,41 @@ describe('FHIR read API', () => {
     expect(r.body).toMatchObject({ resourceType: 'Observation', id: 'o1', status: 'amended', meta: { versionId: '2' } });
   });
 
+  it('conditional read: 304 without a body when the client holds the current version, after the same gate', async () => {
+    const current = await env.get('/Observation/o1', 'clinician');
+    const etag = current.headers.get('etag')!;
+    const lastModified = current.headers.get('last-modified')!;
+    env.events.length = 0;
+    const same = await env.get('/Observation/o1', 'clinician', { headers: { 'if-none-match': etag } });
+    expect(same.status).toBe(304);
+    // Audited like the read it is.
+    expect(env.events).toHaveLength(1);
+    expect(env.events[0]).toMatchObject({ outcome: 'permit', interaction: 'read', entities: ['Observation/o1/_history/2'] });
+    expect(same.text).toBe('');
+    expect(same.headers.get('etag')).toBe('W/"2"');
+    expect(same.headers.get('cache-control')).toBe('no-store');
+    // Weak comparison, lists and '*'; a stale tag gets the resource.
+    expect((await env.get('/Observation/o1', 'clinician', { headers: { 'if-none-match': '"7", "2"' } })).status).toBe(304);
+    expect((await env.get('/Observation/o1', 'clinician', { headers: { 'if-none-match': '*' } })).status).toBe(304);
+    const stale = await env.get('/Observation/o1', 'clinician', { headers: { 'if-none-match': 'W/"1"' } });
+    expect(stale.status).toBe(200);
+    expect(stale.body.meta.versionId).toBe('2');
+    // If-Modified-Since: not modified since Last-Modified; modified since a second earlier; ignored beside If-None-Match.
+    expect((await env.get('/Observation/o1', 'clinician', { headers: { 'if-modified-since': lastModified } })).status).toBe(304);
+    const earlier = new Date(Date.parse(lastModified) - 1000).toUTCString();
+    expect((await env.get('/Observation/o1', 'clinician', { headers: { 'if-modified-since': earlier } })).status).toBe(200);
+    expect((await env.get('/Observation/o1', 'clinician', { headers: { 'if-modified-since': 'not a date' } })).status).toBe(200);
+    expect((await env.get('/Observation/o1', 'clinician', { headers: { 'if-none-match': 'W/"1"', 'if-modified-since': lastModified } })).status).toBe(200);
+    // vread of an immutable version.
+    expect((await env.get('/Observation/o1/_history/1', 'clinician', { headers: { 'if-none-match': 'W/"1"' } })).status).toBe(304);
+    // A denied or absent resource is a 404 whatever the client claims to hold: no 304 tells it exists.
+    env.events.length = 0;
+    expect((await env.get('/Observation/o2', 'org-b', { headers: { 'if-none-match': '*' } })).status).toBe(404);
+    expect(env.events[0]).toMatchObject({ outcome: 'deny', entities: ['Observation/o2/_history/1'] });
+    expect((await env.get('/Observation/nope', 'clinician', { headers: { 'if-none-match': '*' } })).status).toBe(404);
+    expect((await env.get('/Observation/vital', 'lab-only', { headers: { 'if-none-match': '*' } })).status).toBe(404);
+  });
+
   it('vreads a version and lists the history newest first with paging', async () => {
     const v1 = await env.get('/Observation/o1/_history/1', 'clinician');
     expect(v1.status).toBe(200);

@@ -25,6 +25,8 @@ export interface OperationContext {
   readonly cursorBinding: string;
   /** The parsed request body, for writes. */
   readonly body: unknown;
+  /** `If-None-Match` and `If-Modified-Since` of the request (conditional read). */
+  readonly conditions?: { readonly ifNoneMatch?: string; readonly ifModifiedSince?: string };
 }
 
 /** What an operation answers; the router records the audit, then sends it as FHIR JSON. */
@@ -41,6 +43,31 @@ export function versionHeaders(resource: Resource): Record<string, string> {
   if (resource.meta?.versionId) h['ETag'] = `W/"${resource.meta.versionId}"`;
   if (resource.meta?.lastUpdated) h['Last-Modified'] = new Date(resource.meta.lastUpdated).toUTCString();
   return h;
+}
+
+/**
+ * Whether a conditional read (`If-None-Match`, else `If-Modified-Since`) finds the client's copy
+ * current, so that the answer is 304 Not Modified. Entity tags compare weakly (RFC 9110 §13.1.2:
+ * `W/"2"` matches `"2"`); `*` matches any version. `If-Modified-Since` is ignored when
+ * `If-None-Match` is present, or when it is not an HTTP date; `Last-Modified` has whole seconds.
+ *
+ * @see http://hl7.org/fhir/R4/http.html#cread
+ */
+export function notModified(resource: Resource, conditions: OperationContext['conditions']): boolean {
+  const versionId = resource.meta?.versionId;
+  if (conditions?.ifNoneMatch !== undefined) {
+    if (versionId === undefined) return false;
+    return conditions.ifNoneMatch.split(',').some((tag) => {
+      const t = tag.trim();
+      return t === '*' || t.replace(/^W\//, '') === `"${versionId}"`;
+    });
+  }
+  if (conditions?.ifModifiedSince !== undefined && resource.meta?.lastUpdated) {
+    const since = Date.parse(conditions.ifModifiedSince);
+    if (Number.isNaN(since)) return false;
+    return Math.floor(Date.parse(resource.meta.lastUpdated) / 1000) * 1000 <= since;
+  }
+  return false;
 }
 
 /** Query string of name/value pairs. */

@@ -2,14 +2,16 @@
  * FHIR `read`, `vread` and instance `_history`.
  *
  * A resource that is absent, deleted or denied by scopes or consent answers the same 404 (same
- * status, headers and body); only the audit knows which it was.
+ * status, headers and body); only the audit knows which it was. A conditional read
+ * (`If-None-Match: W/"{versionId}"`, or `If-Modified-Since`) whose copy is current answers 304 with
+ * no body, after the same gate and the same audit as a read: a denied resource is still a 404.
  *
  * @see http://hl7.org/fhir/R4/http.html#read
  */
 import { httpError } from '../../platform/errors.js';
 import { historyBundle } from '../bundle.js';
 import { DEFAULT_COUNT, MAX_COUNT } from '../search-params.js';
-import { encodePairs, versionHeaders, type OperationContext, type OperationResult } from './context.js';
+import { encodePairs, notModified, versionHeaders, type OperationContext, type OperationResult } from './context.js';
 
 /** The one not-found answer (absent and denied must look alike). */
 export const NOT_FOUND = (): Error => httpError(404, 'not-found', 'Resource not found');
@@ -19,6 +21,7 @@ export async function readOperation(ctx: OperationContext): Promise<OperationRes
   const { type, id } = ctx.params as { type: string; id: string };
   const item = await ctx.repo.read(type, id);
   if (!item) throw NOT_FOUND();
+  if (notModified(item.resource, ctx.conditions)) return { status: 304, headers: versionHeaders(item.resource) };
   return { status: 200, body: item.resource, headers: versionHeaders(item.resource) };
 }
 
@@ -27,6 +30,7 @@ export async function vreadOperation(ctx: OperationContext): Promise<OperationRe
   const { type, id, vid } = ctx.params as { type: string; id: string; vid: string };
   const item = await ctx.repo.vread(type, id, vid);
   if (!item) throw NOT_FOUND();
+  if (notModified(item.resource, ctx.conditions)) return { status: 304, headers: versionHeaders(item.resource) };
   return { status: 200, body: item.resource, headers: versionHeaders(item.resource) };
 }
 
