@@ -17,6 +17,7 @@ import type { Store } from '../store/index.js';
 import { VERSION } from '../version.js';
 import { requireAdmin } from './admin-auth.js';
 import { createDocsRouter } from './docs.js';
+import { fhirFormat } from './fhir-format.js';
 import { FHIR_JSON, errorHandler, notFoundHandler, sendOutcome } from './errors.js';
 import { checkReadiness, type HealthCheck } from './health.js';
 
@@ -120,6 +121,7 @@ export function createApp(deps: AppDeps): Express {
 
   // FHIR endpoint.
   const fhir = Router();
+  fhir.use(fhirFormat);
   fhir.use(jsonBody(config.http.bodyLimitBytes));
   const startedAt = clock.now();
   fhir.get('/metadata', (_req, res) => {

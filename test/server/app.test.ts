@@ -108,6 +108,42 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     }
   });
 
+  it('negotiates the format: FHIR JSON only, 406 for another format or FHIR version, 415 for a body that is not JSON', async () => {
+    for (const [path, headers] of [
+      ['/fhir/R4/metadata?_format=xml', {}],
+      ['/fhir/R4/metadata?_format=application/fhir%2Bxml', {}],
+      ['/fhir/R4/Patient/p1?_format=ttl', {}],
+      ['/fhir/R4/metadata', { accept: 'application/fhir+xml' }],
+      ['/fhir/R4/metadata', { accept: 'application/fhir+json; fhirVersion=3.0' }],
+      ['/fhir/R4/metadata', { accept: 'application/fhir+json;q=0, application/json;q=0, */*;q=0.1, application/json+fhir;q=0' }],
+      ['/fhir/R4/metadata?_format=application/fhir%2Bjson;%20fhirVersion=5.0', {}],
+    ] as Array<[string, Record<string, string>]>) {
+      const res = await get(path, headers);
+      expect([path, res.status]).toEqual([path, 406]);
+      const oo = await json(res);
+      expect(oo.resourceType).toBe('OperationOutcome');
+      expect(oo.issue[0].code).toBe('not-supported');
+    }
+    for (const [path, headers] of [
+      ['/fhir/R4/metadata?_format=json', {}],
+      ['/fhir/R4/metadata?_format=application/fhir%2Bjson', {}],
+      ['/fhir/R4/metadata', { accept: 'application/fhir+json; fhirVersion=4.0' }],
+      ['/fhir/R4/metadata', { accept: 'application/fhir+xml;q=1, application/json;q=0.5' }],
+      ['/fhir/R4/metadata', { accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8' }],
+      ['/fhir/R4/metadata', { accept: 'application/json+fhir' }],
+    ] as Array<[string, Record<string, string>]>) {
+      const res = await get(path, headers);
+      expect([path, headers, res.status]).toEqual([path, headers, 200]);
+      expect(res.headers.get('content-type')).toMatch(/^application\/fhir\+json/);
+    }
+    // A Bulk Data file download answers NDJSON: asking for it is not refused here (it is a 401 without a token).
+    expect((await get('/fhir/R4/$export-file/x/Patient.ndjson', { accept: 'application/fhir+ndjson' })).status).toBe(401);
+    expect((await get('/fhir/R4/Patient/p1', { accept: 'application/fhir+ndjson' })).status).toBe(406);
+    const xml = await fetch(base + '/fhir/R4/Consent', { method: 'POST', headers: { 'content-type': 'application/fhir+xml' }, body: '<Consent xmlns="http://hl7.org/fhir"/>' });
+    expect(xml.status).toBe(415);
+    expect((await json(xml)).issue[0].details.text).toMatch(/application\/fhir\+json/);
+  });
+
   it('answers malformed JSON with 400, oversized bodies with 413, bad charsets with 415', async () => {
     const post = (body: string | Buffer, contentType: string) =>
       fetch(base + '/fhir/R4/Patient', { method: 'POST', headers: { 'content-type': contentType }, body });
