@@ -155,6 +155,7 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
       bodyLimitBytes: config.http.bodyLimitBytes,
       linkIdentifierSystems: config.ingest.linkIdentifierSystems,
       catchUpInlineMax: config.ingest.catchUpInlineMax,
+      heartbeatGapDelayMs: config.ingest.heartbeatGapDelayMs,
       ...(config.validationThreads !== undefined ? { validationThreads: config.validationThreads } : {}),
       ...(config.ingest.sourcesFile ? { sourcesFile: config.ingest.sourcesFile } : {}),
       ...(secretsKey ? { sealer: createSealer(secretsKey) } : {}),

@@ -44,6 +44,7 @@ export const ENV_VARS = {
   CATCH_UP_INLINE_MAX: 'Resources a catch-up search (a notification without payload, an event-number gap, an empty payload) ingests in its own job; the rest of the search result is handed on as further inbox items of 200 resources each, so no change is dropped however many there are. At most and by default 10000.',
   RECONCILE_INTERVAL_MS: 'How often workers re-run inbox items, uncommitted versions and bulk exports whose jobs were lost (0 turns it off). Default 60000.',
   RECONCILE_STALE_MS: 'An inbox item untouched this long, a stored version with no commitment this old, or a bulk export that saved no page for this long counts as lost and is re-run, unless a job for it is still queued. Default 300000.',
+  HEARTBEAT_GAP_DELAY_MS: 'How long after a Backport handshake or heartbeat that reports more events than were received the missed events are caught up, so that notifications still in flight are processed first. Default 15000.',
   SUBSCRIPTION_CHECK_INTERVAL_MS: 'How often workers create missing Subscriptions on sources with subscribe settings and re-create ones in error/off (0 turns it off). Default 300000.',
   JOB_ATTEMPTS: 'Attempts per queue job before it is dead-lettered (transient failures retry). Default 8.',
   JOB_BACKOFF_MS: 'First retry delay in ms; doubles per attempt. Default 1000.',
@@ -167,6 +168,8 @@ export interface Config {
     readonly catchUpInlineMax: number;
     readonly reconcileStaleMs: number;
     readonly subscriptionCheckIntervalMs: number;
+    /** Delay before the catch-up of events a handshake or heartbeat reports but that never arrived. */
+    readonly heartbeatGapDelayMs: number;
   };
 }
 
@@ -256,6 +259,7 @@ const envSchema = z.object({
   RECONCILE_INTERVAL_MS: int(0, 86_400_000).default(60_000),
   CATCH_UP_INLINE_MAX: int(1, 10_000).default(10_000),
   SUBSCRIPTION_CHECK_INTERVAL_MS: int(0, 86_400_000).default(300_000),
+  HEARTBEAT_GAP_DELAY_MS: int(0, 3_600_000).default(15_000),
   RECONCILE_STALE_MS: int(1000, 86_400_000).default(300_000),
   JOB_ATTEMPTS: int(1, 100).default(8),
   JOB_BACKOFF_MS: int(1, 3_600_000).default(1000),
@@ -454,6 +458,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
       catchUpInlineMax: e.CATCH_UP_INLINE_MAX,
       subscriptionCheckIntervalMs: e.SUBSCRIPTION_CHECK_INTERVAL_MS,
+      heartbeatGapDelayMs: e.HEARTBEAT_GAP_DELAY_MS,
       reconcileStaleMs: e.RECONCILE_STALE_MS,
     },
   };

@@ -535,8 +535,20 @@ export interface components {
                 lastSeen?: string | null;
                 lastHeartbeat?: string | null;
                 lastEventNumber?: number | null;
+                /** @description eventsSinceSubscriptionStart as the last handshake or heartbeat reported it. */
+                reportedEvents?: number | null;
                 gaps?: {
                     [key: string]: unknown;
+                }[];
+                /** @description Restarts of the source's event numbering that a handshake or heartbeat revealed. */
+                restarts?: {
+                    detectedAt?: string;
+                    /** @description The last event number recorded before. */
+                    from?: number;
+                    /** @description The count reported. */
+                    to?: number;
+                    /** @enum {string} */
+                    by?: "handshake" | "heartbeat";
                 }[];
             }[];
         };

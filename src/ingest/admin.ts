@@ -89,7 +89,9 @@ export function createIngestAdminRouter(deps: IngestAdminDeps): Router {
         lastSeen: s.lastSeen?.toISOString() ?? null,
         lastHeartbeat: s.lastHeartbeat?.toISOString() ?? null,
         lastEventNumber: s.lastEventNumber ?? null,
+        reportedEvents: s.reportedEvents ?? null,
         gaps: s.gaps,
+        restarts: s.restarts,
       })),
     });
   });

@@ -4,7 +4,10 @@
  *
  * Durability first: after authentication the raw bytes are written to the inbox in one statement
  * before any 2xx; everything else happens in the `ingest` worker. Handshakes and heartbeats are
- * acknowledged and recorded as the subscription's last-seen time. An empty body is a notification
+ * acknowledged and recorded as the subscription's last-seen time, with the count of events they report
+ * (Backport `eventsSinceSubscriptionStart`): one reporting more events than were received is also
+ * kept in the inbox, and its job (delayed, so that notifications in flight land first) catches up the
+ * events that never arrived. An empty body is a notification
  * without payload (R4 `Subscription.channel.payload` absent): accepted, and caught up by a search on the
  * source in the worker. Bodies that are not FHIR at all are
  * answered 400 with an OperationOutcome and kept as a dead letter (raw bytes in the inbox).
@@ -27,6 +30,8 @@ export interface HooksDeps {
   readonly clock: Clock;
   readonly logger: Logger;
   readonly bodyLimitBytes: number;
+  /** Delay before catching up events a handshake or heartbeat reports but that never arrived. */
+  readonly heartbeatGapDelayMs: number;
 }
 
 /** Header Medplum (and others) use to name a deleted resource on an empty rest-hook body. */
@@ -76,15 +81,33 @@ export function createHooksRouter(deps: HooksDeps): Router {
 
     const n = parsed.notification;
     if (n.status) {
-      await store.subscriptions.touch({
+      const type = n.status.type;
+      const counted = (type === 'handshake' || type === 'heartbeat') && n.status.eventsSinceStart !== undefined;
+      const { lastEventNumber } = await store.subscriptions.touch({
         sourceId,
         subscription: n.status.subscription.slice(0, 512),
         ...(n.status.topic ? { topic: n.status.topic.slice(0, 512) } : {}),
         ...(n.status.status ? { status: n.status.status.slice(0, 32) } : {}),
-        heartbeat: n.status.type === 'heartbeat',
+        heartbeat: type === 'heartbeat',
+        ...(counted ? { reported: { events: n.status.eventsSinceStart!, by: type } } : {}),
       });
-      if (n.status.type === 'handshake' || n.status.type === 'heartbeat' || n.status.type === 'query-status') {
-        send(res, 200, outcome('information', 'informational', `${n.status.type} acknowledged`));
+      if (type === 'handshake' || type === 'heartbeat' || type === 'query-status') {
+        const missed = counted && lastEventNumber !== undefined && n.status.eventsSinceStart! > lastEventNumber;
+        if (!missed) {
+          send(res, 200, outcome('information', 'informational', `${type} acknowledged`));
+          return;
+        }
+        // Events the source counts that never arrived here: kept, and caught up by the worker later.
+        const { id, duplicate } = await store.inbox.receive({ sourceId, kind: n.style, contentType: req.get('content-type')?.slice(0, 200), body: rawBody, dedupKey: notificationDedupKey(n, rawBody), meta: { style: n.style } });
+        if (!duplicate) {
+          try {
+            await queues.enqueue('ingest', { inboxId: id }, { jobId: id, delayMs: deps.heartbeatGapDelayMs });
+          } catch (err) {
+            logger.warn({ inboxId: id, err: err instanceof Error ? err.message : String(err) }, 'enqueue failed; left for the reconciler');
+          }
+        }
+        const range = `${lastEventNumber! + 1}..${n.status.eventsSinceStart!}`;
+        send(res, 200, outcome('information', 'informational', `${type} acknowledged; events ${range} were not received and will be caught up from the source`), { 'X-Inbox-Id': id });
         return;
       }
     }

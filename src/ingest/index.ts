@@ -42,6 +42,8 @@ export interface IngestStageOptions {
   readonly linkIdentifierSystems: readonly string[];
   /** Resources a catch-up search ingests in its own job before handing the rest on (default {@link CATCH_UP_MAX_RESOURCES}). */
   readonly catchUpInlineMax?: number;
+  /** Delay before catching up events a handshake or heartbeat reports but that never arrived (default 15 s). */
+  readonly heartbeatGapDelayMs?: number;
   /** JSON file of sources to load at start-up. */
   readonly sourcesFile?: string;
   /** Validation worker threads (0: in the event loop; default {@link defaultValidationThreads}). */
@@ -116,7 +118,7 @@ export async function createIngestStage(options: IngestStageOptions): Promise<In
   return {
     registry,
     sensitivity,
-    hooksRouter: createHooksRouter({ registry, store, queues, clock, logger, bodyLimitBytes: options.bodyLimitBytes }),
+    hooksRouter: createHooksRouter({ registry, store, queues, clock, logger, bodyLimitBytes: options.bodyLimitBytes, heartbeatGapDelayMs: options.heartbeatGapDelayMs ?? 15_000 }),
     adminRouter: createIngestAdminRouter({ registry, store, queues, publicBaseUrl: options.publicBaseUrl, manageSubscriptions }),
     manageSubscriptions,
 

@@ -343,11 +343,16 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       // Subscription event numbers: a gap triggers a catch-up. The numbers (and the gap, with how it was
       // caught up) are recorded only once this notification is done, so that a notification that fails
       // and is retried or replayed finds its gap again instead of skipping it.
+      // A handshake or heartbeat reaches this worker only when the count of events it reports was
+      // above the last number received (the hook kept it for that): its events 1..count are checked
+      // like a notification's numbers, so the ones that never arrived are a gap.
       let events: { subscription: string; eventNumbers: readonly number[]; gap?: { from: number; to: number; detectedAt: Date; catchUp: string } } | undefined;
-      if (n.status?.type === 'event-notification') {
+      const reported = (n.status?.type === 'heartbeat' || n.status?.type === 'handshake') && n.status.eventsSinceStart !== undefined ? n.status.eventsSinceStart : undefined;
+      if (n.status && (n.status.type === 'event-notification' || reported !== undefined)) {
         const subscription = n.status.subscription.slice(0, 512);
-        events = { subscription, eventNumbers: n.status.eventNumbers };
-        const gap = await store.subscriptions.findGap({ sourceId: source.id, subscription, eventNumbers: n.status.eventNumbers });
+        events = { subscription, eventNumbers: reported !== undefined ? [reported] : n.status.eventNumbers };
+        // For a count: the gap up to and including it (findGap stops below the lowest number it is given).
+        const gap = await store.subscriptions.findGap({ sourceId: source.id, subscription, eventNumbers: reported !== undefined ? [reported + 1] : n.status.eventNumbers });
         if (gap) {
           const detectedAt = deps.clock.now();
           summary.gaps += 1;
@@ -368,7 +373,7 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
             events.gap = { ...gap, detectedAt, catchUp: `handed on as inbox item ${handed}` };
           }
         }
-        if (n.entries.length === 0) {
+        if (n.status.type === 'event-notification' && n.entries.length === 0) {
           // id-only payloads may carry the focus only inside the status; empty ones carry nothing.
           if (n.status.focus.length > 0) {
             n.status.focus.forEach((f, i) => entries.push({ kind: 'fetch', index: 1000 + i, reference: f }));

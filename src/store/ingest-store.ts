@@ -12,6 +12,7 @@ import type {
   SourceRecord,
   SourceStore,
   SubscriptionGap,
+  SubscriptionRestart,
   SubscriptionStatusRecord,
   SubscriptionStatusStore,
 } from './types.js';
@@ -61,19 +62,45 @@ export class PgSubscriptionStatusStore implements SubscriptionStatusStore {
     private readonly clock: Clock,
   ) {}
 
-  async touch(input: { sourceId: string; subscription: string; topic?: string; status?: string; heartbeat?: boolean }): Promise<void> {
+  async touch(input: Parameters<SubscriptionStatusStore['touch']>[0]): Promise<{ lastEventNumber: number | undefined }> {
     const now = this.clock.now();
-    await this.pool.query(
-      `INSERT INTO source_subscription (source_id, subscription, topic, status, last_seen, last_heartbeat, updated_at)
-       VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN $5::timestamptz END, $5)
+    const reported = input.reported?.events ?? null;
+    // $7 the count reported (or NULL), $8 whether a handshake reported it. A restart: a count below the
+    // last number, from a handshake or from a heartbeat reporting fewer events than the report before.
+    const restart = `$7::bigint IS NOT NULL AND s.last_event_number IS NOT NULL AND $7::bigint < s.last_event_number
+                     AND ($8::boolean OR $7::bigint < COALESCE(s.reported_events, -1))`;
+    const r = await this.pool.query<{ last_event_number: string | number | null }>(
+      `INSERT INTO source_subscription AS s (source_id, subscription, topic, status, last_seen, last_heartbeat, updated_at, last_event_number, reported_events)
+       VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN $5::timestamptz END, $5, $7::bigint, $7::bigint)
        ON CONFLICT (source_id, subscription) DO UPDATE SET
-         topic = COALESCE(EXCLUDED.topic, source_subscription.topic),
-         status = COALESCE(EXCLUDED.status, source_subscription.status),
+         topic = COALESCE(EXCLUDED.topic, s.topic),
+         status = COALESCE(EXCLUDED.status, s.status),
          last_seen = EXCLUDED.last_seen,
-         last_heartbeat = COALESCE(EXCLUDED.last_heartbeat, source_subscription.last_heartbeat),
-         updated_at = EXCLUDED.updated_at`,
-      [input.sourceId, input.subscription, input.topic ?? null, input.status ?? null, now, input.heartbeat ?? false],
+         last_heartbeat = COALESCE(EXCLUDED.last_heartbeat, s.last_heartbeat),
+         updated_at = EXCLUDED.updated_at,
+         restarts = CASE WHEN ${restart}
+                         THEN s.restarts || jsonb_build_array(jsonb_build_object('detectedAt', $9::text, 'from', s.last_event_number, 'to', $7::bigint, 'by', $10::text))
+                         ELSE s.restarts END,
+         last_event_number = CASE WHEN $7::bigint IS NULL THEN s.last_event_number
+                                  WHEN s.last_event_number IS NULL OR (${restart}) THEN $7::bigint
+                                  ELSE s.last_event_number END,
+         reported_events = COALESCE($7::bigint, s.reported_events)
+       RETURNING last_event_number`,
+      [
+        input.sourceId,
+        input.subscription,
+        input.topic ?? null,
+        input.status ?? null,
+        now,
+        input.heartbeat ?? false,
+        reported,
+        input.reported?.by === 'handshake',
+        now.toISOString(),
+        input.reported?.by ?? null,
+      ],
     );
+    const last = r.rows[0]?.last_event_number;
+    return { lastEventNumber: last === null || last === undefined ? undefined : Number(last) };
   }
 
   async findGap(input: { sourceId: string; subscription: string; eventNumbers: readonly number[] }): Promise<{ from: number; to: number } | undefined> {
@@ -115,7 +142,9 @@ export class PgSubscriptionStatusStore implements SubscriptionStatusStore {
       last_seen: Date | null;
       last_heartbeat: Date | null;
       last_event_number: number | null;
+      reported_events: string | number | null;
       gaps: SubscriptionGap[];
+      restarts: SubscriptionRestart[];
     }>(`SELECT * FROM source_subscription WHERE source_id = $1 ORDER BY subscription`, [sourceId]);
     return r.rows.map((row) => ({
       sourceId: row.source_id,
@@ -125,7 +154,9 @@ export class PgSubscriptionStatusStore implements SubscriptionStatusStore {
       lastSeen: row.last_seen ?? undefined,
       lastHeartbeat: row.last_heartbeat ?? undefined,
       lastEventNumber: row.last_event_number ?? undefined,
+      reportedEvents: row.reported_events === null ? undefined : Number(row.reported_events),
       gaps: row.gaps,
+      restarts: row.restarts,
     }));
   }
 }

@@ -189,6 +189,16 @@ export interface SubscriptionGap {
   readonly catchUp: string;
 }
 
+/** A restart of a source's event numbering, revealed by a handshake or heartbeat (Backport IG). */
+export interface SubscriptionRestart {
+  readonly detectedAt: string;
+  /** The last event number recorded before. */
+  readonly from: number;
+  /** The events since subscription start the source reported. */
+  readonly to: number;
+  readonly by: 'handshake' | 'heartbeat';
+}
+
 export interface SubscriptionStatusRecord {
   readonly sourceId: string;
   readonly subscription: string;
@@ -197,12 +207,32 @@ export interface SubscriptionStatusRecord {
   readonly lastSeen: Date | undefined;
   readonly lastHeartbeat: Date | undefined;
   readonly lastEventNumber: number | undefined;
+  /** eventsSinceSubscriptionStart as the last handshake or heartbeat reported it. */
+  readonly reportedEvents: number | undefined;
   readonly gaps: readonly SubscriptionGap[];
+  readonly restarts: readonly SubscriptionRestart[];
 }
 
 export interface SubscriptionStatusStore {
-  /** Records a handshake/heartbeat/event: last seen (and heartbeat) time, status, topic. */
-  touch(input: { sourceId: string; subscription: string; topic?: string; status?: string; heartbeat?: boolean }): Promise<void>;
+  /**
+   * Records a handshake/heartbeat/event: last seen (and heartbeat) time, status, topic. With
+   * `reported` (the eventsSinceSubscriptionStart of a handshake or heartbeat) it also keeps the count:
+   * the first count of a subscription becomes its last event number (the baseline later numbers are
+   * checked against); a count below the last number is a restart of the numbering when it comes
+   * from a handshake, or from a heartbeat reporting fewer events than the previous report did (a
+   * count only goes down when the numbering started again, whereas a heartbeat overtaken by later
+   * events in flight is no lower than the report before it), and then the last number goes back to
+   * it and the restart is listed. Returns the last event number afterwards: a count above it means
+   * notifications that never arrived.
+   */
+  touch(input: {
+    sourceId: string;
+    subscription: string;
+    topic?: string;
+    status?: string;
+    heartbeat?: boolean;
+    reported?: { events: number; by: 'handshake' | 'heartbeat' };
+  }): Promise<{ lastEventNumber: number | undefined }>;
   /**
    * The gap a notification reveals: the numbers missing between the last number recorded and the
    * lowest new one (none for the first numbers of a subscription, or for replays). Reads only: the

@@ -49,7 +49,7 @@ describe('ingest (queues on Redis)', () => {
   }
 
   beforeAll(async () => {
-    config = testConfig({ JOB_ATTEMPTS: '2', JOB_BACKOFF_MS: '50', LINK_IDENTIFIER_SYSTEMS: 'http://hl7.org/fhir/sid/us-ssn' }, 'redis');
+    config = testConfig({ JOB_ATTEMPTS: '2', JOB_BACKOFF_MS: '50', LINK_IDENTIFIER_SYSTEMS: 'http://hl7.org/fhir/sid/us-ssn', HEARTBEAT_GAP_DELAY_MS: '200' }, 'redis');
     service = await startService({ config, roles: { api: true, workers: true }, logger: silentLogger });
     base = service.url!;
     ehr = await startFakeEhr({ capability: 'backport' });
@@ -512,6 +512,42 @@ describe('ingest (queues on Redis)', () => {
       expect(sub.gaps).toEqual([expect.objectContaining({ from: n2, to: n2, catchUp: '$events' })]);
       // A replayed notification is stored once.
       expect((await post('ehr-live', Buffer.from(JSON.stringify(third)))).status).toBe(200);
+    });
+
+    it('catches up the events a heartbeat counts that never arrived, and follows a restart of the numbering', async () => {
+      // An EHR of its own: a Subscription on the shared one would change what other tests see.
+      const hbEhr = await startFakeEhr({ capability: 'backport' });
+      try {
+      const { url, numbers, note } = await sourceWithThreeEvents(hbEhr, 'ehr-hb', 'hb', 'id-only');
+      const ehr = hbEhr;
+      const subscriptionStatus = async () => (await json(await admin('/admin/sources/ehr-hb/status'))).subscriptions.find((s: { subscription: string }) => s.subscription === url);
+      // The handshake's count (0) is the baseline; event 1 arrives.
+      expect((await hook('ehr-hb', JSON.stringify(buildHandshake(url, topic, ehr.baseUrl)))).status).toBe(200);
+      const r1 = await post('ehr-hb', Buffer.from(JSON.stringify(note(0))));
+      expect((await settle(r1.inboxId)).outcome).toMatchObject({ fetched: 1, stored: 1, gaps: 0 });
+      // Events 2 and 3 never arrive, and no later event reveals them: the heartbeat counting 3 does.
+      const hb = await hook('ehr-hb', JSON.stringify(buildHeartbeat(url, topic, ehr.baseUrl, numbers[2]!)));
+      expect(hb.status).toBe(200);
+      expect((await json(hb)).issue[0].details.text).toBe(`heartbeat acknowledged; events ${numbers[1]}..${numbers[2]} were not received and will be caught up from the source`);
+      const inboxId = hb.headers.get('x-inbox-id')!;
+      expect(inboxId).toBeTruthy();
+      expect(await settle(inboxId)).toMatchObject({ state: 'done', outcome: { gaps: 1 } });
+      for (const id of ['hb-2', 'hb-3']) {
+        expect(await service.database.store.resources.readCurrent('Encounter', anchorId('ehr-hb', 'Encounter', id))).toBeDefined();
+      }
+      expect(await subscriptionStatus()).toMatchObject({ lastEventNumber: numbers[2], reportedEvents: numbers[2], gaps: [expect.objectContaining({ from: numbers[1], to: numbers[2], catchUp: '$events' })], restarts: [] });
+      // The same count again: nothing is missing, nothing is kept.
+      const again = await hook('ehr-hb', JSON.stringify(buildHeartbeat(url, topic, ehr.baseUrl, numbers[2]!)));
+      expect(again.status).toBe(200);
+      expect(again.headers.get('x-inbox-id')).toBeNull();
+      expect((await json(again)).issue[0].details.text).toBe('heartbeat acknowledged');
+      // A handshake counting 0 (the Subscription re-created under the same id): the numbering started
+      // again, so event 1 of the new numbering is not taken for a replay, and a gap after it is found.
+      expect((await hook('ehr-hb', JSON.stringify(buildHandshake(url, topic, ehr.baseUrl)))).status).toBe(200);
+      expect(await subscriptionStatus()).toMatchObject({ lastEventNumber: 0, restarts: [expect.objectContaining({ from: numbers[2], to: 0, by: 'handshake' })] });
+      } finally {
+        await hbEhr.close();
+      }
     });
 
     it('dead-letters a fetched-back resource that is not FHIR R4, with its place, and stores the one beside it', async () => {

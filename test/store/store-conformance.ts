@@ -237,5 +237,39 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       await subs.recordEvents({ ...key, eventNumbers: many });
       expect((await subs.list('ehr-gap')).find((x) => x.subscription === key.subscription)?.lastEventNumber).toBe(12 + 499_999);
     });
+
+    it('keeps the counts handshakes and heartbeats report: a baseline, missed events, restarts of the numbering', async () => {
+      const subs = h.store.subscriptions;
+      const key = { sourceId: 'ehr-count', subscription: 'https://ehr.example/Subscription/c1' };
+      const status = async () => (await subs.list('ehr-count')).find((x) => x.subscription === key.subscription)!;
+      // A handshake's count is the baseline: later numbers are checked against it.
+      expect(await subs.touch({ ...key, reported: { events: 0, by: 'handshake' } })).toEqual({ lastEventNumber: 0 });
+      expect(await subs.findGap({ ...key, eventNumbers: [3] })).toEqual({ from: 1, to: 2 });
+      await subs.recordEvents({ ...key, eventNumbers: [1, 2, 3] });
+      // A heartbeat counting more events than were received: the last number stays (the caller sees 5 > 3).
+      expect(await subs.touch({ ...key, heartbeat: true, reported: { events: 5, by: 'heartbeat' } })).toEqual({ lastEventNumber: 3 });
+      expect(await subs.findGap({ ...key, eventNumbers: [6] })).toEqual({ from: 4, to: 5 });
+      await subs.recordEvents({ ...key, eventNumbers: [5] });
+      expect(await subs.touch({ ...key, heartbeat: true, reported: { events: 5, by: 'heartbeat' } })).toEqual({ lastEventNumber: 5 });
+      // A heartbeat overtaken by events in flight (6 < 7, but not below the previous report, 5): not a restart.
+      await subs.recordEvents({ ...key, eventNumbers: [6, 7] });
+      expect(await subs.touch({ ...key, heartbeat: true, reported: { events: 6, by: 'heartbeat' } })).toEqual({ lastEventNumber: 7 });
+      expect((await status()).restarts).toEqual([]);
+      // A heartbeat reporting fewer events than the previous report: the numbering started again.
+      expect(await subs.touch({ ...key, heartbeat: true, reported: { events: 2, by: 'heartbeat' } })).toEqual({ lastEventNumber: 2 });
+      expect(await subs.findGap({ ...key, eventNumbers: [4] })).toEqual({ from: 3, to: 3 });
+      await subs.recordEvents({ ...key, eventNumbers: [3, 4] });
+      // A handshake below the last number: a restart too (a re-created or re-activated Subscription).
+      expect(await subs.touch({ ...key, reported: { events: 0, by: 'handshake' } })).toEqual({ lastEventNumber: 0 });
+      const s = await status();
+      expect(s).toMatchObject({ lastEventNumber: 0, reportedEvents: 0 });
+      expect(s.restarts).toEqual([
+        expect.objectContaining({ from: 7, to: 2, by: 'heartbeat' }),
+        expect.objectContaining({ from: 4, to: 0, by: 'handshake' }),
+      ]);
+      // Touches without a count (events) change no number.
+      expect(await subs.touch({ ...key })).toEqual({ lastEventNumber: 0 });
+      expect(await subs.touch({ sourceId: 'ehr-count', subscription: 'https://ehr.example/Subscription/c2' })).toEqual({ lastEventNumber: undefined });
+    });
   });
 }
