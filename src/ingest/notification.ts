@@ -18,6 +18,8 @@ import { createHash } from 'node:crypto';
 import type { OperationOutcome, OperationOutcomeIssue } from '@medplum/fhirtypes';
 import { isStructurallyFhir } from '../normalize/index.js';
 import { outcome } from '../platform/errors.js';
+import { duplicateKeys, pathText, type DuplicateKey } from '../platform/json-duplicates.js';
+import { MAX_JSON_DEPTH, jsonDepth } from '../platform/json-text.js';
 
 export type NotificationType = 'handshake' | 'heartbeat' | 'event-notification' | 'query-status' | 'query-event';
 export type PayloadContent = 'empty' | 'id-only' | 'full-resource';
@@ -89,7 +91,6 @@ export interface ParseContext {
 const RESOURCE_TYPE = /^[A-Z][A-Za-z]{1,63}$/;
 const FHIR_ID = /^[A-Za-z0-9\-.]{1,64}$/;
 /** Deepest JSON nesting we accept (a hostile body must not exhaust the stack later). */
-export const MAX_JSON_DEPTH = 64;
 
 function fail(reason: 'unparseable' | 'not-fhir' | 'invalid-structure', text: string, expression?: string): ParseResult {
   return { ok: false, reason, outcome: outcome('error', reason === 'not-fhir' || reason === 'invalid-structure' ? 'structure' : 'invalid', text, expression) };
@@ -109,13 +110,20 @@ export function resourceEntry(
   index: number,
   what: string,
   extras: { readonly fullUrl?: string | undefined; readonly ifNoneExist?: string | undefined } = {},
+  found: readonly OperationOutcomeIssue[] = [],
 ): NotificationEntry {
   const check = isStructurallyFhir(resource);
-  if (!check.ok) return { kind: 'invalid', index, text: `${what} is not FHIR R4: ${firstFew(check.outcome.issue.map(issueText), 3)}`, issues: check.outcome.issue, resource };
+  const issues = [...found, ...(check.ok ? [] : check.outcome.issue)];
+  if (issues.length > 0) return { kind: 'invalid', index, text: `${what} is not FHIR R4: ${firstFew(issues.map(issueText), 3)}`, issues, resource };
   return { kind: 'resource', index, resource, ...(extras.fullUrl ? { fullUrl: extras.fullUrl } : {}), ...(extras.ifNoneExist ? { ifNoneExist: extras.ifNoneExist } : {}) };
 }
 
 const issueText = (i: OperationOutcomeIssue): string => `${i.details?.text ?? i.code}${i.expression?.[0] ? ` (${i.expression[0]})` : ''}`;
+
+/** The issue for a duplicated JSON property name (see src/platform/json-duplicates.ts), located from `root`. */
+function duplicateIssue(root: string, d: DuplicateKey): OperationOutcomeIssue {
+  return { severity: 'error', code: 'structure', details: { text: `Duplicate JSON property "${d.key.slice(0, 64)}": its value is ambiguous` }, expression: [pathText(root, [...d.path, d.key])] };
+}
 
 /** The first `max` texts, and how many more there are, for a one-line reason. */
 function firstFew(texts: readonly string[], max: number): string {
@@ -124,19 +132,6 @@ function firstFew(texts: readonly string[], max: number): string {
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function depthOf(value: unknown, limit: number): number {
-  // Iterative, so a deeply nested body cannot overflow the stack here either.
-  let max = 0;
-  const stack: Array<[unknown, number]> = [[value, 1]];
-  while (stack.length > 0) {
-    const [v, d] = stack.pop()!;
-    if (d > max) max = d;
-    if (max > limit) return max;
-    if (typeof v === 'object' && v !== null) for (const child of Object.values(v)) stack.push([child, d + 1]);
-  }
-  return max;
 }
 
 /** Parses a `Type/id` (relative or at the end of an absolute URL, optionally with `/_history/vid`). */
@@ -217,7 +212,7 @@ function statusFromResource(s: Record<string, unknown>): Omit<SubscriptionStatus
   };
 }
 
-function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): NotificationEntry[] | string {
+function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean, duplicates: readonly DuplicateKey[] = []): NotificationEntry[] | string {
   const raw = bundle.entry === undefined ? [] : bundle.entry;
   if (!Array.isArray(raw)) return 'Bundle.entry must be an array';
   const entries: NotificationEntry[] = [];
@@ -228,6 +223,13 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): Not
     const e = raw[index];
     if (!isObject(e)) {
       invalid(index, `Bundle.entry[${index}] must be an object`);
+      continue;
+    }
+    // Duplicated property names inside this entry: in its resource, the resource cannot be applied;
+    // elsewhere in the entry (its request, its fullUrl), the entry cannot.
+    const dups = duplicates.filter((d) => d.path[0] === 'entry' && d.path[1] === index);
+    if (dups.some((d) => d.path[2] !== 'resource')) {
+      invalid(index, `Bundle.entry[${index}] has a duplicate JSON property: ${firstFew(dups.map((d) => issueText(duplicateIssue('Bundle', d))), 3)}`);
       continue;
     }
     const request = isObject(e.request) ? e.request : undefined;
@@ -248,7 +250,7 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean): Not
         continue;
       }
       const ifNoneExist = typeof request?.ifNoneExist === 'string' ? request.ifNoneExist : undefined;
-      entries.push(resourceEntry(e.resource, index, `Bundle.entry[${index}].resource`, { fullUrl, ifNoneExist }));
+      entries.push(resourceEntry(e.resource, index, `Bundle.entry[${index}].resource`, { fullUrl, ifNoneExist }, dups.map((d) => duplicateIssue('Bundle', d))));
       continue;
     }
     // No resource: an id-only entry; the reference is the fullUrl (or the request URL).
@@ -296,7 +298,9 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     return fail('unparseable', 'Notification body is not valid JSON');
   }
   if (!isObject(json)) return fail('not-fhir', 'Notification body must be a JSON object (a FHIR resource)');
-  if (depthOf(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return fail('invalid-structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
+  if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return fail('invalid-structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
+  // After the depth check: the scan recurses. JSON.parse kept the last of any duplicated name.
+  const duplicates = duplicateKeys(text);
   const resourceType = json.resourceType;
   if (typeof resourceType !== 'string' || !RESOURCE_TYPE.test(resourceType)) {
     return fail('not-fhir', 'Notification body has no valid resourceType', 'resourceType');
@@ -314,7 +318,7 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     }
     const resource = ctx.path && json.id === undefined ? { ...json, id: ctx.path.id } : json;
     if (resource.id === undefined) return fail('invalid-structure', 'A notified resource must carry its id', `${resourceType}.id`);
-    return { ok: true, notification: { style: 'rest-hook', entries: [resourceEntry(resource, 0, 'The resource')] } };
+    return { ok: true, notification: { style: 'rest-hook', entries: [resourceEntry(resource, 0, 'The resource', {}, duplicates.map((d) => duplicateIssue(resourceType, d)))] } };
   }
 
   const bundleType = typeof json.type === 'string' ? json.type : undefined;
@@ -322,13 +326,20 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
   const firstType = first?.resourceType;
   const isBackportR4 = bundleType === 'history' && firstType === 'Parameters';
   const isStatusResource = (bundleType === 'history' || bundleType === 'subscription-notification') && firstType === 'SubscriptionStatus';
+  // A duplicated name in the Bundle itself or in a notification's status (not inside an entry to apply):
+  // which type, which subscription, which event numbers is ambiguous, so the whole notification is refused.
+  const outside = duplicates.find((d) => !(d.path[0] === 'entry' && typeof d.path[1] === 'number' && !((isBackportR4 || isStatusResource) && d.path[1] === 0)));
+  if (outside) {
+    const issue = duplicateIssue('Bundle', outside);
+    return fail('invalid-structure', issue.details!.text!, issue.expression![0]);
+  }
   if (bundleType === 'subscription-notification' && !isStatusResource) {
     return fail('invalid-structure', 'A subscription-notification Bundle must start with a SubscriptionStatus entry', 'Bundle.entry[0]');
   }
   if (isBackportR4 || isStatusResource) {
     const s = isBackportR4 ? statusFromParameters(first!) : statusFromResource(first!);
     if (typeof s === 'string') return fail('invalid-structure', s, 'Bundle.entry[0].resource');
-    const entries = bundleEntries(json, true);
+    const entries = bundleEntries(json, true, duplicates);
     if (typeof entries === 'string') return fail('invalid-structure', entries);
     const payload: PayloadContent = entries.some((e) => e.kind === 'resource') ? 'full-resource' : entries.length > 0 || s.focus.length > 0 ? 'id-only' : 'empty';
     const style: NotificationStyle = isBackportR4 ? 'backport-r4' : bundleType === 'subscription-notification' ? 'r5' : 'r4b';
@@ -337,7 +348,7 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
   if (!bundleType || !['transaction', 'batch', 'collection', 'searchset', 'history', 'transaction-response', 'batch-response'].includes(bundleType)) {
     return fail('invalid-structure', `Bundle.type "${String(bundleType)}" is not accepted (transaction, batch, collection, searchset, history)`, 'Bundle.type');
   }
-  const entries = bundleEntries(json, false);
+  const entries = bundleEntries(json, false, duplicates);
   if (typeof entries === 'string') return fail('invalid-structure', entries);
   return { ok: true, notification: { style: 'bundle', bundleType, entries } };
 }

@@ -8,15 +8,34 @@
 import { isUtf8 } from 'node:buffer';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { HttpError, outcome } from './errors.js';
-import { unstorableValue } from './json-text.js';
+import { duplicateKeys, pathText } from './json-duplicates.js';
+import { MAX_JSON_DEPTH, jsonDepth, unstorableValue } from './json-text.js';
 
-/** Refuses a parsed body holding a value that cannot be stored as sent. */
+/** The raw bytes of a JSON body, kept by the parser's verify step for the checks after parsing. */
+const RAW = Symbol('raw JSON body');
+type WithRaw = Request & { [RAW]?: Buffer };
+
+/**
+ * Refuses a parsed body that cannot be taken as sent: nested deeper than {@link MAX_JSON_DEPTH}
+ * (`JSON.parse` accepts any depth; the walks after it recurse), a duplicated property name (RFC 8259
+ * leaves its meaning open: `JSON.parse` keeps the last value, other parsers the first; see
+ * src/platform/json-duplicates.ts), or a value that cannot be stored ({@link unstorableValue}).
+ */
 export function refuseUnstorable(req: Request, _res: Response, next: NextFunction): void {
   const body: unknown = req.body;
   if (typeof body !== 'object' || body === null) return next();
+  const root = !Array.isArray(body) && typeof (body as { resourceType?: unknown }).resourceType === 'string' ? String((body as { resourceType: string }).resourceType).slice(0, 64) : 'body';
+  if (jsonDepth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return next(new HttpError(400, outcome('error', 'structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`)));
+  const raw = (req as WithRaw)[RAW];
+  if (raw) {
+    const [dup] = duplicateKeys(raw.toString('utf8'), 1);
+    if (dup) {
+      const where = pathText(root, [...dup.path, dup.key]);
+      return next(new HttpError(400, outcome('error', 'structure', `${where}: duplicate JSON property "${dup.key.slice(0, 64)}" (its value is ambiguous)`, where)));
+    }
+  }
   const bad = unstorableValue(body);
   if (!bad) return next();
-  const root = !Array.isArray(body) && typeof (body as { resourceType?: unknown }).resourceType === 'string' ? String((body as { resourceType: string }).resourceType).slice(0, 64) : 'body';
   const where = `${root}${bad.path}`;
   next(new HttpError(400, outcome('error', 'invalid', `${where}: ${bad.why}`, where)));
 }
@@ -25,10 +44,11 @@ export function refuseUnstorable(req: Request, _res: Response, next: NextFunctio
  * Refuses a body declared (or defaulted to) UTF-8 that is not: body-parser would decode the bad bytes
  * to U+FFFD and the value would be stored changed (a Latin-1 "Müller" as "M\ufffdller").
  */
-function requireUtf8(_req: Request, _res: Response, buf: Buffer, encoding: string): void {
+function requireUtf8(req: Request, _res: Response, buf: Buffer, encoding: string): void {
   if (/^utf-?8$/i.test(encoding) && !isUtf8(buf)) {
     throw new HttpError(400, outcome('error', 'invalid', 'Request body is not valid UTF-8 (FHIR JSON is always UTF-8)'));
   }
+  if (/^utf-?8$/i.test(encoding)) (req as WithRaw)[RAW] = buf;
 }
 
 /** `express.json` (strict, bounded, UTF-8 checked, for `types`) followed by {@link refuseUnstorable}. */

@@ -6,6 +6,26 @@
  * naming the place instead of failing in the store.
  */
 
+/**
+ * Deepest nesting accepted in JSON input (hooks and API bodies). FHIR resources stay far below it; the
+ * limit keeps every recursive walk of a parsed value (and `JSON.parse` accepts hundreds of thousands
+ * of levels) far from the call stack's end.
+ */
+export const MAX_JSON_DEPTH = 64;
+
+/** The nesting depth of a parsed JSON value, counted up to just past `limit` (iterative: any depth is safe). */
+export function jsonDepth(value: unknown, limit: number): number {
+  let max = 0;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (d > max) max = d;
+    if (max > limit) return max;
+    if (typeof v === 'object' && v !== null) for (const child of Object.values(v)) stack.push([child, d + 1]);
+  }
+  return max;
+}
+
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }

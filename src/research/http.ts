@@ -17,6 +17,8 @@
 import express, { Router, type Request, type Response } from 'express';
 import type { Resource } from '@medplum/fhirtypes';
 import { httpError } from '../platform/errors.js';
+import { duplicateKeys, pathText } from '../platform/json-duplicates.js';
+import { MAX_JSON_DEPTH, jsonDepth } from '../platform/json-text.js';
 import { DeidConfigError } from './deid/config.js';
 import { createDeidentifier, DeidSafetyError, type Deidentifier, type ResearchDeidConfig } from './deid/deidentifier.js';
 import { DeidProcessingError, RuleNotApplicableError } from './deid/engine.js';
@@ -41,11 +43,19 @@ function isResourceLike(v: unknown): v is Resource {
 }
 
 function parseJson(text: string, what: string): unknown {
+  const clean = text.replace(/^\uFEFF/, '');
+  let value: unknown;
   try {
-    return JSON.parse(text.replace(/^\uFEFF/, '')) as unknown;
+    value = JSON.parse(clean) as unknown;
   } catch {
     throw httpError(400, 'structure', `${what} is not valid JSON`);
   }
+  // As the other JSON APIs (src/platform/json-body.ts): bounded nesting (the engine's walk recurses),
+  // no duplicated property name (which value would be de-identified is ambiguous).
+  if (jsonDepth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw httpError(400, 'structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
+  const [dup] = duplicateKeys(clean, 1);
+  if (dup) throw httpError(400, 'structure', `${what} has a duplicate JSON property "${dup.key.slice(0, 64)}" at ${pathText('$', [...dup.path, dup.key])}`);
+  return value;
 }
 
 /**

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { notificationDedupKey, parseNotification, parseReference } from '../../src/ingest/notification.js';
-import { buildNotificationBundle } from '../helpers/fake-ehr.js';
+import { buildHeartbeat, buildNotificationBundle } from '../helpers/fake-ehr.js';
 
 const fixture = (name: string): Buffer => readFileSync(new URL(`../fixtures/ingest/subscriptions/${name}`, import.meta.url));
 
@@ -204,6 +204,38 @@ describe('parseNotification', () => {
     if (!r.ok) {
       expect(r.reason).toBe('invalid-structure');
       expect(r.outcome.issue[0]!.details?.text).toBe('Bundle.entry[0] must be an object; Bundle.entry[1].resource must be an object');
+    }
+  });
+
+  it('does not apply a resource with a duplicated property name (JSON.parse would keep the last value silently)', () => {
+    // A bare resource: kept as a dead letter, the place named.
+    const bare = parseNotification(Buffer.from('{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"x"},"status":"cancelled"}'));
+    expect(bare).toMatchObject({ ok: true, notification: { entries: [{ kind: 'invalid', index: 0, issues: [expect.objectContaining({ code: 'structure', expression: ['Observation.status'] })] }] } });
+    // In a Bundle: that entry only; one in an entry's request makes the entry unusable too.
+    const ok = { resource: { resourceType: 'Patient', id: 'fine' } };
+    const text = `{"resourceType":"Bundle","type":"batch","entry":[${JSON.stringify(ok)},{"resource":{"resourceType":"Patient","id":"a","gender":"male","gender":"female"}},{"request":{"method":"DELETE","url":"Patient/x","url":"Patient/y"}}]}`;
+    const bundle = parseNotification(Buffer.from(text));
+    expect(bundle).toMatchObject({
+      ok: true,
+      notification: {
+        entries: [
+          { kind: 'resource', index: 0 },
+          { kind: 'invalid', index: 1, issues: [expect.objectContaining({ expression: ['Bundle.entry[1].resource.gender'] })] },
+          { kind: 'invalid', index: 2, text: expect.stringContaining('Bundle.entry[2].request.url') },
+        ],
+      },
+    });
+    // In the Bundle itself, or in a notification's status: the whole notification is refused.
+    for (const [body, where] of [
+      ['{"resourceType":"Bundle","type":"batch","type":"transaction","entry":[]}', 'Bundle.type'],
+      [
+        JSON.stringify(buildHeartbeat('https://ehr.example/Subscription/s', 'http://t', 'https://ehr.example', 3)).replace('"name":"type"', '"name":"type","name":"type"'),
+        'Bundle.entry[0].resource.parameter[3].name',
+      ],
+    ] as const) {
+      const r = parseNotification(Buffer.from(body));
+      expect(r.ok).toBe(false);
+      if (!r.ok) expect(r.outcome.issue[0]).toMatchObject({ code: 'structure', expression: [where] });
     }
   });
 

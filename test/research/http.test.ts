@@ -69,6 +69,8 @@ describe('POST /research/$deidentify', () => {
     ['bad NDJSON line', '{"resourceType":"Patient"}\n{x', 'application/fhir+ndjson', '', 400],
     ['unknown policy', JSON.stringify(patient), 'application/fhir+json', '?policy=nope', 400],
     ['malformed policy', JSON.stringify(patient), 'application/fhir+json', '?policy=../../x', 400],
+    ['nested deeper than 64 levels', `{"resourceType":"Patient","id":"d","extension":${'['.repeat(100_000)}${']'.repeat(100_000)}}`, 'application/fhir+json', '', 400],
+    ['a duplicated property name', '{"resourceType":"Patient","id":"d","birthDate":"1970-01-01","birthDate":"1980-01-01"}', 'application/fhir+json', '', 400],
     ['unsupported type', 'x', 'text/csv', '', 415],
     ['too large', JSON.stringify({ resourceType: 'Patient', id: 'x'.repeat(1_100_000) }), 'application/fhir+json', '', 413],
   ])('%s → %i OperationOutcome', async (_name, body, type, query, status) => {

@@ -162,6 +162,7 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     ['a source whose name holds a lone surrogate', '/admin/sources', '{"id":"sur-src","name":"a\\ud800b","baseUrl":"https://x.example/fhir","hookAuth":{"bearerToken":"0123456789abcdef0123"}}', /^body\.name: contains a lone UTF-16 surrogate/],
     ['a client whose name holds a lone surrogate', '/admin/clients', '{"id":"sur-client","name":"a\\udc00","jwksUrl":"https://x.example/jwks","allowedScopes":["system/*.rs"]}', /^body\.name: contains a lone UTF-16 surrogate/],
     ['a number beyond a double', '/admin/sources', '{"id":"num-src","name":"n","baseUrl":"https://x.example/fhir","rateLimitPerSecond":1e400,"hookAuth":{"bearerToken":"0123456789abcdef0123"}}', /^body\.rateLimitPerSecond: number is out of range/],
+    ['a duplicated property name', '/admin/sources', '{"id":"dup-src","name":"n","baseUrl":"https://x.example/fhir","hookAuth":{"bearerToken":"0123456789abcdef0123","bearerToken":"fedcba9876543210fedc"}}', /^body\.hookAuth\.bearerToken: duplicate JSON property "bearerToken"/],
   ])('refuses %s with 400 naming where (not a 500 from PostgreSQL, not a silently changed value)', async (_label, path, body, message) => {
     const res = await fetch(base + path, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' }, body });
     expect(res.status).toBe(400);
@@ -170,6 +171,15 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     expect(oo.issue[0].expression[0]).toMatch(/^body\./);
     const id = (JSON.parse(body.replace(/\\u[0-9a-f]{4}/g, '').replace('1e400', '1')) as { id: string }).id;
     expect((await get(`${path}/${id}`, { authorization: `Bearer ${ADMIN}` })).status).toBe(404);
+  });
+
+  it('refuses JSON nested deeper than 64 levels with 400, on the admin and the FHIR API alike (not a 500 from a walk that recursed)', async () => {
+    const deep = `{"id":"deep","name":${'['.repeat(1500)}${']'.repeat(1500)}}`;
+    for (const path of ['/admin/sources', '/fhir/R4/Consent']) {
+      const res = await fetch(base + path, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' }, body: deep });
+      expect([path, res.status]).toEqual([path, 400]);
+      expect((await json(res)).issue[0].details.text).toBe('JSON nesting deeper than 64 levels');
+    }
   });
 
   it('refuses an admin body that is not UTF-8 with 400 instead of storing U+FFFD in its place', async () => {

@@ -1,0 +1,151 @@
+/**
+ * Duplicate property names in JSON text. RFC 8259 (§4) says the names within an object SHOULD be
+ * unique and that software receiving an object whose names are not behaves unpredictably: `JSON.parse`
+ * keeps the last value, other parsers the first or both. For a health record that is an ambiguity two
+ * systems can resolve differently (which `id`, which `status`, which consent `provision`), so FHIR's
+ * validator reports a duplicated property as an error; fhir-anchor refuses what carries one instead of
+ * silently keeping the last value.
+ *
+ * `JSON.parse` cannot report them (it overwrites), so this scans the text itself. It is meant for text
+ * that `JSON.parse` has already accepted (it does not validate) and whose nesting is bounded (it
+ * recurses). One pass, no value is built: keys are compared within their object on a shared stack.
+ */
+
+/** One duplicated name: where its object is (keys and array indices from the root) and the name. */
+export interface DuplicateKey {
+  readonly path: ReadonlyArray<string | number>;
+  readonly key: string;
+}
+
+const QUOTE = 34;
+const BACKSLASH = 92;
+
+/**
+ * The duplicated property names in `text` (valid JSON), at most `limit`, in document order.
+ * Names are compared after unescaping (`"id"` and `"\u0069d"` are the same name).
+ */
+export function duplicateKeys(text: string, limit = 20): DuplicateKey[] {
+  const out: DuplicateKey[] = [];
+  const path: Array<string | number> = [];
+  // Keys of every open object, innermost last; each object remembers where its own keys start.
+  const keys: string[] = [];
+  const n = text.length;
+  let i = 0;
+
+  const skipSpace = (): void => {
+    while (i < n) {
+      const c = text.charCodeAt(i);
+      if (c === 32 || c === 10 || c === 13 || c === 9) i++;
+      else return;
+    }
+  };
+  /** From an opening quote to past its closing quote; the string's raw text (escapes kept) when `keep`. */
+  const string = (keep: boolean): string => {
+    const start = i + 1;
+    let j = start;
+    let escaped = false;
+    for (;;) {
+      j = text.indexOf('"', j);
+      if (j < 0) {
+        i = n;
+        return '';
+      }
+      let k = j - 1;
+      while (k >= start && text.charCodeAt(k) === BACKSLASH) k--;
+      // An odd number of backslashes before the quote escapes it.
+      if ((j - 1 - k) % 2 === 1) {
+        escaped = true;
+        j++;
+        continue;
+      }
+      break;
+    }
+    i = j + 1;
+    if (!keep) return '';
+    const raw = text.slice(start, j);
+    return escaped || raw.includes('\\') ? (JSON.parse(`"${raw}"`) as string) : raw;
+  };
+  const value = (): void => {
+    skipSpace();
+    const c = text.charCodeAt(i);
+    if (c === 123) {
+      // {
+      i++;
+      const from = keys.length;
+      skipSpace();
+      if (text.charCodeAt(i) === 125) {
+        i++;
+        return;
+      }
+      for (;;) {
+        skipSpace();
+        const key = string(true);
+        let seen = false;
+        for (let k = from; k < keys.length; k++) {
+          if (keys[k] === key) {
+            seen = true;
+            break;
+          }
+        }
+        if (seen) {
+          if (out.length < limit) out.push({ path: [...path], key });
+        } else {
+          keys.push(key);
+        }
+        skipSpace();
+        i++; // ':'
+        path.push(key);
+        value();
+        path.pop();
+        skipSpace();
+        if (text.charCodeAt(i) === 44) {
+          i++;
+          continue;
+        }
+        i++; // '}'
+        keys.length = from;
+        return;
+      }
+    }
+    if (c === 91) {
+      // [
+      i++;
+      skipSpace();
+      if (text.charCodeAt(i) === 93) {
+        i++;
+        return;
+      }
+      for (let index = 0; ; index++) {
+        path.push(index);
+        value();
+        path.pop();
+        skipSpace();
+        if (text.charCodeAt(i) === 44) {
+          i++;
+          continue;
+        }
+        i++; // ']'
+        return;
+      }
+    }
+    if (c === QUOTE) {
+      string(false);
+      return;
+    }
+    // A number, true, false or null.
+    while (i < n) {
+      const d = text.charCodeAt(i);
+      if (d === 44 || d === 125 || d === 93 || d === 32 || d === 10 || d === 13 || d === 9) return;
+      i++;
+    }
+  };
+  value();
+  return out;
+}
+
+/** A FHIRPath-like location: `root` then `.name` and `[index]` segments. */
+export function pathText(root: string, path: ReadonlyArray<string | number>): string {
+  let s = root;
+  for (const p of path) s += typeof p === 'number' ? `[${p}]` : `.${p}`;
+  return s;
+}

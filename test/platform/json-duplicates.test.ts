@@ -1,0 +1,55 @@
+/**
+ * The duplicate property-name scan (src/platform/json-duplicates.ts) against hand-built cases and the
+ * real Synthea bundles of the fixtures, which have none.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
+import fc from 'fast-check';
+import { duplicateKeys, pathText } from '../../src/platform/json-duplicates.js';
+
+describe('duplicateKeys', () => {
+  it('finds a name repeated within one object, with its place, and only there', () => {
+    expect(duplicateKeys('{"id":"a","status":"final","id":"b"}')).toEqual([{ path: [], key: 'id' }]);
+    expect(duplicateKeys('{"code":{"coding":[{"system":"s","code":"1"},{"code":"2","code":"3"}]}}')).toEqual([{ path: ['code', 'coding', 1], key: 'code' }]);
+    // The same name in sibling or nested objects is not a duplicate.
+    expect(duplicateKeys('{"a":{"a":1},"b":[{"a":1},{"a":2}],"c":{"b":{"a":{}}}}')).toEqual([]);
+    expect(duplicateKeys('{}')).toEqual([]);
+    expect(duplicateKeys('[]')).toEqual([]);
+    expect(duplicateKeys('"x"')).toEqual([]);
+  });
+
+  it('compares names after unescaping, and is not fooled by quotes, braces or colons inside strings', () => {
+    expect(duplicateKeys('{"id":1, "\\u0069d" :2}')).toEqual([{ path: [], key: 'id' }]);
+    expect(duplicateKeys('{"a":"\\"}{\\":\\"a\\":","b":"\\\\","a\\"":1}')).toEqual([]);
+    expect(duplicateKeys('{"a":"\\\\","a":"x"}')).toEqual([{ path: [], key: 'a' }]);
+    expect(duplicateKeys(' { "a" : [ 1 , -2.5e3 , true , null , { } ] , "b" : "c" , "a" : false } ')).toEqual([{ path: [], key: 'a' }]);
+  });
+
+  it('stops at the limit', () => {
+    expect(duplicateKeys('{"a":1,"a":2,"a":3,"a":4}', 2)).toHaveLength(2);
+  });
+
+  it('agrees with JSON.parse about what a duplicate is, on any JSON object (property)', () => {
+    // Build objects from entries that may repeat names; the text has a duplicate exactly when the entry names repeat.
+    const entries = fc.array(fc.tuple(fc.constantFrom('a', 'b', 'id', 'é', '"q"', '\\', '\u2028'), fc.jsonValue()), { maxLength: 6 });
+    fc.assert(
+      fc.property(entries, (list) => {
+        const text = `{${list.map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`).join(',')}}`;
+        const names = list.map(([k]) => k);
+        const repeated = names.some((k, i) => names.indexOf(k) !== i);
+        const found = duplicateKeys(text).filter((d) => d.path.length === 0);
+        expect(found.length > 0).toBe(repeated);
+      }),
+    );
+  });
+
+  it('finds none in the Synthea bundles of the fixtures', () => {
+    const dir = new URL('../fixtures/normalize/', import.meta.url);
+    const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+    expect(files.length).toBeGreaterThan(0);
+    for (const f of files) expect(duplicateKeys(readFileSync(new URL(f, dir), 'utf8').replace(/^\uFEFF/, ''))).toEqual([]);
+  });
+
+  it('writes a place as a FHIRPath-like location', () => {
+    expect(pathText('Bundle', ['entry', 3, 'resource', 'code'])).toBe('Bundle.entry[3].resource.code');
+  });
+});
