@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import type { OperationOutcome, OperationOutcomeIssue } from '@medplum/fhirtypes';
 import { isStructurallyFhir } from '../normalize/index.js';
 import { outcome } from '../platform/errors.js';
-import { duplicateKeys, pathText, type DuplicateKey } from '../platform/json-duplicates.js';
+import { pathText, scanJsonText, type DuplicateKey, type WrittenPrecision } from '../platform/json-duplicates.js';
 import { MAX_JSON_DEPTH, jsonDepth } from '../platform/json-text.js';
 
 export type NotificationType = 'handshake' | 'heartbeat' | 'event-notification' | 'query-status' | 'query-event';
@@ -132,6 +132,41 @@ function firstFew(texts: readonly string[], max: number): string {
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** HL7's extension for the precision of a decimal as written (R4 core extensions; context: decimal). */
+export const PRECISION_EXTENSION = 'http://hl7.org/fhir/StructureDefinition/quantity-precision';
+
+/** Property names of a Quantity or Money beside its `value`: a number there is a decimal. */
+const QUANTITY_KEYS = ['unit', 'system', 'code', 'comparator', 'currency'];
+
+/**
+ * FHIR counts a decimal's written precision as part of its value ("72.50" is not "72.5"), and
+ * `JSON.parse` drops it. For each number written with trailing zeros after its point (see
+ * {@link scanJsonText}) where the element is certainly a decimal (the `value` of a Quantity or Money,
+ * or a `…Decimal` choice element such as `valueDecimal`), this adds HL7's precision extension to the
+ * primitive (`"_value": {"extension": [{"url": ".../quantity-precision", "valueInteger": 2}]}`), unless
+ * the sender gave one: the value survives every JSON round trip, the hash and FHIR consumers. Decimals
+ * elsewhere (and in arrays) are left as parsed; the inbox keeps the exact text either way.
+ */
+function keepWrittenPrecision(root: Record<string, unknown>, precisions: readonly WrittenPrecision[]): void {
+  for (const p of precisions) {
+    const key = p.path[p.path.length - 1];
+    if (typeof key !== 'string') continue;
+    let parent: unknown = root;
+    for (let k = 0; k < p.path.length - 1 && parent !== undefined; k++) {
+      const seg = p.path[k]!;
+      parent = typeof parent === 'object' && parent !== null ? (parent as Record<string | number, unknown>)[seg] : undefined;
+    }
+    if (!isObject(parent) || typeof parent[key] !== 'number') continue;
+    const decimal = (key === 'value' && QUANTITY_KEYS.some((q) => typeof parent[q] === 'string')) || (key.endsWith('Decimal') && key.length > 7);
+    if (!decimal) continue;
+    const sibling = `_${key}`;
+    const existing = isObject(parent[sibling]) ? parent[sibling] : {};
+    const extensions = Array.isArray(existing.extension) ? existing.extension : [];
+    if (extensions.some((e) => isObject(e) && e.url === PRECISION_EXTENSION)) continue;
+    parent[sibling] = { ...existing, extension: [...extensions, { url: PRECISION_EXTENSION, valueInteger: p.decimals }] };
+  }
 }
 
 /** Parses a `Type/id` (relative or at the end of an absolute URL, optionally with `/_history/vid`). */
@@ -299,8 +334,10 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
   }
   if (!isObject(json)) return fail('not-fhir', 'Notification body must be a JSON object (a FHIR resource)');
   if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return fail('invalid-structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
-  // After the depth check: the scan recurses. JSON.parse kept the last of any duplicated name.
-  const duplicates = duplicateKeys(text);
+  // After the depth check: the scan recurses. JSON.parse kept the last of any duplicated name, and
+  // dropped the written precision of decimals (72.50 → 72.5), which the precision extension keeps.
+  const { duplicates, precisions } = scanJsonText(text);
+  keepWrittenPrecision(json, precisions);
   const resourceType = json.resourceType;
   if (typeof resourceType !== 'string' || !RESOURCE_TYPE.test(resourceType)) {
     return fail('not-fhir', 'Notification body has no valid resourceType', 'resourceType');

@@ -1,4 +1,6 @@
 /**
+ * What `JSON.parse` loses from JSON text: duplicated property names and written decimal precision.
+ *
  * Duplicate property names in JSON text. RFC 8259 (§4) says the names within an object SHOULD be
  * unique and that software receiving an object whose names are not behaves unpredictably: `JSON.parse`
  * keeps the last value, other parsers the first or both. For a health record that is an ambiguity two
@@ -10,6 +12,16 @@
  * that `JSON.parse` has already accepted (it does not validate) and whose nesting is bounded (it
  * recurses). One pass, no value is built: keys are compared within their object on a shared stack.
  */
+
+/**
+ * A number written with trailing zeros after its decimal point (`72.50`, `1.0`): `JSON.parse` keeps only
+ * its value (72.5, 1), and FHIR counts a decimal's written precision as part of it. `path` ends with the
+ * number's own key or index; `decimals` is how many digits follow the point as written.
+ */
+export interface WrittenPrecision {
+  readonly path: ReadonlyArray<string | number>;
+  readonly decimals: number;
+}
 
 /** One duplicated name: where its object is (keys and array indices from the root) and the name. */
 export interface DuplicateKey {
@@ -25,7 +37,16 @@ const BACKSLASH = 92;
  * Names are compared after unescaping (`"id"` and `"\u0069d"` are the same name).
  */
 export function duplicateKeys(text: string, limit = 20): DuplicateKey[] {
+  return scanJsonText(text, limit).duplicates;
+}
+
+/**
+ * One pass over `text` (valid JSON) for both: the duplicated names (at most `limit`) and the numbers
+ * written with trailing zeros after their decimal point (at most 10,000), in document order.
+ */
+export function scanJsonText(text: string, limit = 20): { duplicates: DuplicateKey[]; precisions: WrittenPrecision[] } {
   const out: DuplicateKey[] = [];
+  const precisions: WrittenPrecision[] = [];
   const path: Array<string | number> = [];
   // Keys of every open object, innermost last; each object remembers where its own keys start.
   const keys: string[] = [];
@@ -133,14 +154,21 @@ export function duplicateKeys(text: string, limit = 20): DuplicateKey[] {
       return;
     }
     // A number, true, false or null.
+    const start = i;
     while (i < n) {
       const d = text.charCodeAt(i);
-      if (d === 44 || d === 125 || d === 93 || d === 32 || d === 10 || d === 13 || d === 9) return;
+      if (d === 44 || d === 125 || d === 93 || d === 32 || d === 10 || d === 13 || d === 9) break;
       i++;
+    }
+    // Ends in 0 after a decimal point, with no exponent: precision JSON.parse drops.
+    if (text.charCodeAt(i - 1) === 48 && precisions.length < 10_000) {
+      const raw = text.slice(start, i);
+      const point = raw.indexOf('.');
+      if (point >= 0 && !/[eE]/.test(raw)) precisions.push({ path: [...path], decimals: raw.length - point - 1 });
     }
   };
   value();
-  return out;
+  return { duplicates: out, precisions };
 }
 
 /** A FHIRPath-like location: `root` then `.name` and `[index]` segments. */

@@ -190,6 +190,30 @@ describe('ingest (queues on Redis)', () => {
       expect(bad.status).toBe(400);
     });
 
+    it('stores a lab value with the precision it was written with (72.50), and a resource with a duplicated property as a dead letter', async () => {
+      const obs = (id: string, value: string) =>
+        `{"resourceType":"Observation","id":"${id}","status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"laboratory"}]}],` +
+        `"code":{"coding":[{"system":"http://loinc.org","code":"2339-0"}]},"subject":{"reference":"Patient/p-prec"},"effectiveDateTime":"2024-01-01",` +
+        `"valueQuantity":{"value":${value},"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"}}`;
+      const r = await post('ehr-b', Buffer.from(obs('prec-1', '72.50')));
+      expect(r.status).toBe(202);
+      expect((await settle(r.inboxId)).outcome).toMatchObject({ stored: 1 });
+      const stored = await service.database.store.resources.readCurrent('Observation', anchorId('ehr-b', 'Observation', 'prec-1'));
+      expect((stored?.resource as { valueQuantity?: unknown } | undefined)?.valueQuantity).toEqual({
+        value: 72.5,
+        unit: 'mg/dL',
+        system: 'http://unitsofmeasure.org',
+        code: 'mg/dL',
+        _value: { extension: [{ url: 'http://hl7.org/fhir/StructureDefinition/quantity-precision', valueInteger: 2 }] },
+      });
+      const dup = await hook('ehr-b', obs('dup-1', '72.5').replace('"status":"final"', '"status":"final","status":"entered-in-error"'));
+      expect(dup.status).toBe(202);
+      const answer = await json(dup);
+      expect(answer.issue[1]).toMatchObject({ severity: 'warning', expression: ['Observation.status'] });
+      expect((await settle(dup.headers.get('x-inbox-id')!)).outcome).toMatchObject({ stored: 0, deadLetters: 1 });
+      expect(await service.database.store.resources.readCurrent('Observation', anchorId('ehr-b', 'Observation', 'dup-1'))).toBeUndefined();
+    });
+
     it('stores a non-conforming resource, flagged with its OperationOutcome', async () => {
       const r = await post('ehr-b', Buffer.from(JSON.stringify({ resourceType: 'Observation', id: 'bad-obs', code: { text: 'no status' } })));
       const s = await settle(r.inboxId);

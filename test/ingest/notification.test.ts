@@ -239,6 +239,33 @@ describe('parseNotification', () => {
     }
   });
 
+  it('keeps the written precision of decimals (72.50 is not 72.5) with HL7\'s precision extension, where the element is certainly a decimal', () => {
+    const PRECISION = 'http://hl7.org/fhir/StructureDefinition/quantity-precision';
+    const precision = (n: number) => ({ extension: [{ url: PRECISION, valueInteger: n }] });
+    const text =
+      '{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"glucose"},' +
+      '"valueQuantity":{"value":72.50,"unit":"mg/dL","system":"http://unitsofmeasure.org","code":"mg/dL"},' +
+      '"referenceRange":[{"low":{"value":70.0,"unit":"mg/dL","_value":{"extension":[{"url":"' + PRECISION + '","valueInteger":3}]}},"high":{"value":99.5,"unit":"mg/dL"}}],' +
+      '"component":[{"code":{"text":"ratio"},"valueDecimal":1.250},{"code":{"text":"count"},"valueInteger":5}],' +
+      '"extension":[{"url":"http://example.org/x","valueDecimal":0.0}],"note":[{"text":"1.50"}]}';
+    const r = parseNotification(Buffer.from(text));
+    expect(r.ok).toBe(true);
+    const o = (r.ok && r.notification.entries[0]!.kind === 'resource' ? r.notification.entries[0].resource : {}) as Record<string, any>;
+    expect(o.valueQuantity).toEqual({ value: 72.5, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL', _value: precision(2) });
+    // The sender's own precision is kept; a value written without trailing zeros gets none.
+    expect(o.referenceRange[0].low._value).toEqual(precision(3));
+    expect(o.referenceRange[0].high._value).toBeUndefined();
+    expect(o.component[0]._valueDecimal).toEqual(precision(3));
+    expect(o.component[1]._valueInteger).toBeUndefined();
+    expect(o.extension[0]._valueDecimal).toEqual(precision(1));
+    expect(o.note[0].text).toBe('1.50');
+    // In a Bundle's entries too; nothing else in the resource changes.
+    const bundle = parseNotification(Buffer.from(`{"resourceType":"Bundle","type":"transaction","entry":[{"resource":${text}}]}`));
+    expect(bundle.ok && bundle.notification.entries[0]!.kind === 'resource' && bundle.notification.entries[0].resource).toEqual(o);
+    const plain = parseNotification(Buffer.from(text.replace('72.50', '72.5')));
+    expect(plain.ok && plain.notification.entries[0]!.kind === 'resource' && (plain.notification.entries[0].resource as Record<string, any>).valueQuantity._value).toBeUndefined();
+  });
+
   it('refuses a body that is not UTF-8 instead of decoding its bytes to U+FFFD', () => {
     // "Müller" in Latin-1 (0xFC), inside otherwise valid JSON.
     const body = Buffer.concat([Buffer.from('{"resourceType":"Patient","id":"p","name":[{"family":"M'), Buffer.from([0xfc]), Buffer.from('ller"}]}')]);

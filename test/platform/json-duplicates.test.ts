@@ -4,7 +4,7 @@
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import fc from 'fast-check';
-import { duplicateKeys, pathText } from '../../src/platform/json-duplicates.js';
+import { duplicateKeys, pathText, scanJsonText } from '../../src/platform/json-duplicates.js';
 
 describe('duplicateKeys', () => {
   it('finds a name repeated within one object, with its place, and only there', () => {
@@ -47,6 +47,16 @@ describe('duplicateKeys', () => {
     const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
     expect(files.length).toBeGreaterThan(0);
     for (const f of files) expect(duplicateKeys(readFileSync(new URL(f, dir), 'utf8').replace(/^\uFEFF/, ''))).toEqual([]);
+  });
+
+  it('finds the numbers whose written precision JSON.parse drops (trailing zeros after the point), with their places', () => {
+    const { precisions } = scanJsonText('{"a":72.50,"b":[1.0,2,3.10e2,0.0,10],"c":{"value":100,"v":-4.000,"w":0.05},"d":"7.50"}');
+    expect(precisions).toEqual([
+      { path: ['a'], decimals: 2 },
+      { path: ['b', 0], decimals: 1 },
+      { path: ['b', 3], decimals: 1 },
+      { path: ['c', 'v'], decimals: 3 },
+    ]);
   });
 
   it('writes a place as a FHIRPath-like location', () => {

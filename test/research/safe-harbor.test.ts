@@ -132,3 +132,36 @@ describe('Safe Harbor: ages over 89', () => {
     expect(young.resource.birthDate).toBe('1950');
   });
 });
+
+describe('Safe Harbor and the precision of decimals', () => {
+  const PRECISION = 'http://hl7.org/fhir/StructureDefinition/quantity-precision';
+  const observation = (extension: unknown[]): Resource =>
+    ({
+      resourceType: 'Observation',
+      id: 'o-prec',
+      status: 'final',
+      code: { text: 'glucose' },
+      subject: { reference: 'Patient/p' },
+      valueQuantity: { value: 72.5, unit: 'mg/dL', system: 'http://unitsofmeasure.org', code: 'mg/dL', _value: { extension } },
+    }) as unknown as Resource;
+  const valueOf = (r: Resource): unknown => {
+    const out = deid.deidentify(r);
+    if (out.kind !== 'deidentified') throw new Error('dropped');
+    return (out.resource as unknown as { valueQuantity: unknown }).valueQuantity;
+  };
+
+  it('keeps the written precision of a value (ingest adds it for 72.50): a count of decimal places, not PHI', () => {
+    expect(valueOf(observation([{ url: PRECISION, valueInteger: 2 }]))).toEqual({
+      value: 72.5,
+      unit: 'mg/dL',
+      system: 'http://unitsofmeasure.org',
+      code: 'mg/dL',
+      _value: { extension: [{ url: PRECISION, valueInteger: 2 }] },
+    });
+  });
+
+  it('redacts an extension under that URL that carries anything else', () => {
+    const v = valueOf(observation([{ url: PRECISION, valueString: 'John Smith' }, { url: PRECISION, valueInteger: 2, extension: [{ url: 'http://x', valueString: 'Jane Roe' }] }]));
+    expect(JSON.stringify(v)).not.toMatch(/John|Jane|extension/);
+  });
+});
