@@ -50,6 +50,15 @@ export function createHooksRouter(deps: HooksDeps): Router {
   // Raw bytes of any content type: signatures are over exactly what was sent.
   router.use(express.raw({ type: () => true, limit: deps.bodyLimitBytes }));
 
+  /** The ingest job of an inbox item. Its bytes are durable already: if adding the job fails, the reconciler adds it later. */
+  const enqueue = async (inboxId: string, delayMs?: number): Promise<void> => {
+    try {
+      await queues.enqueue('ingest', { inboxId }, { jobId: inboxId, ...(delayMs !== undefined ? { delayMs } : {}) });
+    } catch (err) {
+      logger.warn({ inboxId, err: err instanceof Error ? err.message : String(err) }, 'enqueue failed; left for the reconciler');
+    }
+  };
+
   const handle = async (req: Request, res: Response, path?: { resourceType: string; id: string }, isDelete = false): Promise<void> => {
     const sourceId = String(req.params.sourceId);
     const rawBody = Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0);
@@ -99,13 +108,7 @@ export function createHooksRouter(deps: HooksDeps): Router {
         }
         // Events the source counts that never arrived here: kept, and caught up by the worker later.
         const { id, duplicate } = await store.inbox.receive({ sourceId, kind: n.style, contentType: req.get('content-type')?.slice(0, 200), body: rawBody, dedupKey: notificationDedupKey(n, rawBody), meta: { style: n.style } });
-        if (!duplicate) {
-          try {
-            await queues.enqueue('ingest', { inboxId: id }, { jobId: id, delayMs: deps.heartbeatGapDelayMs });
-          } catch (err) {
-            logger.warn({ inboxId: id, err: err instanceof Error ? err.message : String(err) }, 'enqueue failed; left for the reconciler');
-          }
-        }
+        if (!duplicate) await enqueue(id, deps.heartbeatGapDelayMs);
         const range = `${lastEventNumber! + 1}..${n.status.eventsSinceStart!}`;
         send(res, 200, outcome('information', 'informational', `${type} acknowledged; events ${range} were not received and will be caught up from the source`), { 'X-Inbox-Id': id });
         return;
@@ -124,12 +127,7 @@ export function createHooksRouter(deps: HooksDeps): Router {
       send(res, 200, outcome('information', 'informational', 'Notification already received; stored once'), { 'X-Inbox-Id': id });
       return;
     }
-    try {
-      await queues.enqueue('ingest', { inboxId: id }, { jobId: id });
-    } catch (err) {
-      // Durable already: the reconciler re-enqueues inbox items that have no job.
-      logger.warn({ inboxId: id, err: err instanceof Error ? err.message : String(err) }, 'enqueue failed; left for the reconciler');
-    }
+    await enqueue(id);
     const bad = n.entries.filter((e): e is Extract<NotificationEntry, { kind: 'invalid' }> => e.kind === 'invalid');
     const good = n.entries.length - bad.length;
     const accepted =
