@@ -54,7 +54,8 @@ export function fhirFormat(req: Request, _res: Response, next: NextFunction): vo
   const raw: unknown = req.query._format;
   const format = typeof raw === 'string' ? raw : Array.isArray(raw) && typeof raw[0] === 'string' ? raw[0] : undefined;
   if (format !== undefined) {
-    const mime = format.split(';')[0]!.trim().toLowerCase();
+    // An unencoded `+` in a query string arrives as a space (`_format=application/fhir+json`).
+    const mime = format.split(';')[0]!.trim().toLowerCase().replace(/ /g, '+');
     if (!JSON_FORMATS.has(mime)) {
       return next(httpError(406, 'not-supported', `_format=${format.slice(0, 64)} is not supported: this server answers FHIR JSON only (_format=json)`));
     }

@@ -127,6 +127,7 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     for (const [path, headers] of [
       ['/fhir/R4/metadata?_format=json', {}],
       ['/fhir/R4/metadata?_format=application/fhir%2Bjson', {}],
+      ['/fhir/R4/metadata?_format=application/fhir+json', {}],
       ['/fhir/R4/metadata', { accept: 'application/fhir+json; fhirVersion=4.0' }],
       ['/fhir/R4/metadata', { accept: 'application/fhir+xml;q=1, application/json;q=0.5' }],
       ['/fhir/R4/metadata', { accept: 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8' }],
