@@ -82,7 +82,8 @@ export function parseKickoff(input: {
   for (const [name, value] of pairs) {
     switch (name) {
       case '_outputFormat':
-        if (!OUTPUT_FORMATS.has(value)) throw httpError(400, 'not-supported', '_outputFormat supports only application/fhir+ndjson');
+        // An unencoded `+` in the query (`application/fhir+ndjson`) arrives as a space.
+        if (!OUTPUT_FORMATS.has(value.replace(/ /g, '+'))) throw httpError(400, 'not-supported', '_outputFormat supports only application/fhir+ndjson');
         break;
       case '_type':
         for (const t of value.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
