@@ -42,7 +42,8 @@ import type { Logger } from '../platform/logger.js';
 import { integrityJobId, type QueueRegistry } from '../queue/index.js';
 import { isExportManifest } from '../research/export/manifest.js';
 import { clinicalDate, extractIndexRows, referenceKey, searchParamKind } from '../store/search-store.js';
-import type { SearchClause, Store, StoredVersion } from '../store/types.js';
+import { StoreConflictError } from '../store/errors.js';
+import type { PutVersionInput, PutVersionResult, SearchClause, Store, StoredVersion } from '../store/types.js';
 import type { AccessContext, DisclosureRecorder } from './access.js';
 import type { CursorPosition } from './bundle.js';
 import type { IncludeSpec, ParsedSearch } from './search-params.js';
@@ -94,8 +95,12 @@ export interface ScopedRepository {
   /** Patient-written Consents (create / update / delete) in patient context. */
   /** Creates (server-assigned id) or updates the token's own patient's Consent; the stored version, if the token may read it. */
   createConsent(body: unknown): Promise<{ id: string; versionId: string; released?: Released }>;
-  updateConsent(id: string, body: unknown): Promise<{ id: string; versionId: string; released?: Released }>;
-  deleteConsent(id: string): Promise<void>;
+  /**
+   * `ifMatch`: the versionIds of an `If-Match` header (version-aware update): the change is made only if
+   * the Consent is still at one of them, else 412 naming the current version.
+   */
+  updateConsent(id: string, body: unknown, ifMatch?: readonly string[]): Promise<{ id: string; versionId: string; released?: Released }>;
+  deleteConsent(id: string, ifMatch?: readonly string[]): Promise<void>;
   /** Records this request's disclosures and denials (one event per outcome). Call before responding. */
   flushAudit(interaction: string, query: string | undefined): Promise<void>;
 }
@@ -464,10 +469,22 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     ]);
   };
 
-  const writeConsent = async (id: string, consent: Consent): Promise<{ id: string; versionId: string; released?: Released }> => {
+  /** A Consent write, version-aware with `ifMatch`: a stale copy is 412 (the patient's own Consent: naming its version leaks nothing). */
+  const putConsent = async (input: PutVersionInput): Promise<PutVersionResult> => {
+    try {
+      return await store.resources.putVersion(input);
+    } catch (err) {
+      if (err instanceof StoreConflictError) {
+        throw httpError(412, 'conflict', `Consent/${input.id} has changed: its current version is ${err.current ?? 'none'}, not one that If-Match names. Read it again and retry.`);
+      }
+      throw err;
+    }
+  };
+
+  const writeConsent = async (id: string, consent: Consent, ifMatch?: readonly string[]): Promise<{ id: string; versionId: string; released?: Released }> => {
     const { meta, ...rest } = consent;
     const resource: Consent = { ...rest, id, ...(meta?.security || meta?.tag ? { meta: { security: meta.security, tag: meta.tag } } : {}) };
-    const result = await store.resources.putVersion({ resourceType: 'Consent', id, resource, sourceId: 'patient' });
+    const result = await putConsent({ resourceType: 'Consent', id, resource, sourceId: 'patient', ...(ifMatch ? { ifMatch } : {}) });
     await commit(result.version);
     const o = await evaluate(result.version, 'read');
     const written = { id, versionId: result.version.versionId };
@@ -640,18 +657,18 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       return writeConsent(randomUUID(), c);
     },
 
-    async updateConsent(id, body) {
+    async updateConsent(id, body, ifMatch) {
       const c = checkConsentBody(body, 'update');
       if (c.id !== undefined && c.id !== id) throw httpError(400, 'invalid', 'Consent.id must match the id in the URL');
       await ownConsent(id);
-      return writeConsent(id, c);
+      return writeConsent(id, c, ifMatch);
     },
 
-    async deleteConsent(id) {
+    async deleteConsent(id, ifMatch) {
       if (!access.patient) throw NOT_PERMITTED();
       const current = await ownConsent(id);
       if (!scopesAllow(access.scopes, { context: 'patient', resourceType: 'Consent', interaction: 'delete', resource: current.resource })) throw NOT_PERMITTED();
-      const result = await store.resources.putVersion({ resourceType: 'Consent', id, deleted: true, sourceId: 'patient' });
+      const result = await putConsent({ resourceType: 'Consent', id, deleted: true, sourceId: 'patient', ...(ifMatch ? { ifMatch } : {}) });
       await commit(result.version);
       disclose([
         {

@@ -58,12 +58,17 @@ function defaultAccessOf(_req: Request, res: Response): AccessContext | undefine
   return typeof a === 'object' && a !== null && Array.isArray((a as AccessContext).scopes) ? (a as AccessContext) : undefined;
 }
 
-/** The conditional-read headers of a request (only what `notModified` reads; long values are cut). */
+/** The conditional headers of a request (conditional read, version-aware update; long values are cut). */
 function conditionsOf(req: Request): OperationContext['conditions'] {
   const ifNoneMatch = req.get('if-none-match');
   const ifModifiedSince = req.get('if-modified-since');
-  if (ifNoneMatch === undefined && ifModifiedSince === undefined) return undefined;
-  return { ...(ifNoneMatch !== undefined ? { ifNoneMatch: ifNoneMatch.slice(0, 512) } : {}), ...(ifModifiedSince !== undefined ? { ifModifiedSince: ifModifiedSince.slice(0, 64) } : {}) };
+  const ifMatch = req.get('if-match');
+  if (ifNoneMatch === undefined && ifModifiedSince === undefined && ifMatch === undefined) return undefined;
+  return {
+    ...(ifNoneMatch !== undefined ? { ifNoneMatch: ifNoneMatch.slice(0, 512) } : {}),
+    ...(ifModifiedSince !== undefined ? { ifModifiedSince: ifModifiedSince.slice(0, 64) } : {}),
+    ...(ifMatch !== undefined ? { ifMatch: ifMatch.slice(0, 512) } : {}),
+  };
 }
 
 /** Skips routes whose type segment is not a FHIR type name, so other routers (e.g. `/metadata`) still answer. */

@@ -299,7 +299,8 @@ export function capabilityResources(): CapabilityStatementRestResource[] {
   return Object.entries(SEARCH_PARAMETERS).map(([type, params]) => ({
     type: type as CapabilityStatementRestResource['type'],
     interaction: [{ code: 'read' }, { code: 'vread' }, { code: 'history-instance' }, { code: 'search-type' }, ...(type === 'Consent' ? [{ code: 'create' as const }, { code: 'update' as const }, { code: 'delete' as const }] : [])],
-    versioning: 'versioned',
+    // Consent writes honour If-Match (version-aware updates).
+    versioning: type === 'Consent' ? 'versioned-update' : 'versioned',
     readHistory: true,
     conditionalRead: 'full-support',
     searchInclude: Object.entries(params).filter(([, k]) => k === 'reference').map(([p]) => `${type}:${p}`),

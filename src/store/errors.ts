@@ -17,6 +17,21 @@ export class StoreDataError extends Error {
   }
 }
 
+/**
+ * A version-aware write (`ifMatch`) found another current version: the writer's copy is stale.
+ * `current` is the current versionId (undefined when the resource has none).
+ */
+export class StoreConflictError extends Error {
+  constructor(
+    readonly resourceType: string,
+    readonly id: string,
+    readonly current: string | undefined,
+  ) {
+    super(`${resourceType}/${id} is at version ${current ?? 'none'}, not the one the write expected`);
+    this.name = 'StoreConflictError';
+  }
+}
+
 /** `err` as a {@link StoreDataError} when PostgreSQL refused the data, else `err` unchanged. */
 export function asStoreDataError(err: unknown): unknown {
   const code = (err as { code?: unknown } | null)?.code;

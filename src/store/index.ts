@@ -13,7 +13,7 @@ import type { Store, VersionCommitter } from './types.js';
 export type * from './types.js';
 export { EmbeddedPostgresError, startEmbeddedPostgres, type RunningPostgres } from './embedded-postgres.js';
 export { runMigrations, loadMigrations } from './migrate.js';
-export { StoreDataError } from './errors.js';
+export { StoreConflictError, StoreDataError } from './errors.js';
 
 /** Connections of the audit outbox's own pool (its appends run at most 2 at a time). */
 export const AUDIT_POOL_MAX = 2;

@@ -8,7 +8,7 @@ import type { Clock } from '../platform/clock.js';
 import { timeOrderedId } from '../platform/ids.js';
 import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatusStore } from './ingest-store.js';
 import { PgSearchStore, indexArrays, indexInsertCtes, indexInsertValues, indexResources } from './search-store.js';
-import { asStoreDataError } from './errors.js';
+import { StoreConflictError, asStoreDataError } from './errors.js';
 import { BEGIN_INDEX_PLANS, INDEX_PLAN_MAX_BATCH, quoteIdent } from './sql.js';
 import type {
   AuditOutboxRecord,
@@ -304,6 +304,14 @@ class PgResourceStore implements ResourceStore {
         })
       ).rows) {
         heads.set(`${h.resource_type}\u0000${h.id}`, { versionId: h.version_id, lastVersion: h.last_version, sourceTime: h.source_time, changed: false, current: undefined });
+      }
+
+      // Version-aware writes: under the lock, the current version must be one the writer holds.
+      for (const input of inputs) {
+        if (input.ifMatch === undefined) continue;
+        const current = heads.get(`${input.resourceType}\u0000${input.id}`)?.versionId;
+        const currentId = current === null || current === undefined ? undefined : String(current);
+        if (currentId === undefined || !input.ifMatch.includes(currentId)) throw new StoreConflictError(input.resourceType, input.id, currentId);
       }
 
       // Versions already stored under the dedup keys asked for: one query for the whole batch.

@@ -31,6 +31,12 @@ export interface PutVersionInput {
   readonly sourceId?: string;
   /** Result of validation against base R4 and the target profile (stored with the version). */
   readonly validation?: { readonly valid: boolean; readonly outcome: unknown };
+  /**
+   * Version-aware write (FHIR `If-Match`): the versionIds the writer holds. The version is written only
+   * if the resource's current version is one of them, checked under the writers' lock; otherwise the
+   * whole batch fails with a `StoreConflictError` (errors.ts) and nothing is written.
+   */
+  readonly ifMatch?: readonly string[];
 }
 
 /**

@@ -188,6 +188,31 @@ describe('FHIR read API', () => {
       expect(versions.map((v) => v.versionId)).toEqual(['4', '3', '2', '1']);
     });
 
+    it('version-aware updates and deletes (If-Match): 412 for a stale copy, nothing written', async () => {
+      const sendIf = (method: string, path: string, etag: string, b?: string) =>
+        env.get(path, 'p1', { method, ...(b ? { body: b } : {}), headers: { 'if-match': etag, ...(b ? { 'content-type': 'application/fhir+json' } : {}) } });
+      const created = await send('POST', '/Consent', 'p1', body('Patient/p1', denyActor('Organization/org-c')));
+      const id = created.body.id as string;
+      const next = (status: string) => JSON.stringify({ ...JSON.parse(body('Patient/p1', denyActor('Organization/org-c'))), id, status });
+      // The phone holds version 1 and updates it; the tablet still holds version 1.
+      const phone = await sendIf('PUT', `/Consent/${id}`, created.headers.get('etag')!, next('inactive'));
+      expect(phone.status).toBe(200);
+      expect(phone.headers.get('etag')).toBe('W/"2"');
+      const tablet = await sendIf('PUT', `/Consent/${id}`, 'W/"1"', next('active'));
+      expect(tablet.status).toBe(412);
+      expect(tablet.body.resourceType).toBe('OperationOutcome');
+      expect(tablet.body.issue[0].details.text).toMatch(/current version is 2/);
+      expect((await sendIf('DELETE', `/Consent/${id}`, '"1"')).status).toBe(412);
+      expect((await env.db.store.resources.history('Consent', id)).map((v) => v.versionId)).toEqual(['2', '1']);
+      // A list naming the current version, the strong form, and '*' go through; a malformed header is a 400.
+      expect((await sendIf('PUT', `/Consent/${id}`, 'W/"1", W/"2"', next('active'))).status).toBe(200);
+      expect((await sendIf('PUT', `/Consent/${id}`, '*', next('inactive'))).status).toBe(200);
+      expect((await sendIf('PUT', `/Consent/${id}`, '4', next('active'))).status).toBe(400);
+      expect((await sendIf('DELETE', `/Consent/${id}`, '"4"')).status).toBe(204);
+      // Someone else's Consent stays a 404 whatever the header says.
+      expect((await sendIf('PUT', '/Consent/c-p2', 'W/"1"', JSON.stringify({ ...JSON.parse(body('Patient/p1', {})), id: 'c-p2' }))).status).toBe(404);
+    });
+
     it("refuses a Consent for another patient (403), someone else's Consent (404) and tokens without the scope", async () => {
       expect((await send('POST', '/Consent', 'p1', body('Patient/p2', denyActor('Organization/org-b')))).status).toBe(403);
       expect((await send('PUT', '/Consent/c-p2', 'p1', JSON.stringify({ ...JSON.parse(body('Patient/p1', {})), id: 'c-p2' }))).status).toBe(404);

@@ -4,7 +4,7 @@
  */
 import type { Resource } from '@medplum/fhirtypes';
 import type { ManualClock } from '../../src/platform/clock.js';
-import type { PutVersionInput, Store } from '../../src/store/index.js';
+import { StoreConflictError, type PutVersionInput, type Store } from '../../src/store/index.js';
 
 export interface StoreHarness {
   readonly store: Store;
@@ -65,6 +65,33 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       const current = await r.readCurrent('Encounter', 'late');
       expect((current?.resource as { status: string }).status).toBe('finished');
       expect(await r.history('Encounter', 'late')).toHaveLength(2);
+    });
+
+    it('writes a version-aware update (ifMatch) only over the version the writer holds, atomically', async () => {
+      const r = h.store.resources;
+      await r.putVersion({ resourceType: 'Consent', id: 'cas', resource: { resourceType: 'Consent', status: 'active' } as Resource });
+      const ok = await r.putVersion({ resourceType: 'Consent', id: 'cas', resource: { resourceType: 'Consent', status: 'inactive' } as Resource, ifMatch: ['1'] });
+      expect(ok.version.versionId).toBe('2');
+      // Stale: nothing written, the whole batch refused, the error names the current version.
+      const stale = r.putVersions([
+        { resourceType: 'Consent', id: 'cas-other', resource: { resourceType: 'Consent', status: 'active' } as Resource },
+        { resourceType: 'Consent', id: 'cas', deleted: true, ifMatch: ['1'] },
+      ]);
+      await expect(stale).rejects.toBeInstanceOf(StoreConflictError);
+      await expect(stale).rejects.toMatchObject({ resourceType: 'Consent', id: 'cas', current: '2' });
+      expect((await r.readCurrent('Consent', 'cas'))?.versionId).toBe('2');
+      expect(await r.readCurrent('Consent', 'cas-other')).toBeUndefined();
+      // Any of several held versions; a resource with no version yet matches none.
+      expect((await r.putVersion({ resourceType: 'Consent', id: 'cas', deleted: true, ifMatch: ['1', '2'] })).version.versionId).toBe('3');
+      await expect(r.putVersion({ resourceType: 'Consent', id: 'cas-new', resource: { resourceType: 'Consent' } as Resource, ifMatch: ['1'] })).rejects.toMatchObject({ current: undefined });
+      // Two writers holding the same version: exactly one wins.
+      await r.putVersion({ resourceType: 'Consent', id: 'cas-race', resource: { resourceType: 'Consent', status: 'active' } as Resource });
+      const race = await Promise.allSettled(
+        ['inactive', 'rejected'].map((status) => r.putVersion({ resourceType: 'Consent', id: 'cas-race', resource: { resourceType: 'Consent', status } as Resource, ifMatch: ['1'] })),
+      );
+      expect(race.filter((x) => x.status === 'fulfilled')).toHaveLength(1);
+      expect(race.filter((x) => x.status === 'rejected' && x.reason instanceof StoreConflictError)).toHaveLength(1);
+      expect(await r.history('Consent', 'cas-race')).toHaveLength(2);
     });
 
     it('records deletes as versions', async () => {

@@ -4,6 +4,7 @@
  * store imports out of this folder.
  */
 import type { Bundle, Resource } from '@medplum/fhirtypes';
+import { httpError } from '../../platform/errors.js';
 import type { ConsentChecked } from '../../consent/index.js';
 import type { CursorCodec } from '../bundle.js';
 import type { ScopedRepository } from '../repository.js';
@@ -25,8 +26,8 @@ export interface OperationContext {
   readonly cursorBinding: string;
   /** The parsed request body, for writes. */
   readonly body: unknown;
-  /** `If-None-Match` and `If-Modified-Since` of the request (conditional read). */
-  readonly conditions?: { readonly ifNoneMatch?: string; readonly ifModifiedSince?: string };
+  /** `If-None-Match` and `If-Modified-Since` (conditional read), `If-Match` (version-aware update) of the request. */
+  readonly conditions?: { readonly ifNoneMatch?: string; readonly ifModifiedSince?: string; readonly ifMatch?: string };
 }
 
 /** What an operation answers; the router records the audit, then sends it as FHIR JSON. */
@@ -68,6 +69,20 @@ export function notModified(resource: Resource, conditions: OperationContext['co
     return Math.floor(Date.parse(resource.meta.lastUpdated) / 1000) * 1000 <= since;
   }
   return false;
+}
+
+/**
+ * The versionIds an `If-Match` header names (`W/"3"`, `"3"`, a list of them), for a version-aware update;
+ * undefined without the header or for `*` (any current version). Anything else is a 400.
+ *
+ * @see http://hl7.org/fhir/R4/http.html#concurrency
+ */
+export function ifMatchVersions(conditions: OperationContext['conditions']): string[] | undefined {
+  const header = conditions?.ifMatch?.trim();
+  if (header === undefined || header === '*') return undefined;
+  const versions = header.split(',').map((t) => /^(?:W\/)?"([A-Za-z0-9\-.]{1,64})"$/.exec(t.trim())?.[1]);
+  if (versions.length === 0 || versions.some((v) => v === undefined)) throw httpError(400, 'invalid', 'If-Match must name versions as ETags, e.g. W/"3"');
+  return versions as string[];
 }
 
 /** Query string of name/value pairs. */
