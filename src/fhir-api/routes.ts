@@ -58,6 +58,12 @@ function defaultAccessOf(_req: Request, res: Response): AccessContext | undefine
   return typeof a === 'object' && a !== null && Array.isArray((a as AccessContext).scopes) ? (a as AccessContext) : undefined;
 }
 
+/** `Prefer: return=minimal | representation` (anything else: the default, representation). */
+function returnPreferenceOf(prefer: string): { returnPreference?: 'minimal' | 'representation' } {
+  const m = /(?:^|[\s,;])return\s*=\s*"?(minimal|representation)\b/i.exec(prefer)?.[1]?.toLowerCase();
+  return m === 'minimal' || m === 'representation' ? { returnPreference: m } : {};
+}
+
 /** The conditional headers of a request (conditional read, version-aware update; long values are cut). */
 function conditionsOf(req: Request): OperationContext['conditions'] {
   const ifNoneMatch = req.get('if-none-match');
@@ -119,6 +125,7 @@ export function createFhirApiRouter(deps: FhirApiRouterDeps): Router {
         params,
         pairs,
         lenient: /(^|[\s,;])handling\s*=\s*lenient\b/i.test(prefer),
+        ...returnPreferenceOf(prefer),
         baseUrl,
         selfUrl: `${baseUrl}${req.path}${rawQuery ? `?${rawQuery}` : ''}`,
         cursors,

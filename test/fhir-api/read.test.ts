@@ -209,6 +209,12 @@ describe('FHIR read API', () => {
       expect((await sendIf('PUT', `/Consent/${id}`, '*', next('inactive'))).status).toBe(200);
       expect((await sendIf('PUT', `/Consent/${id}`, '4', next('active'))).status).toBe(400);
       expect((await sendIf('DELETE', `/Consent/${id}`, '"4"')).status).toBe(204);
+      // Prefer: return=minimal: Location and ETag, no body.
+      const minimal = await env.get('/Consent', 'p1', { method: 'POST', body: body('Patient/p1', denyActor('Organization/org-c')), headers: { 'content-type': 'application/fhir+json', prefer: 'return=minimal' } });
+      expect(minimal.status).toBe(201);
+      expect(minimal.text).toBe('');
+      expect(minimal.headers.get('location')).toMatch(/\/Consent\/[^/]+\/_history\/1$/);
+      expect(minimal.headers.get('etag')).toBe('W/"1"');
       // Someone else's Consent stays a 404 whatever the header says.
       expect((await sendIf('PUT', '/Consent/c-p2', 'W/"1"', JSON.stringify({ ...JSON.parse(body('Patient/p1', {})), id: 'c-p2' }))).status).toBe(404);
     });

@@ -15,25 +15,29 @@ function location(ctx: OperationContext, id: string, versionId: string): Record<
   return { Location: `${ctx.baseUrl}/Consent/${id}/_history/${versionId}`, ETag: `W/"${versionId}"` };
 }
 
+/**
+ * The answer to a write: Location and ETag always; the body as `Prefer: return=` asks (FHIR
+ * http.html#ops): the stored Consent (`representation`, the default, when the token may read it back)
+ * or nothing (`minimal`). `return=OperationOutcome` gets the default: an answer body here is always a
+ * consent-checked resource.
+ */
+function written(ctx: OperationContext, status: number, r: Awaited<ReturnType<OperationContext['repo']['createConsent']>>): OperationResult {
+  const headers = { ...(r.released ? versionHeaders(r.released.resource) : {}), ...location(ctx, r.id, r.versionId) };
+  if (ctx.returnPreference === 'minimal') return { status, headers };
+  return { status, headers, ...(r.released ? { body: r.released.resource } : {}) };
+}
+
 /** `POST [base]/Consent` */
 export async function createConsentOperation(ctx: OperationContext): Promise<OperationResult> {
   const r = await ctx.repo.createConsent(ctx.body);
-  return {
-    status: 201,
-    headers: { ...(r.released ? versionHeaders(r.released.resource) : {}), ...location(ctx, r.id, r.versionId) },
-    ...(r.released ? { body: r.released.resource } : {}),
-  };
+  return written(ctx, 201, r);
 }
 
 /** `PUT [base]/Consent/{id}` (update only; no update-as-create). */
 export async function updateConsentOperation(ctx: OperationContext): Promise<OperationResult> {
   const { id } = ctx.params as { id: string };
   const r = await ctx.repo.updateConsent(id, ctx.body, ifMatchVersions(ctx.conditions));
-  return {
-    status: 200,
-    headers: { ...(r.released ? versionHeaders(r.released.resource) : {}), ...location(ctx, r.id, r.versionId) },
-    ...(r.released ? { body: r.released.resource } : {}),
-  };
+  return written(ctx, 200, r);
 }
 
 /** `DELETE [base]/Consent/{id}` */

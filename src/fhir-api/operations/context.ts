@@ -18,6 +18,8 @@ export interface OperationContext {
   readonly pairs: ReadonlyArray<readonly [string, string]>;
   /** `Prefer: handling=lenient`. */
   readonly lenient: boolean;
+  /** `Prefer: return=…` of a write (FHIR http.html#ops): what the answer's body holds. */
+  readonly returnPreference?: 'minimal' | 'representation';
   readonly baseUrl: string;
   /** Absolute URL of this request, for `Bundle.link[self]`. */
   readonly selfUrl: string;
