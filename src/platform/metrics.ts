@@ -15,6 +15,16 @@ export interface Metrics {
   readonly jobDuration: Histogram<'queue' | 'outcome'>;
   /** Health-check failures by component. */
   readonly componentDown: Counter<'component'>;
+  /**
+   * Ingest health per source, read from the database at scrape time (so it is right whichever process
+   * did the work): dead letters by reason (open / replayed), event-number gaps and restarts recorded,
+   * and seconds since the latest heartbeat. `source` is a source's configured id (a name chosen by the
+   * operators, a bounded set), never a resource id.
+   */
+  readonly deadLetters: Gauge<'source' | 'reason' | 'state'>;
+  readonly subscriptionGaps: Gauge<'source'>;
+  readonly subscriptionRestarts: Gauge<'source'>;
+  readonly heartbeatAge: Gauge<'source'>;
 }
 
 export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metrics {
@@ -48,6 +58,30 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}): Metri
       name: 'fhir_anchor_health_check_failures_total',
       help: 'Readiness check failures by component',
       labelNames: ['component'],
+      registers: [registry],
+    }),
+    deadLetters: new Gauge({
+      name: 'fhir_anchor_dead_letters',
+      help: 'Dead letters by source and reason, open or replayed (sampled at scrape time)',
+      labelNames: ['source', 'reason', 'state'],
+      registers: [registry],
+    }),
+    subscriptionGaps: new Gauge({
+      name: 'fhir_anchor_subscription_gaps',
+      help: 'Event-number gaps recorded (caught up or handed on) by source (sampled at scrape time)',
+      labelNames: ['source'],
+      registers: [registry],
+    }),
+    subscriptionRestarts: new Gauge({
+      name: 'fhir_anchor_subscription_restarts',
+      help: 'Restarts of a source event numbering seen in handshakes and heartbeats, by source (sampled at scrape time)',
+      labelNames: ['source'],
+      registers: [registry],
+    }),
+    heartbeatAge: new Gauge({
+      name: 'fhir_anchor_subscription_heartbeat_age_seconds',
+      help: 'Seconds since the latest Subscription heartbeat of a source (sampled at scrape time)',
+      labelNames: ['source'],
       registers: [registry],
     }),
   };

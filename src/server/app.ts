@@ -66,6 +66,25 @@ function metricsMiddleware(metrics: Metrics): RequestHandler {
   };
 }
 
+/** Sets the ingest gauges from the database (label sets that disappeared are dropped). */
+async function refreshIngestGauges(store: Store, metrics: Metrics, clock: Clock): Promise<void> {
+  const [letters, subscriptions] = await Promise.all([store.deadLetters.countsByReason(), store.subscriptions.summary()]);
+  metrics.deadLetters.reset();
+  for (const d of letters) {
+    metrics.deadLetters.set({ source: d.sourceId, reason: d.reason, state: 'open' }, d.open);
+    metrics.deadLetters.set({ source: d.sourceId, reason: d.reason, state: 'replayed' }, d.total - d.open);
+  }
+  metrics.subscriptionGaps.reset();
+  metrics.subscriptionRestarts.reset();
+  metrics.heartbeatAge.reset();
+  const now = clock.now().getTime();
+  for (const s of subscriptions) {
+    metrics.subscriptionGaps.set({ source: s.sourceId }, s.gaps);
+    metrics.subscriptionRestarts.set({ source: s.sourceId }, s.restarts);
+    if (s.lastHeartbeat) metrics.heartbeatAge.set({ source: s.sourceId }, Math.max(0, (now - s.lastHeartbeat.getTime()) / 1000));
+  }
+}
+
 export function createApp(deps: AppDeps): Express {
   const { config, logger, metrics, clock, store, queues } = deps;
   const app = express();
@@ -114,6 +133,9 @@ export function createApp(deps: AppDeps): Express {
         }
       }),
     );
+    await refreshIngestGauges(store, metrics, clock).catch(() => {
+      // A down database shows up in /readyz; the scrape still returns the other metrics.
+    });
     res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
 

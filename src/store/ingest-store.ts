@@ -133,6 +133,15 @@ export class PgSubscriptionStatusStore implements SubscriptionStatusStore {
     );
   }
 
+  async summary(): Promise<Array<{ sourceId: string; subscriptions: number; gaps: number; restarts: number; lastHeartbeat: Date | undefined }>> {
+    const r = await this.pool.query<{ source_id: string; subscriptions: number; gaps: number; restarts: number; last_heartbeat: Date | null }>(
+      `SELECT source_id, count(*)::int AS subscriptions, sum(jsonb_array_length(gaps))::int AS gaps,
+              sum(jsonb_array_length(restarts))::int AS restarts, max(last_heartbeat) AS last_heartbeat
+       FROM source_subscription GROUP BY source_id ORDER BY source_id`,
+    );
+    return r.rows.map((row) => ({ sourceId: row.source_id, subscriptions: row.subscriptions, gaps: row.gaps, restarts: row.restarts, lastHeartbeat: row.last_heartbeat ?? undefined }));
+  }
+
   async list(sourceId: string): Promise<SubscriptionStatusRecord[]> {
     const r = await this.pool.query<{
       source_id: string;

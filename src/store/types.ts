@@ -252,6 +252,8 @@ export interface SubscriptionStatusStore {
    */
   recordEvents(input: { sourceId: string; subscription: string; eventNumbers: readonly number[]; gap?: { from: number; to: number; detectedAt: Date; catchUp: string } }): Promise<void>;
   list(sourceId: string): Promise<SubscriptionStatusRecord[]>;
+  /** Per source: its subscriptions, the gaps and restarts they recorded, and the latest heartbeat (for metrics). */
+  summary(): Promise<Array<{ sourceId: string; subscriptions: number; gaps: number; restarts: number; lastHeartbeat: Date | undefined }>>;
 }
 
 export interface DeadLetter {

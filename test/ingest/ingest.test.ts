@@ -212,6 +212,7 @@ describe('ingest (queues on Redis)', () => {
       expect(answer.issue[1]).toMatchObject({ severity: 'warning', expression: ['Observation.status'] });
       expect((await settle(dup.headers.get('x-inbox-id')!)).outcome).toMatchObject({ stored: 0, deadLetters: 1 });
       expect(await service.database.store.resources.readCurrent('Observation', anchorId('ehr-b', 'Observation', 'dup-1'))).toBeUndefined();
+      expect(await (await fetch(`${base}/metrics`)).text()).toMatch(/^fhir_anchor_dead_letters\{source="ehr-b",reason="invalid-structure",state="open"\} [1-9]\d*$/m);
     });
 
     it('stores a non-conforming resource, flagged with its OperationOutcome', async () => {
@@ -569,6 +570,11 @@ describe('ingest (queues on Redis)', () => {
       // again, so event 1 of the new numbering is not taken for a replay, and a gap after it is found.
       expect((await hook('ehr-hb', JSON.stringify(buildHandshake(url, topic, ehr.baseUrl)))).status).toBe(200);
       expect(await subscriptionStatus()).toMatchObject({ lastEventNumber: 0, restarts: [expect.objectContaining({ from: numbers[2], to: 0, by: 'handshake' })] });
+      // The same, for monitoring: per-source gauges read from the database at scrape time.
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      expect(metrics).toMatch(/^fhir_anchor_subscription_gaps\{source="ehr-hb"\} 1$/m);
+      expect(metrics).toMatch(/^fhir_anchor_subscription_restarts\{source="ehr-hb"\} 1$/m);
+      expect(metrics).toMatch(/^fhir_anchor_subscription_heartbeat_age_seconds\{source="ehr-hb"\} \d+(\.\d+)?(e[-+]?\d+)?$/m);
       } finally {
         await hbEhr.close();
       }
