@@ -58,6 +58,8 @@ export interface RunningService {
   readonly integrity: IntegrityStage;
   /** Base URL the HTTP server listens on (when the api role runs). */
   readonly url: string | undefined;
+  /** Base URL of the worker role's /metrics and /healthz (`METRICS_PORT`, without the api role). */
+  readonly metricsUrl: string | undefined;
   readonly adminToken: string;
   readonly database: Database;
   readonly queues: QueueRegistry;
@@ -124,6 +126,16 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
   const logger = options.logger ?? createLogger(config.logLevel);
   const clock = options.clock ?? systemClock;
   const metrics = createMetrics();
+  // A process without the API (`fhir-anchor worker`) can still be scraped and health-checked. Bound
+  // first, like the API's port, so that a port in use fails before anything else has started.
+  let metricsServer: Server | undefined;
+  let metricsUrl: string | undefined;
+  if (!roles.api && config.metricsPort !== undefined) {
+    metricsServer = await startMetricsServer(config.http.host, config.metricsPort, metrics);
+    const a = metricsServer.address() as AddressInfo;
+    metricsUrl = `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+    logger.info({ url: metricsUrl }, 'worker metrics listening (/metrics, /healthz)');
+  }
   logger.info({ config: describeConfig(config), roles }, 'starting fhir-anchor');
 
   const adminToken = await resolveAdminToken({ configured: config.adminToken, dataDir: config.dataDir });
@@ -422,6 +434,11 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
         });
         logger.info('HTTP drained');
       }
+      if (metricsServer) {
+        const m = metricsServer;
+        await new Promise<void>((resolve) => m.close(() => resolve()));
+        m.closeAllConnections();
+      }
       await queues.close();
       await ingest.close();
       // After the HTTP drain and the workers (export jobs record too): what they recorded becomes AuditEvents now.
@@ -439,7 +456,41 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
     return closing;
   };
 
-  return { url, adminToken, database, queues, ingest, integrity, smart, recorder, logger, metrics, close };
+  return { url, metricsUrl, adminToken, database, queues, ingest, integrity, smart, recorder, logger, metrics, close };
+}
+
+/**
+ * The worker role's only HTTP surface: GET /metrics (this process's registry: job durations, process
+ * metrics) and GET /healthz. Nothing else, no data: 404 for any other path, 405 for other methods.
+ */
+async function startMetricsServer(host: string, port: number, metrics: Metrics): Promise<Server> {
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (path !== '/metrics' && path !== '/healthz') {
+      res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain' }).end('method not allowed\n');
+      return;
+    }
+    if (path === '/healthz') {
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"status":"ok"}');
+      return;
+    }
+    metrics.registry.metrics().then(
+      (text) => res.writeHead(200, { 'Content-Type': metrics.registry.contentType }).end(text),
+      () => res.writeHead(500, { 'Content-Type': 'text/plain' }).end('metrics unavailable\n'),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return server;
 }
 
 /**

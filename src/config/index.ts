@@ -36,6 +36,7 @@ export const ENV_VARS = {
   DATA_DIR: 'Directory for embedded PostgreSQL data and generated secrets. Default ./data.',
   EMBEDDED_PG_PORT: 'Port for the embedded PostgreSQL; 0 picks a free port. Default 0.',
   WORKER_CONCURRENCY: 'Jobs each worker processes at once. Default 8.',
+  METRICS_PORT: 'For `fhir-anchor worker` (no API in the process): a port on HOST answering only GET /metrics (Prometheus) and GET /healthz, so worker processes can be scraped and health-checked. Unset: none. The API roles serve both on PORT.',
   VALIDATION_THREADS: 'Worker threads that validate ingested resources off the event loop; 0 validates in the event loop. Default: one per core beyond the first, at most 4.',
   SHUTDOWN_TIMEOUT_MS: 'How long graceful shutdown waits for in-flight work before forcing exit. Default 15000.',
   LOG_LEVEL: 'pino log level (fatal, error, warn, info, debug, trace, silent). Default info.',
@@ -125,6 +126,8 @@ export interface Config {
   };
   readonly dataDir: string;
   readonly workerConcurrency: number;
+  /** Port of the worker role's /metrics and /healthz (only without the api role); undefined: none. */
+  readonly metricsPort: number | undefined;
   /** Validation worker threads per worker process (0: in the event loop; undefined: cores − 1, at most 4). */
   readonly validationThreads: number | undefined;
   readonly jobRetry: { readonly attempts: number; readonly backoffMs: number };
@@ -247,6 +250,7 @@ const envSchema = z.object({
   DATA_DIR: z.string().min(1).default('./data'),
   EMBEDDED_PG_PORT: int(0, 65535).default(0),
   WORKER_CONCURRENCY: int(1, 1000).default(8),
+  METRICS_PORT: int(0, 65535).optional(),
   VALIDATION_THREADS: int(0, 64).optional(),
   SHUTDOWN_TIMEOUT_MS: int(100, 600_000).default(15_000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -413,6 +417,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     dataDir,
     workerConcurrency: e.WORKER_CONCURRENCY,
+    metricsPort: e.METRICS_PORT,
     validationThreads: e.VALIDATION_THREADS,
     jobRetry: { attempts: e.JOB_ATTEMPTS, backoffMs: e.JOB_BACKOFF_MS },
     smart: {
