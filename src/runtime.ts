@@ -90,6 +90,17 @@ export function withBoundPort(config: Config, port: number): Config {
   return { ...config, http: { ...config.http, publicBaseUrl: url.toString().replace(/\/+$/, '') } };
 }
 
+/** Binds `server`; rejects when the port cannot be bound (in use, not permitted). */
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
 /** What the HTTP port answers until the service is ready: 503 with Retry-After, as FHIR OperationOutcome JSON. */
 function answerStarting(_req: IncomingMessage, res: ServerResponse): void {
   res.writeHead(503, { 'Content-Type': 'application/fhir+json; charset=utf-8', 'Retry-After': '5', 'Cache-Control': 'no-store' });
@@ -105,13 +116,7 @@ function answerStarting(_req: IncomingMessage, res: ServerResponse): void {
 export async function startService(options: StartOptions): Promise<RunningService> {
   if (!options.roles.api) return startWith(options, options.config, undefined);
   const server = createServer(answerStarting);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.config.http.port, options.config.http.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listen(server, options.config.http.port, options.config.http.host);
   const bound = server.address() as AddressInfo;
   try {
     return await startWith(options, withBoundPort(options.config, bound.port), server);
@@ -483,13 +488,7 @@ async function startMetricsServer(host: string, port: number, metrics: Metrics):
       () => res.writeHead(500, { 'Content-Type': 'text/plain' }).end('metrics unavailable\n'),
     );
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  await listen(server, port, host);
   return server;
 }
 

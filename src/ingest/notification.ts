@@ -19,7 +19,7 @@ import type { OperationOutcome, OperationOutcomeIssue } from '@medplum/fhirtypes
 import { isStructurallyFhir } from '../normalize/index.js';
 import { outcome } from '../platform/errors.js';
 import { pathText, scanJsonText, type DuplicateKey, type WrittenPrecision } from '../platform/json-duplicates.js';
-import { MAX_JSON_DEPTH, jsonDepth } from '../platform/json-text.js';
+import { MAX_JSON_DEPTH } from '../platform/json-text.js';
 
 export type NotificationType = 'handshake' | 'heartbeat' | 'event-notification' | 'query-status' | 'query-event';
 export type PayloadContent = 'empty' | 'id-only' | 'full-resource';
@@ -333,10 +333,10 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     return fail('unparseable', 'Notification body is not valid JSON');
   }
   if (!isObject(json)) return fail('not-fhir', 'Notification body must be a JSON object (a FHIR resource)');
-  if (jsonDepth(json, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return fail('invalid-structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
-  // After the depth check: the scan recurses. JSON.parse kept the last of any duplicated name, and
-  // dropped the written precision of decimals (72.50 → 72.5), which the precision extension keeps.
-  const { duplicates, precisions } = scanJsonText(text);
+  // One pass over the text: the nesting limit, and what JSON.parse lost: the last of any duplicated
+  // name won, and the written precision of decimals (72.50 → 72.5) went, which the precision extension keeps.
+  const { duplicates, precisions, tooDeep } = scanJsonText(text);
+  if (tooDeep) return fail('invalid-structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
   keepWrittenPrecision(json, precisions);
   const resourceType = json.resourceType;
   if (typeof resourceType !== 'string' || !RESOURCE_TYPE.test(resourceType)) {

@@ -8,7 +8,7 @@
 import { isUtf8 } from 'node:buffer';
 import express, { type NextFunction, type Request, type RequestHandler, type Response } from 'express';
 import { HttpError, outcome } from './errors.js';
-import { duplicateKeys, pathText } from './json-duplicates.js';
+import { pathText, scanJsonText } from './json-duplicates.js';
 import { MAX_JSON_DEPTH, jsonDepth, unstorableValue } from './json-text.js';
 
 /** The raw bytes of a JSON body, kept by the parser's verify step for the checks after parsing. */
@@ -25,10 +25,14 @@ export function refuseUnstorable(req: Request, _res: Response, next: NextFunctio
   const body: unknown = req.body;
   if (typeof body !== 'object' || body === null) return next();
   const root = !Array.isArray(body) && typeof (body as { resourceType?: unknown }).resourceType === 'string' ? String((body as { resourceType: string }).resourceType).slice(0, 64) : 'body';
-  if (jsonDepth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) return next(new HttpError(400, outcome('error', 'structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`)));
   const raw = (req as WithRaw)[RAW];
-  if (raw) {
-    const [dup] = duplicateKeys(raw.toString('utf8'), 1);
+  // UTF-8 bodies (all but a declared other charset): one scan of the text for both checks.
+  const scan = raw ? scanJsonText(raw.toString('utf8'), 1) : undefined;
+  if (scan ? scan.tooDeep : jsonDepth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) {
+    return next(new HttpError(400, outcome('error', 'structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`)));
+  }
+  if (scan) {
+    const [dup] = scan.duplicates;
     if (dup) {
       const where = pathText(root, [...dup.path, dup.key]);
       return next(new HttpError(400, outcome('error', 'structure', `${where}: duplicate JSON property "${dup.key.slice(0, 64)}" (its value is ambiguous)`, where)));

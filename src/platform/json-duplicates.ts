@@ -9,9 +9,12 @@
  * silently keeping the last value.
  *
  * `JSON.parse` cannot report them (it overwrites), so this scans the text itself. It is meant for text
- * that `JSON.parse` has already accepted (it does not validate) and whose nesting is bounded (it
- * recurses). One pass, no value is built: keys are compared within their object on a shared stack.
+ * that `JSON.parse` has already accepted (it does not validate). One pass, no value is built: keys are
+ * compared within their object on a shared stack. The same pass measures the nesting, and stops past
+ * `maxDepth` (it recurses, and `JSON.parse` accepts hundreds of thousands of levels), so callers need
+ * no separate walk of the parsed value for the depth limit.
  */
+import { MAX_JSON_DEPTH } from './json-text.js';
 
 /**
  * A number written with trailing zeros after its decimal point (`72.50`, `1.0`): `JSON.parse` keeps only
@@ -42,9 +45,11 @@ export function duplicateKeys(text: string, limit = 20): DuplicateKey[] {
 
 /**
  * One pass over `text` (valid JSON) for both: the duplicated names (at most `limit`) and the numbers
- * written with trailing zeros after their decimal point (at most 10,000), in document order.
+ * written with trailing zeros after their decimal point (at most 10,000), in document order. With
+ * `tooDeep`, the text nests deeper than `maxDepth` (counted as `jsonDepth` in json-text.ts counts: the root is
+ * level 1, every value inside a container one level more) and the scan stopped there.
  */
-export function scanJsonText(text: string, limit = 20): { duplicates: DuplicateKey[]; precisions: WrittenPrecision[] } {
+export function scanJsonText(text: string, limit = 20, maxDepth = MAX_JSON_DEPTH): { duplicates: DuplicateKey[]; precisions: WrittenPrecision[]; tooDeep: boolean } {
   const out: DuplicateKey[] = [];
   const precisions: WrittenPrecision[] = [];
   const path: Array<string | number> = [];
@@ -52,6 +57,8 @@ export function scanJsonText(text: string, limit = 20): { duplicates: DuplicateK
   const keys: string[] = [];
   const n = text.length;
   let i = 0;
+  let depth = 0;
+  let tooDeep = false;
 
   const skipSpace = (): void => {
     while (i < n) {
@@ -60,11 +67,10 @@ export function scanJsonText(text: string, limit = 20): { duplicates: DuplicateK
       else return;
     }
   };
-  /** From an opening quote to past its closing quote; the string's raw text (escapes kept) when `keep`. */
+  /** From an opening quote to past its closing quote; the string's value when `keep`. */
   const string = (keep: boolean): string => {
     const start = i + 1;
     let j = start;
-    let escaped = false;
     for (;;) {
       j = text.indexOf('"', j);
       if (j < 0) {
@@ -74,19 +80,28 @@ export function scanJsonText(text: string, limit = 20): { duplicates: DuplicateK
       let k = j - 1;
       while (k >= start && text.charCodeAt(k) === BACKSLASH) k--;
       // An odd number of backslashes before the quote escapes it.
-      if ((j - 1 - k) % 2 === 1) {
-        escaped = true;
-        j++;
-        continue;
-      }
-      break;
+      if ((j - 1 - k) % 2 === 0) break;
+      j++;
     }
     i = j + 1;
     if (!keep) return '';
     const raw = text.slice(start, j);
-    return escaped || raw.includes('\\') ? (JSON.parse(`"${raw}"`) as string) : raw;
+    return raw.includes('\\') ? (JSON.parse(`"${raw}"`) as string) : raw;
+  };
+  /** After a member or element: past a comma (true: another follows) or past the closing bracket (false). */
+  const more = (): boolean => {
+    skipSpace();
+    const comma = text.charCodeAt(i) === 44;
+    i++;
+    return comma;
   };
   const value = (): void => {
+    if (++depth > maxDepth) {
+      tooDeep = true;
+      i = n;
+      depth--;
+      return;
+    }
     skipSpace();
     const c = text.charCodeAt(i);
     if (c === 123) {
@@ -94,81 +109,62 @@ export function scanJsonText(text: string, limit = 20): { duplicates: DuplicateK
       i++;
       const from = keys.length;
       skipSpace();
-      if (text.charCodeAt(i) === 125) {
-        i++;
-        return;
-      }
-      for (;;) {
-        skipSpace();
-        const key = string(true);
-        let seen = false;
-        for (let k = from; k < keys.length; k++) {
-          if (keys[k] === key) {
-            seen = true;
-            break;
+      if (text.charCodeAt(i) === 125) i++;
+      else {
+        do {
+          skipSpace();
+          const key = string(true);
+          let seen = false;
+          for (let k = from; k < keys.length; k++) {
+            if (keys[k] === key) {
+              seen = true;
+              break;
+            }
           }
-        }
-        if (seen) {
-          if (out.length < limit) out.push({ path: [...path], key });
-        } else {
-          keys.push(key);
-        }
-        skipSpace();
-        i++; // ':'
-        path.push(key);
-        value();
-        path.pop();
-        skipSpace();
-        if (text.charCodeAt(i) === 44) {
-          i++;
-          continue;
-        }
-        i++; // '}'
+          if (!seen) keys.push(key);
+          else if (out.length < limit) out.push({ path: [...path], key });
+          skipSpace();
+          i++; // ':'
+          path.push(key);
+          value();
+          path.pop();
+        } while (more());
         keys.length = from;
-        return;
       }
-    }
-    if (c === 91) {
+    } else if (c === 91) {
       // [
       i++;
       skipSpace();
-      if (text.charCodeAt(i) === 93) {
-        i++;
-        return;
+      if (text.charCodeAt(i) === 93) i++;
+      else {
+        let index = 0;
+        do {
+          path.push(index++);
+          value();
+          path.pop();
+        } while (more());
       }
-      for (let index = 0; ; index++) {
-        path.push(index);
-        value();
-        path.pop();
-        skipSpace();
-        if (text.charCodeAt(i) === 44) {
-          i++;
-          continue;
-        }
-        i++; // ']'
-        return;
-      }
-    }
-    if (c === QUOTE) {
+    } else if (c === QUOTE) {
       string(false);
-      return;
+    } else {
+      // A number, true, false or null.
+      const start = i;
+      while (i < n) {
+        const d = text.charCodeAt(i);
+        if (d === 44 || d === 125 || d === 93 || d === 32 || d === 10 || d === 13 || d === 9) break;
+        i++;
+      }
+      // Ends in 0 after a decimal point, with no exponent: precision JSON.parse drops.
+      if (text.charCodeAt(i - 1) === 48 && precisions.length < 10_000) {
+        const raw = text.slice(start, i);
+        const point = raw.indexOf('.');
+        if (point >= 0 && !/[eE]/.test(raw)) precisions.push({ path: [...path], decimals: raw.length - point - 1 });
+      }
     }
-    // A number, true, false or null.
-    const start = i;
-    while (i < n) {
-      const d = text.charCodeAt(i);
-      if (d === 44 || d === 125 || d === 93 || d === 32 || d === 10 || d === 13 || d === 9) break;
-      i++;
-    }
-    // Ends in 0 after a decimal point, with no exponent: precision JSON.parse drops.
-    if (text.charCodeAt(i - 1) === 48 && precisions.length < 10_000) {
-      const raw = text.slice(start, i);
-      const point = raw.indexOf('.');
-      if (point >= 0 && !/[eE]/.test(raw)) precisions.push({ path: [...path], decimals: raw.length - point - 1 });
-    }
+    depth--;
   };
   value();
-  return { duplicates: out, precisions };
+  return { duplicates: out, precisions, tooDeep };
 }
 
 /** A FHIRPath-like location: `root` then `.name` and `[index]` segments. */

@@ -17,8 +17,8 @@
 import express, { Router, type Request, type Response } from 'express';
 import type { Resource } from '@medplum/fhirtypes';
 import { httpError } from '../platform/errors.js';
-import { duplicateKeys, pathText } from '../platform/json-duplicates.js';
-import { MAX_JSON_DEPTH, jsonDepth } from '../platform/json-text.js';
+import { pathText, scanJsonText } from '../platform/json-duplicates.js';
+import { MAX_JSON_DEPTH } from '../platform/json-text.js';
 import { DeidConfigError } from './deid/config.js';
 import { createDeidentifier, DeidSafetyError, type Deidentifier, type ResearchDeidConfig } from './deid/deidentifier.js';
 import { DeidProcessingError, RuleNotApplicableError } from './deid/engine.js';
@@ -52,8 +52,9 @@ function parseJson(text: string, what: string): unknown {
   }
   // As the other JSON APIs (src/platform/json-body.ts): bounded nesting (the engine's walk recurses),
   // no duplicated property name (which value would be de-identified is ambiguous).
-  if (jsonDepth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) throw httpError(400, 'structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
-  const [dup] = duplicateKeys(clean, 1);
+  const scan = scanJsonText(clean, 1);
+  if (scan.tooDeep) throw httpError(400, 'structure', `JSON nesting deeper than ${MAX_JSON_DEPTH} levels`);
+  const [dup] = scan.duplicates;
   if (dup) throw httpError(400, 'structure', `${what} has a duplicate JSON property "${dup.key.slice(0, 64)}" at ${pathText('$', [...dup.path, dup.key])}`);
   return value;
 }

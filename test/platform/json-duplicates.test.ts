@@ -5,6 +5,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import fc from 'fast-check';
 import { duplicateKeys, pathText, scanJsonText } from '../../src/platform/json-duplicates.js';
+import { jsonDepth } from '../../src/platform/json-text.js';
 
 describe('duplicateKeys', () => {
   it('finds a name repeated within one object, with its place, and only there', () => {
@@ -57,6 +58,18 @@ describe('duplicateKeys', () => {
       { path: ['b', 3], decimals: 1 },
       { path: ['c', 'v'], decimals: 3 },
     ]);
+  });
+
+  it('measures the nesting as jsonDepth does, and stops past the limit without recursing further (property)', () => {
+    fc.assert(
+      fc.property(fc.jsonValue({ maxDepth: 6 }), fc.integer({ min: 1, max: 6 }), (v, max) => {
+        expect(scanJsonText(JSON.stringify(v, null, 1), 20, max).tooDeep).toBe(jsonDepth(v, max) > max);
+      }),
+    );
+    const deep = `{"a":${'['.repeat(300_000)}${']'.repeat(300_000)}}`;
+    expect(scanJsonText(deep).tooDeep).toBe(true);
+    expect(scanJsonText('{"a":[[1]]}', 20, 4).tooDeep).toBe(false);
+    expect(scanJsonText('{"a":[[1]]}', 20, 3).tooDeep).toBe(true);
   });
 
   it('writes a place as a FHIRPath-like location', () => {
