@@ -75,8 +75,9 @@ export function createHooksRouter(deps: HooksDeps): Router {
       ...(isDelete && path ? { deletedResource: `${path.resourceType}/${path.id}` } : deletedHeader ? { deletedResource: deletedHeader.slice(0, 200) } : {}),
       ...(path && !isDelete ? { path } : {}),
     };
-    const parsed = parseNotification(rawBody, ctx);
     const contentType = req.get('content-type')?.slice(0, 200);
+    const charset = contentType ? /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(contentType)?.[1] : undefined;
+    const parsed = parseNotification(rawBody, charset ? { ...ctx, charset } : ctx);
     const meta = { ...ctx, ...(parsed.ok ? { style: parsed.notification.style } : {}) };
 
     if (!parsed.ok) {

@@ -83,6 +83,8 @@ export type ParseResult =
 export interface ParseContext {
   /** `Type/id` from a delete header (e.g. `X-Medplum-Deleted-Resource`) or a `DELETE /hooks/{source}/{type}/{id}`. */
   readonly deletedResource?: string;
+  /** The `charset` parameter of the request's Content-Type, if any (only to explain a body that is not UTF-8). */
+  readonly charset?: string;
   /** Type and id from the URL of `PUT /hooks/{source}/{type}/{id}`. */
   readonly path?: { readonly resourceType: string; readonly id: string };
 }
@@ -307,13 +309,33 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean, dupl
   return entries;
 }
 
+/** UTF-16's byte order mark, or ASCII in UTF-16 (a zero byte beside each character). */
+function looksUtf16(body: Buffer): boolean {
+  if (body.length >= 2 && ((body[0] === 0xff && body[1] === 0xfe) || (body[0] === 0xfe && body[1] === 0xff))) return true;
+  return body.length >= 4 && ((body[0] !== 0 && body[1] === 0 && body[2] !== 0 && body[3] === 0) || (body[0] === 0 && body[1] !== 0 && body[2] === 0 && body[3] !== 0));
+}
+
+/**
+ * What to tell a sender whose body is not UTF-8: the charset its Content-Type declares, or UTF-16
+ * when the bytes start with its byte order mark or look like ASCII text in UTF-16 (every other byte
+ * zero); FHIR JSON is UTF-8 whatever the header says.
+ */
+function notUtf8Text(body: Buffer, charset: string | undefined): string {
+  const what = looksUtf16(body) ? 'is UTF-16' : charset && !/^utf-?8$/i.test(charset) ? `is not valid UTF-8 (Content-Type declares charset=${charset.slice(0, 40)})` : 'is not valid UTF-8';
+  return `Notification body ${what}: FHIR JSON is always UTF-8`;
+}
+
 /** Parses a raw notification body. Never throws. */
 export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseResult {
   // Decoding bad bytes would silently turn them into U+FFFD: a Latin-1 "Müller" stored as "M\ufffdller".
-  if (!isUtf8(body)) return fail('unparseable', 'Notification body is not valid UTF-8 (FHIR JSON is always UTF-8)');
+  if (!isUtf8(body)) return fail('unparseable', notUtf8Text(body, ctx.charset));
   const text = body.toString('utf8').replace(/^\uFEFF/, '');
   if (text.trim() === '') {
     const named = ctx.deletedResource ? parseReference(ctx.deletedResource) : undefined;
+    if (ctx.deletedResource !== undefined && !named) {
+      // A delete we cannot tell apart from a ping would be lost: say what is wrong instead.
+      return fail('invalid-structure', `The deleted-resource header must name the resource as Type/id (got "${ctx.deletedResource.slice(0, 80)}")`);
+    }
     if (named) {
       return { ok: true, notification: { style: 'delete', entries: [{ kind: 'delete', index: 0, resourceType: named.resourceType, id: named.id }] } };
     }
@@ -330,6 +352,8 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     if (text.trimStart().startsWith('<')) {
       return fail('unparseable', 'FHIR XML is not accepted: send JSON (a Subscription with channel.payload application/fhir+json)');
     }
+    // ASCII text in UTF-16 is valid UTF-8 (every other byte NUL), but not JSON.
+    if (looksUtf16(body)) return fail('unparseable', notUtf8Text(body, ctx.charset));
     return fail('unparseable', 'Notification body is not valid JSON');
   }
   if (!isObject(json)) return fail('not-fhir', 'Notification body must be a JSON object (a FHIR resource)');

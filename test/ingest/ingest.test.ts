@@ -181,6 +181,12 @@ describe('ingest (queues on Redis)', () => {
       const r = await settle(again.headers.get('x-inbox-id')!);
       expect(r.outcome).toMatchObject({ skipped: 1, stored: 0 });
       expect(await service.database.store.resources.history('Observation', id)).toHaveLength(2);
+      // A delete header that names no resource is a 400 saying so, kept as a dead letter.
+      const bad = await hook('ehr-b', Buffer.alloc(0), { 'x-medplum-deleted-resource': 'Observation' });
+      expect(bad.status).toBe(400);
+      expect(JSON.stringify(await bad.json())).toContain('must name the resource as Type/id');
+      const letters = await service.database.store.deadLetters.list({ sourceId: 'ehr-b', limit: 50 });
+      expect(letters.some((l) => l.inboxId === bad.headers.get('x-inbox-id') && l.reason === 'invalid-structure')).toBe(true);
     });
 
     it('accepts PUT /hooks/{source}/{type}/{id} and checks the body matches the URL', async () => {

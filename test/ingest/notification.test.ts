@@ -279,9 +279,34 @@ describe('parseNotification', () => {
       expect(r.reason).toBe('unparseable');
       expect(r.outcome.issue[0]!.details?.text).toMatch(/not valid UTF-8/);
     }
+    // The answer names the charset the sender declared, or UTF-16 when the bytes are UTF-16.
+    const declared = parseNotification(body, { charset: 'ISO-8859-1' });
+    expect(!declared.ok && declared.outcome.issue[0]!.details?.text).toMatch(/not valid UTF-8 \(Content-Type declares charset=ISO-8859-1\)/);
+    const json = '{"resourceType":"Patient","id":"p"}';
+    for (const utf16 of [Buffer.from(json, 'utf16le'), Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(json, 'utf16le')]), Buffer.from(json, 'utf16le').swap16()]) {
+      const r16 = parseNotification(utf16, { charset: 'utf-16' });
+      expect(!r16.ok && r16.reason).toBe('unparseable');
+      expect(!r16.ok && r16.outcome.issue[0]!.details?.text).toBe('Notification body is UTF-16: FHIR JSON is always UTF-8');
+    }
+    // ASCII is UTF-8 too, whatever charset the header declares.
+    expect(parseNotification(Buffer.from(json), { charset: 'ISO-8859-1' }).ok).toBe(true);
     // The same text in UTF-8, with or without a BOM, is accepted.
     expect(parseNotification(Buffer.from('{"resourceType":"Patient","id":"p","name":[{"family":"Müller"}]}')).ok).toBe(true);
     expect(parseNotification(Buffer.from('\uFEFF{"resourceType":"Patient","id":"p","name":[{"family":"Müller"}]}')).ok).toBe(true);
+  });
+
+  it('refuses an empty body whose delete header does not name a resource, instead of taking it for a ping', () => {
+    for (const header of ['Observation', 'Observation/', 'Observation/bad id', '/', 'nonsense']) {
+      const r = parseNotification(Buffer.alloc(0), { deletedResource: header });
+      expect(r.ok).toBe(false);
+      if (!r.ok) {
+        expect(r.reason).toBe('invalid-structure');
+        expect(r.outcome.issue[0]!.details?.text).toContain('must name the resource as Type/id');
+      }
+    }
+    const ok = parseNotification(Buffer.alloc(0), { deletedResource: 'Observation/o-1' });
+    expect(ok.ok && ok.notification.style).toBe('delete');
+    expect(parseNotification(Buffer.alloc(0)).ok && 'ping').toBe('ping');
   });
 
   it('keys an event notification by its numbers and what it is about: a redelivery is one, a restarted numbering is not', () => {
