@@ -12,7 +12,7 @@
  */
 import type { CapabilityStatementRestResource } from '@medplum/fhirtypes';
 import type { DateComparison, DatePrefix, SearchClause } from '../store/types.js';
-import { COMMON_PARAMETERS, SEARCH_PARAMETERS, fhirDateRange, referenceKey, searchParamKind } from '../store/search-store.js';
+import { COMMON_PARAMETERS, SEARCH_PARAMETERS, fhirDateRange, normalizeSearchString, referenceKey, searchParamKind } from '../store/search-store.js';
 import { httpError } from '../platform/errors.js';
 
 /** FHIR id grammar (R4 `id`). */
@@ -117,6 +117,15 @@ function tokenValues(name: string, raw: string): Array<{ system?: string; code?:
     const [system, code] = parts as [string, string];
     if (system === '' && code === '') throw bad(`Empty value in ${name}`);
     return { system: unescape(system), ...(code === '' ? {} : { code: unescape(code) }) };
+  });
+}
+
+/** String search values (R4: `,` separates alternatives, `\` escapes); a value that normalises to nothing matches nothing useful. */
+function stringValues(name: string, raw: string): string[] {
+  return splitEscaped(raw, ',').map((v) => {
+    const value = unescape(v);
+    if (normalizeSearchString(value) === '') throw bad(`Empty value in ${name}`);
+    return value;
   });
 }
 
@@ -240,7 +249,8 @@ export function parseSearch(
       continue;
     }
     const referenceModifier = kind === 'reference' && modifier !== undefined && TYPE_RE.test(modifier);
-    if (modifier !== undefined && !referenceModifier) {
+    const stringModifier = kind === 'string' && (modifier === 'exact' || modifier === 'contains');
+    if (modifier !== undefined && !referenceModifier && !stringModifier) {
       unsupported(name, 'Unsupported search modifier');
       continue;
     }
@@ -254,6 +264,8 @@ export function parseSearch(
       clauses.push({ kind: 'token', param: base, values: tokenValues(name, value) });
     } else if (kind === 'date') {
       clauses.push({ kind: 'date', param: base, values: dateValues(name, value) });
+    } else if (kind === 'string') {
+      clauses.push({ kind: 'string', param: base, match: modifier === 'exact' ? 'exact' : modifier === 'contains' ? 'contains' : 'start', values: stringValues(name, value) });
     } else {
       const implied = referenceModifier ? modifier : base === 'patient' ? 'Patient' : undefined;
       clauses.push({ kind: 'reference', param: base, values: referenceValues(name, value, implied, options.baseUrl) });

@@ -17,7 +17,7 @@ import { toVersion, type VersionRow } from './rows.js';
 import { BEGIN_INDEX_PLANS } from './sql.js';
 
 /** Kinds of search parameter the index supports. */
-export type SearchParamKind = 'token' | 'reference' | 'date';
+export type SearchParamKind = 'token' | 'reference' | 'date' | 'string';
 
 /** Parameters every type supports (answered from the `resource` table itself). */
 export const COMMON_PARAMETERS: Readonly<Record<string, 'id' | 'lastUpdated'>> = { _id: 'id', _lastUpdated: 'lastUpdated' };
@@ -25,6 +25,7 @@ export const COMMON_PARAMETERS: Readonly<Record<string, 'id' | 'lastUpdated'>> =
 const T = 'token' as const;
 const R = 'reference' as const;
 const D = 'date' as const;
+const S = 'string' as const;
 
 /**
  * Supported search parameters per resource type (a subset of R4 / US Core 6.1 names). A type not
@@ -46,10 +47,12 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
   Coverage: { patient: R, status: T, identifier: T },
   Consent: { patient: R, category: T, date: D, status: T, identifier: T },
   AuditEvent: { patient: R, date: D },
-  Patient: { identifier: T },
-  Practitioner: { identifier: T },
-  Organization: { identifier: T },
-  Location: { identifier: T },
+  // US Core 6.1: Patient SHALL name, SHOULD birthdate, family, gender, given; Practitioner SHALL name;
+  // Organization SHALL name; Location SHALL name.
+  Patient: { identifier: T, name: S, family: S, given: S, birthdate: D, gender: T },
+  Practitioner: { identifier: T, name: S, family: S, given: S },
+  Organization: { identifier: T, name: S },
+  Location: { identifier: T, name: S },
 };
 
 /** The kind of `param` on `resourceType`, or undefined when it is not supported. */
@@ -197,9 +200,55 @@ function codings(v: unknown): Array<{ system: string; code: string }> {
 
 const CODE_ELEMENT: Readonly<Record<string, string>> = { MedicationRequest: 'medicationCodeableConcept' };
 
+const ADMINISTRATIVE_GENDER = 'http://hl7.org/fhir/administrative-gender';
+/** Longest string value indexed (longer ones are not searchable by that value). */
+const MAX_STRING_CHARS = 512;
+
+/**
+ * A string as FHIR string search compares it: case and accents ignored ("Müller" and "MULLER" are
+ * alike), whitespace runs as one space. NFD splits accented letters into letter and combining mark,
+ * and the marks go.
+ */
+export function normalizeSearchString(value: string): string {
+  return value.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase().replace(/\s+/g, ' ').trim();
+}
+
+/**
+ * The strings a string parameter matches (R4): `name` any part of a HumanName (family, given,
+ * prefix, suffix, text) or, on Organization and Location, the name and aliases; `family` and `given`
+ * those parts of a HumanName.
+ */
+function stringValues(r: Record<string, unknown>, param: string): string[] {
+  const out: string[] = [];
+  const push = (v: unknown): void => {
+    if (typeof v === 'string') out.push(v);
+  };
+  if (r['resourceType'] === 'Organization' || r['resourceType'] === 'Location') {
+    if (param === 'name') {
+      push(r['name']);
+      for (const a of concepts(r['alias'])) push(a);
+    }
+    return out;
+  }
+  for (const n of concepts(r['name'])) {
+    if (typeof n !== 'object' || n === null) continue;
+    const h = n as { family?: unknown; given?: unknown; prefix?: unknown; suffix?: unknown; text?: unknown };
+    if (param === 'family' || param === 'name') push(h.family);
+    if (param === 'given' || param === 'name') for (const g of concepts(h.given)) push(g);
+    if (param === 'name') {
+      for (const x of concepts(h.prefix)) push(x);
+      for (const x of concepts(h.suffix)) push(x);
+      push(h.text);
+    }
+  }
+  return out;
+}
+
 /** Index rows of one resource (current version), per the parameters of its type. */
 export interface IndexRows {
   readonly tokens: Array<{ param: string; system: string; code: string }>;
+  /** String parameters: each value as written (`exact`) and {@link normalizeSearchString}ed (`norm`). */
+  readonly strings: Array<{ param: string; exact: string; norm: string }>;
   readonly references: Array<{ param: string; type: string; id: string }>;
   readonly dates: Array<{ param: string; lo: Date; hi: Date }>;
 }
@@ -220,7 +269,7 @@ function patientRefs(resource: Resource): Array<{ type: string; id: string }> {
 
 /** Extracts the index rows of a resource (pure). */
 export function extractIndexRows(resource: Resource): IndexRows {
-  const rows: IndexRows = { tokens: [], references: [], dates: [] };
+  const rows: IndexRows = { tokens: [], strings: [], references: [], dates: [] };
   const defs = SEARCH_PARAMETERS[resource.resourceType];
   if (!defs) return rows;
   const r = resource as unknown as Record<string, unknown>;
@@ -230,6 +279,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
       if (param === 'code') values = codings(r[CODE_ELEMENT[resource.resourceType] ?? 'code']);
       else if (param === 'category') values = codings(r['category']);
       else if (param === 'status' && typeof r['status'] === 'string') values = [{ system: '', code: r['status'] }];
+      else if (param === 'gender' && typeof r['gender'] === 'string') values = [{ system: ADMINISTRATIVE_GENDER, code: r['gender'] }];
       else if (param === 'identifier') {
         for (const i of concepts(r['identifier'])) {
           const { system, value } = (i ?? {}) as { system?: unknown; value?: unknown };
@@ -247,6 +297,16 @@ export function extractIndexRows(resource: Resource): IndexRows {
         if (resource.resourceType === 'DocumentReference' && ctx) for (const e of concepts(ctx.encounter)) refs.push(refOf(e));
       }
       for (const ref of refs) if (ref) rows.references.push({ param, ...ref });
+    } else if (kind === 'string') {
+      const seen = new Set<string>();
+      for (const exact of stringValues(r, param)) {
+        if (exact === '' || exact.length > MAX_STRING_CHARS || seen.has(exact)) continue;
+        seen.add(exact);
+        rows.strings.push({ param, exact, norm: normalizeSearchString(exact) });
+      }
+    } else if (param === 'birthdate') {
+      const range = typeof r['birthDate'] === 'string' ? fhirDateRange(r['birthDate']) : undefined;
+      if (range) rows.dates.push({ param, ...range });
     } else {
       const v = clinicalDate(resource);
       const range = typeof v === 'string' ? fhirDateRange(v) : periodRange(v);
@@ -277,6 +337,15 @@ export function indexArrays(items: ReadonlyArray<{ resourceType: string; id: str
       tok.p.push(r.param);
       tok.s.push(r.system);
       tok.c.push(r.code);
+    }
+    // String values live in search_token too: the normalised value as code (prefix and contains
+    // searches), the value as written as system (`:exact`); migration 012 indexes them for prefixes.
+    for (const r of rows.strings) {
+      tok.t.push(item.resourceType);
+      tok.i.push(item.id);
+      tok.p.push(r.param);
+      tok.s.push(r.exact);
+      tok.c.push(r.norm);
     }
     for (const r of rows.references) {
       ref.t.push(item.resourceType);
@@ -440,6 +509,17 @@ function clauseSql(sql: Sql, c: SearchClause): string {
       });
       return `EXISTS (SELECT 1 FROM search_token t WHERE t.resource_type = r.resource_type AND t.id = r.id AND t.param = ${sql.bind(c.param)} AND (${alts.join(' OR ')}))`;
     }
+    case 'string': {
+      // The parameter name is a literal (it comes from SEARCH_PARAMETERS), so that the planner can use
+      // the partial prefix index of migration 012; every value is bound.
+      if (!STRING_PARAMS.has(c.param)) throw new Error(`not a string search parameter: ${c.param}`);
+      const alts = c.values.map((v) => {
+        if (c.match === 'exact') return `(t.code = ${sql.bind(normalizeSearchString(v))} AND t.system = ${sql.bind(v)})`;
+        const norm = likeEscape(normalizeSearchString(v));
+        return `t.code LIKE ${sql.bind(c.match === 'contains' ? `%${norm}%` : `${norm}%`)}`;
+      });
+      return `EXISTS (SELECT 1 FROM search_token t WHERE t.resource_type = r.resource_type AND t.id = r.id AND t.param = '${c.param}' AND (${alts.join(' OR ')}))`;
+    }
     case 'reference': {
       const alts = c.values.map((v) => `(s.target_id = ${sql.bind(v.id)}${v.type !== undefined ? ` AND s.target_type = ${sql.bind(v.type)}` : ''})`);
       return `EXISTS (SELECT 1 FROM search_reference s WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.param = ${sql.bind(c.param)} AND (${alts.join(' OR ')}))`;
@@ -447,6 +527,14 @@ function clauseSql(sql: Sql, c: SearchClause): string {
     case 'date':
       return `EXISTS (SELECT 1 FROM search_date d WHERE d.resource_type = r.resource_type AND d.id = r.id AND d.param = ${sql.bind(c.param)} AND (${c.values.map((v) => dateCondition(sql, 'd.lo', 'd.hi', v)).join(' OR ')}))`;
   }
+}
+
+/** Names of the string parameters (safe to write into SQL as literals). */
+const STRING_PARAMS: ReadonlySet<string> = new Set(Object.values(SEARCH_PARAMETERS).flatMap((defs) => Object.entries(defs).filter(([, k]) => k === 'string').map(([p]) => p)));
+
+/** A value for LIKE with its own `%`, `_` and `\` taken literally. */
+function likeEscape(value: string): string {
+  return value.replace(/[\\%_]/g, (ch) => `\\${ch}`);
 }
 
 /** Prepared-statement name for a query text (same text, same name; pg prepares once per connection). */
@@ -527,35 +615,67 @@ export class PgSearchStore implements SearchStore {
     return { version, consents };
   }
 
-  async reindex(batchSize = 500): Promise<number> {
-    let after = { type: '', id: '' };
-    let total = 0;
-    for (;;) {
-      const client = await this.pool.connect();
-      let n = 0;
+  async reindexPending(): Promise<{ types: string[]; resources: number }> {
+    const lock = await this.pool.connect();
+    try {
+      const got = await lock.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(hashtext(current_schema() || ':search_reindex')) AS ok`);
+      if (!got.rows[0]!.ok) return { types: [], resources: 0 };
       try {
-        // One resource per index statement: the small-batch plans (see BEGIN_INDEX_PLANS).
-        await client.query(BEGIN_INDEX_PLANS);
-        const rows = await client.query<VersionRow>(
-          `SELECT ${COLUMNS} FROM resource r WHERE r.version_id IS NOT NULL
-             AND (r.resource_type COLLATE "C", r.id COLLATE "C") > ($1 COLLATE "C", $2 COLLATE "C")
-           ORDER BY r.resource_type COLLATE "C", r.id COLLATE "C" LIMIT $3 FOR UPDATE OF r`,
-          [after.type, after.id, batchSize],
-        );
-        for (const row of rows.rows) {
-          await indexResources(client, [{ resourceType: row.resource_type, id: row.id, content: row.deleted ? undefined : (row.content ?? undefined) }], '_small');
-          after = { type: row.resource_type, id: row.id };
+        const pending = await lock.query<{ resource_type: string }>('SELECT resource_type FROM search_reindex_pending ORDER BY 1');
+        let resources = 0;
+        const types: string[] = [];
+        for (const { resource_type: type } of pending.rows) {
+          // On the connection that holds the lock: a pool of one must not wait for a second.
+          resources += await reindexOn(lock, 500, [type]);
+          await lock.query('DELETE FROM search_reindex_pending WHERE resource_type = $1', [type]);
+          types.push(type);
         }
-        await client.query('COMMIT');
-        n = rows.rows.length;
-      } catch (err) {
-        await client.query('ROLLBACK').catch(() => undefined);
-        throw err;
+        return { types, resources };
       } finally {
-        client.release();
+        await lock.query(`SELECT pg_advisory_unlock(hashtext(current_schema() || ':search_reindex'))`);
       }
-      total += n;
-      if (n < batchSize) return total;
+    } finally {
+      lock.release();
     }
+  }
+
+  async reindex(batchSize = 500, types?: readonly string[]): Promise<number> {
+    const client = await this.pool.connect();
+    try {
+      return await reindexOn(client, batchSize, types);
+    } finally {
+      client.release();
+    }
+  }
+}
+
+/** {@link PgSearchStore.reindex} on one connection: a transaction per batch of `batchSize` resources. */
+async function reindexOn(client: pg.PoolClient, batchSize: number, types: readonly string[] | undefined): Promise<number> {
+  let after = { type: '', id: '' };
+  let total = 0;
+  for (;;) {
+    let n = 0;
+    try {
+      // One resource per index statement: the small-batch plans (see BEGIN_INDEX_PLANS).
+      await client.query(BEGIN_INDEX_PLANS);
+      const rows = await client.query<VersionRow>(
+        `SELECT ${COLUMNS} FROM resource r WHERE r.version_id IS NOT NULL
+           AND (r.resource_type COLLATE "C", r.id COLLATE "C") > ($1 COLLATE "C", $2 COLLATE "C")
+           AND ($4::text[] IS NULL OR r.resource_type = ANY($4::text[]))
+         ORDER BY r.resource_type COLLATE "C", r.id COLLATE "C" LIMIT $3 FOR UPDATE OF r`,
+        [after.type, after.id, batchSize, types ?? null],
+      );
+      for (const row of rows.rows) {
+        await indexResources(client, [{ resourceType: row.resource_type, id: row.id, content: row.deleted ? undefined : (row.content ?? undefined) }], '_small');
+        after = { type: row.resource_type, id: row.id };
+      }
+      await client.query('COMMIT');
+      n = rows.rows.length;
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+    total += n;
+    if (n < batchSize) return total;
   }
 }

@@ -310,7 +310,9 @@ export type SearchClause =
   | { readonly kind: 'lastUpdated'; readonly values: readonly DateComparison[] }
   | { readonly kind: 'token'; readonly param: string; readonly values: readonly { readonly system?: string; readonly code?: string }[] }
   | { readonly kind: 'reference'; readonly param: string; readonly values: readonly { readonly type?: string; readonly id: string }[] }
-  | { readonly kind: 'date'; readonly param: string; readonly values: readonly DateComparison[] };
+  | { readonly kind: 'date'; readonly param: string; readonly values: readonly DateComparison[] }
+  /** String search (R4): values start with (default), contain, or exactly equal one of `values`. */
+  | { readonly kind: 'string'; readonly param: string; readonly match: 'start' | 'contains' | 'exact'; readonly values: readonly string[] };
 
 /** A search over current, non-deleted resources of one type, in id order (keyset paging). */
 export interface SearchQuery {
@@ -345,8 +347,14 @@ export interface SearchStore {
    * up with {@link consentsFor}.
    */
   readCurrentWithConsents(resourceType: string, id: string): Promise<{ readonly version: StoredVersion | undefined; readonly consents: ReadonlyMap<string, readonly StoredVersion[]> }>;
-  /** Rebuilds the index of every current resource (after upgrading); returns resources indexed. */
-  reindex(batchSize?: number): Promise<number>;
+  /** Rebuilds the index of every current resource (or of those of `types`); returns resources indexed. */
+  reindex(batchSize?: number, types?: readonly string[]): Promise<number>;
+  /**
+   * Re-indexes the resource types a migration listed as gaining search parameters
+   * (`search_reindex_pending`), each once: called after migrating. Another process doing it at the
+   * same time makes this one return at once with nothing done.
+   */
+  reindexPending(): Promise<{ readonly types: readonly string[]; readonly resources: number }>;
 }
 
 /** One durable audit record: the id and `recorded` time of the AuditEvent it becomes, and its content. */

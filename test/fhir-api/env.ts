@@ -6,6 +6,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import express, { type RequestHandler } from 'express';
+import pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
 import { parseScopes } from '../../src/consent/index.js';
 import type { AccessContext, DisclosureEvent, DisclosureRecorder } from '../../src/fhir-api/access.js';
@@ -38,6 +39,8 @@ export interface FhirEnv {
   as(name: string, access: Partial<AccessContext> & { scope: string }): void;
   put(resource: Resource & { id: string }, options?: { deleted?: boolean }): Promise<string>;
   get(path: string, as: string, init?: RequestInit): Promise<{ status: number; headers: Headers; body: Json; text: string }>;
+  /** Runs SQL in the test's schema (to set up states the API cannot make, e.g. data from before a migration). */
+  sql(text: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -138,6 +141,15 @@ export async function openFhirEnv(options: { consentDefault?: 'permit' | 'deny';
         body = undefined;
       }
       return { status: res.status, headers: res.headers, body, text };
+    },
+    async sql(text) {
+      const c = new pg.Client({ connectionString: TEST_DATABASE_URL, options: `-c search_path=${schema}` });
+      await c.connect();
+      try {
+        await c.query(text);
+      } finally {
+        await c.end();
+      }
     },
     async close() {
       await new Promise<void>((r) => server.close(() => r()));

@@ -2,6 +2,7 @@
  * Type search against the PostgreSQL index: parameters, prefixes, paging, _include/_revinclude,
  * _summary=count, _elements, POST _search, strict/lenient handling, bad values.
  */
+import { capabilityResources } from '../../src/fhir-api/search-params.js';
 import { LOINC, OBS_CATEGORY, consent, denyActor, observation, openFhirEnv, patient, type FhirEnv, type Json } from './env.js';
 
 const ids = (b: Json): string[] => (b.entry ?? []).filter((e: Json) => e.search?.mode === 'match').map((e: Json) => `${e.resource.resourceType}/${e.resource.id}`);
@@ -159,6 +160,90 @@ describe('FHIR search', () => {
     });
     expect(r.status).toBe(200);
     expect(ids(r.body)).toEqual(['Observation/a3']);
+  });
+
+  describe('US Core string, birthdate and gender parameters', () => {
+    beforeAll(async () => {
+      await env.put(patient('pn1', { name: [{ family: 'Müller', given: ['José', 'Ana'], prefix: ['Dr.'], text: 'Dr. José Müller' }], gender: 'male', birthDate: '1970-03-04' }));
+      await env.put(patient('pn2', { name: [{ family: 'Mullerton', given: ['Ann'] }, { family: 'Smith', use: 'old' }], gender: 'female', birthDate: '1970' }));
+      await env.put(patient('pn3', { name: [{ family: '50%_off' }], gender: 'unknown' }));
+      await env.put({ resourceType: 'Practitioner', id: 'dr1', name: [{ family: 'Ødegård', given: ['Kari', 'Antonín'] }] } as never);
+      await env.put({ resourceType: 'Organization', id: 'org1', name: 'St. Mary Hospital', alias: ['Mary General'] } as never);
+      await env.put({ resourceType: 'Location', id: 'loc1', name: 'Ward 7' } as never);
+    });
+    const patients = async (q: string): Promise<string[] | number> => {
+      const r = await env.get(`/Patient?${q}`, 'c');
+      return r.status === 200 ? ids(r.body).filter((i) => i.startsWith('Patient/pn')) : r.status;
+    };
+
+    it.each([
+      ['name=muller', ['pn1', 'pn2']],
+      ['name=MÜLLER', ['pn1', 'pn2']],
+      ['name=müller', ['pn1', 'pn2']],
+      ['name=jos', ['pn1']],
+      ['name=dr', ['pn1']],
+      ['name=smith', ['pn2']],
+      ['name=uller', []],
+      ['name:contains=uller', ['pn1', 'pn2']],
+      ['name:exact=Müller', ['pn1']],
+      ['name:exact=müller', []],
+      ['name:exact=Muller', []],
+      ['family=muller', ['pn1', 'pn2']],
+      ['family=jose', []],
+      ['given=jose', ['pn1']],
+      ['given=an', ['pn1', 'pn2']],
+      ['name=muller,smith', ['pn1', 'pn2']],
+      ['name=mullert', ['pn2']],
+      ['name=50%25', ['pn3']],
+      ['name=5_', []],
+      ['name=%25', []],
+      ['name=muller&gender=male', ['pn1']],
+      ['name=muller&gender=http%3A%2F%2Fhl7.org%2Ffhir%2Fadministrative-gender%7Cfemale', ['pn2']],
+      ['name=muller&birthdate=1970-03-04', ['pn1']],
+      ['name=muller&birthdate=1970', ['pn1', 'pn2']],
+      ['name=muller&birthdate=gt1970-06', ['pn2']], // 1970 (the whole year) reaches past June
+      ['family=muller&birthdate=lt1970-03-05', ['pn1', 'pn2']],
+      ['gender=unknown', ['pn3']],
+    ])('Patient?%s', async (q, expected) => {
+      expect(await patients(q)).toEqual(expected.map((i) => `Patient/${i}`));
+    });
+
+    it('searches Practitioner, Organization (name and alias) and Location by name; rejects bad values', async () => {
+      expect(ids((await env.get('/Practitioner?name=antonin', 'c')).body)).toEqual(['Practitioner/dr1']);
+      // Ø is a letter of its own, not O with a mark (as HAPI FHIR and Unicode decomposition have it).
+      expect(ids((await env.get('/Practitioner?name=odegard', 'c')).body)).toEqual([]);
+      expect(ids((await env.get('/Practitioner?family=%C3%98deg', 'c')).body)).toEqual(['Practitioner/dr1']);
+      expect(ids((await env.get('/Organization?name=st.%20mary', 'c')).body)).toEqual(['Organization/org1']);
+      expect(ids((await env.get('/Organization?name=mary', 'c')).body)).toEqual(['Organization/org1']);
+      expect(ids((await env.get('/Location?name=ward', 'c')).body)).toEqual(['Location/loc1']);
+      expect(await patients('name=%CC%81')).toBe(400); // only a combining accent: nothing to search for
+      expect(await patients('name:missing=true')).toBe(400);
+      expect(await patients('birthdate=1970-13')).toBe(400);
+      const params = capabilityResources()
+        .find((r) => r.type === 'Patient')!
+        .searchParam!.map((p) => `${p.name}:${p.type}`);
+      expect(params).toEqual(expect.arrayContaining(['name:string', 'family:string', 'given:string', 'birthdate:date', 'gender:token']));
+    });
+
+    it('a name search discloses only what consent permits', async () => {
+      await env.put(patient('pn4', { name: [{ family: 'Hidden' }] }));
+      await env.put(consent('c-pn4', 'pn4', denyActor('Organization/org-b')));
+      expect(ids((await env.get('/Patient?name=hidden', 'c')).body)).toEqual(['Patient/pn4']);
+      const r = await env.get('/Patient?name=hidden', 'org-b');
+      expect(r.status).toBe(200);
+      expect(ids(r.body)).toEqual([]);
+    });
+
+    it('fills in the new parameters for resources stored before them (search_reindex_pending, once)', async () => {
+      // As if pn1 had been stored before the migration that added the string parameters.
+      expect(await env.db.store.search.reindexPending()).toEqual({ types: [], resources: 0 }); // done at start-up
+      await env.sql(`DELETE FROM search_token WHERE resource_type = 'Patient' AND id = 'pn1' AND param IN ('name', 'family', 'given')`);
+      expect(await patients('name=jos')).toEqual([]);
+      await env.sql(`INSERT INTO search_reindex_pending (resource_type) VALUES ('Patient')`);
+      expect(await env.db.store.search.reindexPending()).toMatchObject({ types: ['Patient'] });
+      expect(await patients('name=jos')).toEqual(['Patient/pn1']);
+      expect(await env.db.store.search.reindexPending()).toEqual({ types: [], resources: 0 });
+    });
   });
 
   it('unknown parameters: 400 by default, ignored with a warning under Prefer: handling=lenient', async () => {

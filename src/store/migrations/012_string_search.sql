@@ -1,0 +1,12 @@
+-- String search parameters (US Core 6.1: Patient name/family/given, Practitioner name, Organization
+-- and Location name) live in search_token: code holds the value normalised for comparison (case and
+-- accents ignored), system the value as written (for :exact). FHIR string search matches on the
+-- start of a value by default, so the string rows get a pattern index for LIKE 'prefix%', whatever
+-- the database's collation; the query names the parameter as a literal, so this partial index applies.
+CREATE INDEX search_token_string_idx ON search_token (resource_type, param, code text_pattern_ops)
+  WHERE param IN ('name', 'family', 'given');
+
+-- Resource types whose stored resources have index rows to add: the store re-indexes each once at
+-- start-up (after the migrations) and deletes its row. Patient also gains birthdate and gender.
+CREATE TABLE search_reindex_pending (resource_type text PRIMARY KEY);
+INSERT INTO search_reindex_pending (resource_type) VALUES ('Patient'), ('Practitioner'), ('Organization'), ('Location');
