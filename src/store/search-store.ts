@@ -33,17 +33,18 @@ const S = 'string' as const;
  */
 export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, SearchParamKind>>>> = {
   Observation: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
-  Condition: { patient: R, subject: R, encounter: R, code: T, category: T, identifier: T },
-  Encounter: { patient: R, subject: R, date: D, status: T, identifier: T },
+  Condition: { patient: R, subject: R, encounter: R, code: T, category: T, 'clinical-status': T, identifier: T },
+  Encounter: { patient: R, subject: R, date: D, status: T, class: T, type: T, identifier: T },
   Procedure: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
   DiagnosticReport: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
-  MedicationRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, identifier: T },
+  MedicationRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, intent: T, identifier: T },
   Immunization: { patient: R, date: D, status: T, identifier: T },
-  AllergyIntolerance: { patient: R, code: T, category: T, date: D, identifier: T },
-  DocumentReference: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
+  AllergyIntolerance: { patient: R, code: T, category: T, 'clinical-status': T, date: D, identifier: T },
+  DocumentReference: { patient: R, subject: R, encounter: R, category: T, type: T, date: D, status: T, identifier: T },
   CarePlan: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
   CareTeam: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
-  Goal: { patient: R, subject: R, identifier: T },
+  Goal: { patient: R, subject: R, 'lifecycle-status': T, identifier: T },
+  Device: { patient: R, type: T, status: T, identifier: T },
   Coverage: { patient: R, status: T, identifier: T },
   Consent: { patient: R, category: T, date: D, status: T, identifier: T },
   AuditEvent: { patient: R, date: D },
@@ -53,6 +54,18 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
   Practitioner: { identifier: T, name: S, family: S, given: S },
   Organization: { identifier: T, name: S },
   Location: { identifier: T, name: S },
+  // The rest of the R4 patient compartment that EHRs and Synthea send (claims, dispenses, imaging,
+  // provenance, ...): searchable by patient, and so part of $everything and of patient-level exports.
+  ...Object.fromEntries(
+    [
+      'Account', 'AdverseEvent', 'BodyStructure', 'ChargeItem', 'Claim', 'ClaimResponse', 'ClinicalImpression', 'Communication',
+      'CommunicationRequest', 'Composition', 'CoverageEligibilityRequest', 'CoverageEligibilityResponse', 'DetectedIssue',
+      'DeviceRequest', 'DeviceUseStatement', 'DocumentManifest', 'EpisodeOfCare', 'ExplanationOfBenefit', 'FamilyMemberHistory',
+      'Flag', 'ImagingStudy', 'ImmunizationEvaluation', 'ImmunizationRecommendation', 'Invoice', 'List', 'Media',
+      'MedicationAdministration', 'MedicationDispense', 'MedicationStatement', 'MolecularSequence', 'NutritionOrder', 'Provenance',
+      'QuestionnaireResponse', 'RelatedPerson', 'RiskAssessment', 'ServiceRequest', 'Specimen', 'SupplyDelivery', 'VisionPrescription',
+    ].map((type) => [type, { patient: R }]),
+  ),
 };
 
 /** The kind of `param` on `resourceType`, or undefined when it is not supported. */
@@ -189,7 +202,9 @@ function codings(v: unknown): Array<{ system: string; code: string }> {
   for (const c of concepts(v)) {
     if (typeof c === 'string') out.push({ system: '', code: c });
     else if (typeof c === 'object' && c !== null) {
-      for (const cd of concepts((c as { coding?: unknown }).coding)) {
+      // A CodeableConcept's codings, or a bare Coding (Encounter.class).
+      const coding = (c as { coding?: unknown }).coding;
+      for (const cd of coding === undefined && 'code' in c ? [c] : concepts(coding)) {
         const { system, code } = (cd ?? {}) as { system?: unknown; code?: unknown };
         if (typeof code === 'string' && code !== '') out.push({ system: typeof system === 'string' ? system : '', code });
       }
@@ -264,6 +279,8 @@ function patientRefs(resource: Resource): Array<{ type: string; id: string }> {
   add(refOf(r['subject']));
   add(refOf(r['beneficiary']));
   if (resource.resourceType === 'AuditEvent') for (const e of concepts(r['entity'])) add(refOf((e as { what?: unknown } | null)?.what));
+  // Provenance's `patient` parameter: the patients among its targets.
+  if (resource.resourceType === 'Provenance') for (const t of concepts(r['target'])) add(refOf(t));
   return out;
 }
 
@@ -280,6 +297,11 @@ export function extractIndexRows(resource: Resource): IndexRows {
       else if (param === 'category') values = codings(r['category']);
       else if (param === 'status' && typeof r['status'] === 'string') values = [{ system: '', code: r['status'] }];
       else if (param === 'gender' && typeof r['gender'] === 'string') values = [{ system: ADMINISTRATIVE_GENDER, code: r['gender'] }];
+      else if (param === 'intent' && typeof r['intent'] === 'string') values = [{ system: '', code: r['intent'] }];
+      else if (param === 'lifecycle-status' && typeof r['lifecycleStatus'] === 'string') values = [{ system: '', code: r['lifecycleStatus'] }];
+      else if (param === 'clinical-status') values = codings(r['clinicalStatus']);
+      else if (param === 'type') values = codings(r['type']);
+      else if (param === 'class') values = codings(r['class']);
       else if (param === 'identifier') {
         for (const i of concepts(r['identifier'])) {
           const { system, value } = (i ?? {}) as { system?: unknown; value?: unknown };
@@ -621,6 +643,8 @@ export class PgSearchStore implements SearchStore {
       const got = await lock.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(hashtext(current_schema() || ':search_reindex')) AS ok`);
       if (!got.rows[0]!.ok) return { types: [], resources: 0 };
       try {
+        // Types with nothing stored need no work (every new database): one statement clears them.
+        await lock.query('DELETE FROM search_reindex_pending p WHERE NOT EXISTS (SELECT 1 FROM resource r WHERE r.resource_type = p.resource_type)');
         const pending = await lock.query<{ resource_type: string }>('SELECT resource_type FROM search_reindex_pending ORDER BY 1');
         let resources = 0;
         const types: string[] = [];

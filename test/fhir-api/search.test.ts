@@ -246,6 +246,52 @@ describe('FHIR search', () => {
     });
   });
 
+  describe('US Core token parameters and the rest of the patient compartment', () => {
+    const SNOMED = 'http://snomed.info/sct';
+    beforeAll(async () => {
+      const subject = { reference: 'Patient/p9' };
+      await env.put(patient('p9'));
+      await env.put({ resourceType: 'MedicationRequest', id: 'mr1', status: 'active', intent: 'order', medicationCodeableConcept: { text: 'x' }, subject } as never);
+      await env.put({ resourceType: 'MedicationRequest', id: 'mr2', status: 'active', intent: 'plan', medicationCodeableConcept: { text: 'x' }, subject } as never);
+      await env.put({ resourceType: 'DocumentReference', id: 'dr9', status: 'current', type: { coding: [{ system: LOINC, code: '34117-2' }] }, subject, content: [{ attachment: { url: 'x' } }] } as never);
+      await env.put({ resourceType: 'Encounter', id: 'e9', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'EMER' }, type: [{ coding: [{ system: SNOMED, code: '50849002' }] }], subject } as never);
+      const clinical = (code: string) => ({ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code }] });
+      await env.put({ resourceType: 'Condition', id: 'cd1', clinicalStatus: clinical('active'), code: { text: 'x' }, subject } as never);
+      await env.put({ resourceType: 'Condition', id: 'cd2', clinicalStatus: clinical('resolved'), code: { text: 'x' }, subject } as never);
+      await env.put({ resourceType: 'Goal', id: 'g9', lifecycleStatus: 'active', description: { text: 'x' }, subject } as never);
+      await env.put({ resourceType: 'Device', id: 'dv9', status: 'active', type: { coding: [{ system: SNOMED, code: '14106009' }] }, patient: subject } as never);
+      await env.put({ resourceType: 'Claim', id: 'cl9', status: 'active', patient: subject } as never);
+      await env.put({ resourceType: 'ExplanationOfBenefit', id: 'eob9', status: 'active', patient: subject } as never);
+      await env.put({ resourceType: 'Provenance', id: 'pv9', target: [{ reference: 'Claim/cl9' }, subject], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }] } as never);
+    });
+    it.each([
+      ['MedicationRequest?patient=p9&intent=order', ['MedicationRequest/mr1']],
+      ['MedicationRequest?patient=p9&intent=order,plan&status=active', ['MedicationRequest/mr1', 'MedicationRequest/mr2']],
+      [`DocumentReference?patient=p9&type=${encodeURIComponent(`${LOINC}|34117-2`)}`, ['DocumentReference/dr9']],
+      ['Encounter?patient=p9&class=EMER', ['Encounter/e9']],
+      ['Encounter?patient=p9&type=50849002', ['Encounter/e9']],
+      ['Encounter?patient=p9&class=AMB', []],
+      ['Condition?patient=p9&clinical-status=active', ['Condition/cd1']],
+      ['Goal?patient=p9&lifecycle-status=active', ['Goal/g9']],
+      ['Device?patient=p9&type=14106009', ['Device/dv9']],
+      ['Claim?patient=p9', ['Claim/cl9']],
+      ['ExplanationOfBenefit?patient=Patient/p9', ['ExplanationOfBenefit/eob9']],
+      ['Provenance?patient=p9', ['Provenance/pv9']],
+    ])('%s', async (q, expected) => {
+      const r = await env.get(`/${q}`, 'c');
+      expect(r.status).toBe(200);
+      expect(ids(r.body)).toEqual(expected);
+    });
+
+    it('$everything includes claims, devices and provenance', async () => {
+      const r = await env.get('/Patient/p9/$everything?_count=50', 'c');
+      expect(r.status).toBe(200);
+      expect(ids(r.body)).toEqual(
+        expect.arrayContaining(['Patient/p9', 'Claim/cl9', 'ExplanationOfBenefit/eob9', 'Device/dv9', 'Provenance/pv9', 'MedicationRequest/mr1', 'Condition/cd2']),
+      );
+    });
+  });
+
   it('unknown parameters: 400 by default, ignored with a warning under Prefer: handling=lenient', async () => {
     const strict = await env.get('/Observation?patient=p1&foo=bar', 'c');
     expect(strict.status).toBe(400);

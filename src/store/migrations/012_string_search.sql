@@ -1,4 +1,4 @@
--- String search parameters (US Core 6.1: Patient name/family/given, Practitioner name, Organization
+-- New search parameters. String search parameters (US Core 6.1: Patient name/family/given, Practitioner name, Organization
 -- and Location name) live in search_token: code holds the value normalised for comparison (case and
 -- accents ignored), system the value as written (for :exact). FHIR string search matches on the
 -- start of a value by default, so the string rows get a pattern index for LIKE 'prefix%', whatever
@@ -7,6 +7,18 @@ CREATE INDEX search_token_string_idx ON search_token (resource_type, param, code
   WHERE param IN ('name', 'family', 'given');
 
 -- Resource types whose stored resources have index rows to add: the store re-indexes each once at
--- start-up (after the migrations) and deletes its row. Patient also gains birthdate and gender.
+-- start-up (after the migrations) and deletes its row. Patient also gains birthdate and gender; US Core
+-- token parameters (MedicationRequest intent, DocumentReference and Encounter type, Encounter class,
+-- Condition and AllergyIntolerance clinical-status, Goal lifecycle-status) and Device are added; the
+-- rest of the R4 patient compartment (Claim, ExplanationOfBenefit, ImagingStudy, ...) gains `patient`.
 CREATE TABLE search_reindex_pending (resource_type text PRIMARY KEY);
-INSERT INTO search_reindex_pending (resource_type) VALUES ('Patient'), ('Practitioner'), ('Organization'), ('Location');
+INSERT INTO search_reindex_pending (resource_type) VALUES
+  ('Patient'), ('Practitioner'), ('Organization'), ('Location'),
+  ('MedicationRequest'), ('DocumentReference'), ('Encounter'), ('Condition'), ('AllergyIntolerance'), ('Goal'), ('Device'),
+  ('Account'), ('AdverseEvent'), ('BodyStructure'), ('ChargeItem'), ('Claim'), ('ClaimResponse'), ('ClinicalImpression'),
+  ('Communication'), ('CommunicationRequest'), ('Composition'), ('CoverageEligibilityRequest'), ('CoverageEligibilityResponse'),
+  ('DetectedIssue'), ('DeviceRequest'), ('DeviceUseStatement'), ('DocumentManifest'), ('EpisodeOfCare'), ('ExplanationOfBenefit'),
+  ('FamilyMemberHistory'), ('Flag'), ('ImagingStudy'), ('ImmunizationEvaluation'), ('ImmunizationRecommendation'), ('Invoice'),
+  ('List'), ('Media'), ('MedicationAdministration'), ('MedicationDispense'), ('MedicationStatement'), ('MolecularSequence'),
+  ('NutritionOrder'), ('Provenance'), ('QuestionnaireResponse'), ('RelatedPerson'), ('RiskAssessment'), ('ServiceRequest'),
+  ('Specimen'), ('SupplyDelivery'), ('VisionPrescription');
