@@ -66,6 +66,8 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
       'QuestionnaireResponse', 'RelatedPerson', 'RiskAssessment', 'ServiceRequest', 'Specimen', 'SupplyDelivery', 'VisionPrescription',
     ].map((type) => [type, { patient: R }]),
   ),
+  // US Core: servers SHALL support `_revinclude=Provenance:target` on every US Core search.
+  Provenance: { patient: R, target: R },
 };
 
 /** The kind of `param` on `resourceType`, or undefined when it is not supported. */
@@ -313,6 +315,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
       const refs: Array<{ type: string; id: string } | undefined> = [];
       if (param === 'patient') refs.push(...patientRefs(resource));
       else if (param === 'subject') refs.push(refOf(r['subject']));
+      else if (param === 'target') for (const t of concepts(r['target'])) refs.push(refOf(t));
       else if (param === 'encounter') {
         refs.push(refOf(r['encounter']));
         const ctx = r['context'] as { encounter?: unknown } | undefined;

@@ -283,6 +283,14 @@ describe('FHIR search', () => {
       expect(ids(r.body)).toEqual(expected);
     });
 
+    it('_revinclude=Provenance:target (US Core SHALL) adds the Provenance of each match', async () => {
+      const r = await env.get('/Claim?patient=p9&_revinclude=Provenance:target', 'c');
+      expect(r.status).toBe(200);
+      expect(ids(r.body)).toEqual(['Claim/cl9']);
+      expect(included(r.body)).toEqual(['Provenance/pv9']);
+      expect(ids((await env.get('/Provenance?target=Claim/cl9', 'c')).body)).toEqual(['Provenance/pv9']);
+    });
+
     it('$everything includes claims, devices and provenance', async () => {
       const r = await env.get('/Patient/p9/$everything?_count=50', 'c');
       expect(r.status).toBe(200);
