@@ -33,11 +33,12 @@ const S = 'string' as const;
  */
 export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, SearchParamKind>>>> = {
   Observation: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
-  Condition: { patient: R, subject: R, encounter: R, code: T, category: T, 'clinical-status': T, identifier: T },
+  Condition: { patient: R, subject: R, encounter: R, code: T, category: T, 'clinical-status': T, 'onset-date': D, 'abatement-date': D, 'recorded-date': D, identifier: T },
   Encounter: { patient: R, subject: R, date: D, status: T, class: T, type: T, identifier: T },
   Procedure: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
   DiagnosticReport: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
-  MedicationRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, intent: T, identifier: T },
+  MedicationRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, intent: T, authoredon: D, identifier: T },
+  ServiceRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, authored: D, identifier: T },
   Immunization: { patient: R, date: D, status: T, identifier: T },
   AllergyIntolerance: { patient: R, code: T, category: T, 'clinical-status': T, date: D, identifier: T },
   DocumentReference: { patient: R, subject: R, encounter: R, category: T, type: T, date: D, status: T, identifier: T },
@@ -52,8 +53,9 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
   // Organization SHALL name; Location SHALL name.
   Patient: { identifier: T, name: S, family: S, given: S, birthdate: D, gender: T },
   Practitioner: { identifier: T, name: S, family: S, given: S },
-  Organization: { identifier: T, name: S },
-  Location: { identifier: T, name: S },
+  PractitionerRole: { practitioner: R, organization: R, specialty: T, identifier: T },
+  Organization: { identifier: T, name: S, address: S },
+  Location: { identifier: T, name: S, address: S },
   // The rest of the R4 patient compartment that EHRs and Synthea send (claims, dispenses, imaging,
   // provenance, ...): searchable by patient, and so part of $everything and of patient-level exports.
   ...Object.fromEntries(
@@ -63,7 +65,7 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
       'DeviceRequest', 'DeviceUseStatement', 'DocumentManifest', 'EpisodeOfCare', 'ExplanationOfBenefit', 'FamilyMemberHistory',
       'Flag', 'ImagingStudy', 'ImmunizationEvaluation', 'ImmunizationRecommendation', 'Invoice', 'List', 'Media',
       'MedicationAdministration', 'MedicationDispense', 'MedicationStatement', 'MolecularSequence', 'NutritionOrder', 'Provenance',
-      'QuestionnaireResponse', 'RelatedPerson', 'RiskAssessment', 'ServiceRequest', 'Specimen', 'SupplyDelivery', 'VisionPrescription',
+      'QuestionnaireResponse', 'RelatedPerson', 'RiskAssessment', 'Specimen', 'SupplyDelivery', 'VisionPrescription',
     ].map((type) => [type, { patient: R }]),
   ),
   // US Core: servers SHALL support `_revinclude=Provenance:target` on every US Core search.
@@ -147,6 +149,16 @@ function periodRange(p: unknown): DateRange | undefined {
   if (!s && !e) return undefined;
   return { lo: s?.lo ?? NEG_INF, hi: e?.hi ?? POS_INF };
 }
+
+/** Elements of the date parameters other than `date` (first present wins). */
+const DATE_PARAM_ELEMENTS: Readonly<Record<string, readonly string[]>> = {
+  birthdate: ['birthDate'],
+  'onset-date': ['onsetDateTime', 'onsetPeriod'],
+  'abatement-date': ['abatementDateTime', 'abatementPeriod'],
+  'recorded-date': ['recordedDate'],
+  authoredon: ['authoredOn'],
+  authored: ['authoredOn'],
+};
 
 /** Element(s) holding the clinically relevant date per type (the `date` parameter, and consent's `dataPeriod`). */
 const DATE_ELEMENTS: Readonly<Record<string, readonly string[]>> = {
@@ -240,6 +252,16 @@ function stringValues(r: Record<string, unknown>, param: string): string[] {
   const push = (v: unknown): void => {
     if (typeof v === 'string') out.push(v);
   };
+  if (param === 'address') {
+    // Any part of an Address: lines, city, district, state, postal code, country, text.
+    for (const a of concepts(r['address'])) {
+      if (typeof a !== 'object' || a === null) continue;
+      const ad = a as Record<string, unknown>;
+      for (const l of concepts(ad['line'])) push(l);
+      for (const k of ['city', 'district', 'state', 'postalCode', 'country', 'text']) push(ad[k]);
+    }
+    return out;
+  }
   if (r['resourceType'] === 'Organization' || r['resourceType'] === 'Location') {
     if (param === 'name') {
       push(r['name']);
@@ -304,6 +326,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
       else if (param === 'clinical-status') values = codings(r['clinicalStatus']);
       else if (param === 'type') values = codings(r['type']);
       else if (param === 'class') values = codings(r['class']);
+      else if (param === 'specialty') values = codings(r['specialty']);
       else if (param === 'identifier') {
         for (const i of concepts(r['identifier'])) {
           const { system, value } = (i ?? {}) as { system?: unknown; value?: unknown };
@@ -316,6 +339,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
       if (param === 'patient') refs.push(...patientRefs(resource));
       else if (param === 'subject') refs.push(refOf(r['subject']));
       else if (param === 'target') for (const t of concepts(r['target'])) refs.push(refOf(t));
+      else if (param === 'practitioner' || param === 'organization') refs.push(refOf(r[param]));
       else if (param === 'encounter') {
         refs.push(refOf(r['encounter']));
         const ctx = r['context'] as { encounter?: unknown } | undefined;
@@ -329,9 +353,16 @@ export function extractIndexRows(resource: Resource): IndexRows {
         seen.add(exact);
         rows.strings.push({ param, exact, norm: normalizeSearchString(exact) });
       }
-    } else if (param === 'birthdate') {
-      const range = typeof r['birthDate'] === 'string' ? fhirDateRange(r['birthDate']) : undefined;
-      if (range) rows.dates.push({ param, ...range });
+    } else if (param !== 'date') {
+      // Date parameters other than the clinical `date`: each from its own elements.
+      for (const el of DATE_PARAM_ELEMENTS[param] ?? []) {
+        const v = r[el];
+        const range = typeof v === 'string' ? fhirDateRange(v) : periodRange(v);
+        if (range) {
+          rows.dates.push({ param, ...range });
+          break;
+        }
+      }
     } else {
       const v = clinicalDate(resource);
       const range = typeof v === 'string' ? fhirDateRange(v) : periodRange(v);

@@ -262,10 +262,15 @@ describe('FHIR search', () => {
       await env.put({ resourceType: 'Device', id: 'dv9', status: 'active', type: { coding: [{ system: SNOMED, code: '14106009' }] }, patient: subject } as never);
       await env.put({ resourceType: 'Claim', id: 'cl9', status: 'active', patient: subject } as never);
       await env.put({ resourceType: 'ExplanationOfBenefit', id: 'eob9', status: 'active', patient: subject } as never);
+      await env.put({ resourceType: 'Condition', id: 'cd3', code: { text: 'x' }, onsetDateTime: '2019-05-01', abatementPeriod: { start: '2020-01-01', end: '2020-02-01' }, recordedDate: '2019-05-02', subject } as never);
+      await env.put({ resourceType: 'MedicationRequest', id: 'mr3', status: 'stopped', intent: 'order', authoredOn: '2018-03-03T10:00:00Z', medicationCodeableConcept: { text: 'x' }, subject } as never);
+      await env.put({ resourceType: 'ServiceRequest', id: 'sr9', status: 'active', intent: 'order', category: [{ coding: [{ system: SNOMED, code: '108252007' }] }], code: { coding: [{ system: LOINC, code: '24323-8' }] }, authoredOn: '2024-02-02', subject } as never);
+      await env.put({ resourceType: 'PractitionerRole', id: 'pr9', practitioner: { reference: 'Practitioner/dr1' }, organization: { reference: 'Organization/org1' }, specialty: [{ coding: [{ system: 'http://nucc.org/provider-taxonomy', code: '208D00000X' }] }] } as never);
+      await env.put({ resourceType: 'Organization', id: 'org9', name: 'Clinic', address: [{ line: ['1 Main St'], city: 'Boston', state: 'MA', postalCode: '02110' }] } as never);
       await env.put({ resourceType: 'Provenance', id: 'pv9', target: [{ reference: 'Claim/cl9' }, subject], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }] } as never);
     });
     it.each([
-      ['MedicationRequest?patient=p9&intent=order', ['MedicationRequest/mr1']],
+      ['MedicationRequest?patient=p9&intent=order&status=active', ['MedicationRequest/mr1']],
       ['MedicationRequest?patient=p9&intent=order,plan&status=active', ['MedicationRequest/mr1', 'MedicationRequest/mr2']],
       [`DocumentReference?patient=p9&type=${encodeURIComponent(`${LOINC}|34117-2`)}`, ['DocumentReference/dr9']],
       ['Encounter?patient=p9&class=EMER', ['Encounter/e9']],
@@ -277,6 +282,17 @@ describe('FHIR search', () => {
       ['Claim?patient=p9', ['Claim/cl9']],
       ['ExplanationOfBenefit?patient=Patient/p9', ['ExplanationOfBenefit/eob9']],
       ['Provenance?patient=p9', ['Provenance/pv9']],
+      ['Condition?patient=p9&onset-date=2019', ['Condition/cd3']],
+      ['Condition?patient=p9&abatement-date=ge2020-01-15', ['Condition/cd3']],
+      ['Condition?patient=p9&recorded-date=2019-05-02', ['Condition/cd3']],
+      ['Condition?patient=p9&onset-date=2020', []],
+      ['MedicationRequest?patient=p9&intent=order&authoredon=lt2019', ['MedicationRequest/mr3']],
+      ['ServiceRequest?patient=p9&category=108252007&code=24323-8&authored=2024-02', ['ServiceRequest/sr9']],
+      ['PractitionerRole?practitioner=Practitioner/dr1&specialty=208D00000X', ['PractitionerRole/pr9']],
+      ['PractitionerRole?organization=org1', ['PractitionerRole/pr9']],
+      ['Organization?address=bost', ['Organization/org9']],
+      ['Organization?address=02110', ['Organization/org9']],
+      ['Organization?address:exact=MA', ['Organization/org9']],
     ])('%s', async (q, expected) => {
       const r = await env.get(`/${q}`, 'c');
       expect(r.status).toBe(200);
@@ -289,6 +305,14 @@ describe('FHIR search', () => {
       expect(ids(r.body)).toEqual(['Claim/cl9']);
       expect(included(r.body)).toEqual(['Provenance/pv9']);
       expect(ids((await env.get('/Provenance?target=Claim/cl9', 'c')).body)).toEqual(['Provenance/pv9']);
+    });
+
+    it('the prefix index of migration 012 covers exactly the string parameters', async () => {
+      const { readFileSync } = await import('node:fs');
+      const sql = readFileSync(new URL('../../src/store/migrations/012_string_search.sql', import.meta.url), 'utf8');
+      const indexed = /WHERE param IN \(([^)]*)\)/.exec(sql)![1]!.match(/'[^']+'/g)!.map((q) => q.slice(1, -1)).sort();
+      const strings = [...new Set(capabilityResources().flatMap((r) => (r.searchParam ?? []).filter((p) => p.type === 'string').map((p) => p.name)))].sort();
+      expect(indexed).toEqual(strings);
     });
 
     it('$everything includes claims, devices and provenance', async () => {
