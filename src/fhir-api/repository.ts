@@ -539,6 +539,25 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     async search(query, after) {
       requireType(query.resourceType, 'search');
       const clauses = narrowed(query);
+      const sort = query.sort;
+      if (sort) {
+        // Positions are [sort key, id]; the keys of fetched rows are kept beside them for keyOf.
+        const keys = new WeakMap<StoredVersion, string>();
+        return scan(
+          async (pos, limit) => {
+            const rows = await store.search.searchSorted({ resourceType: query.resourceType, clauses, limit, sort, ...(pos && pos.length === 2 ? { after: { key: pos[0]!, id: pos[1]! } } : {}) });
+            return rows.map((row) => {
+              keys.set(row.version, row.key);
+              return row.version;
+            });
+          },
+          (v) => [keys.get(v)!, v.id],
+          [],
+          query.count,
+          after,
+          'search',
+        );
+      }
       return scan(
         (pos, limit) => store.search.search({ resourceType: query.resourceType, clauses, limit, ...(pos ? { afterId: pos[0] } : {}) }),
         (v) => [v.id],

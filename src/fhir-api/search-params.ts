@@ -11,7 +11,7 @@
  * @see http://hl7.org/fhir/R4/search.html
  */
 import type { CapabilityStatementRestResource } from '@medplum/fhirtypes';
-import type { DateComparison, DatePrefix, SearchClause } from '../store/types.js';
+import type { DateComparison, DatePrefix, SearchClause, SearchSort } from '../store/types.js';
 import { COMMON_PARAMETERS, SEARCH_PARAMETERS, fhirDateRange, normalizeSearchString, referenceKey, searchParamKind } from '../store/search-store.js';
 import { httpError } from '../platform/errors.js';
 
@@ -54,6 +54,8 @@ export interface ParsedSearch {
   readonly elements?: readonly string[];
   readonly include: readonly IncludeSpec[];
   readonly revinclude: readonly IncludeSpec[];
+  /** `_sort` (by `_lastUpdated` or `date`, either direction); absent: id order. */
+  readonly sort?: SearchSort;
   /** Parameters ignored under `handling=lenient`. */
   readonly warnings: readonly string[];
   /** The parameters that define the result set (sorted, without `_cursor`): binds cursors, builds links. */
@@ -179,6 +181,7 @@ export function parseSearch(
   let cursor: string | undefined;
   let summaryCount = false;
   let elements: string[] | undefined;
+  let sort: SearchSort | undefined;
 
   const unsupported = (name: string, why: string): void => {
     if (!options.lenient) throw httpError(400, 'not-supported', `${why}: ${shortName(name)}`);
@@ -219,6 +222,21 @@ export function parseSearch(
         const list = value.split(',');
         if (!list.every((e) => /^[a-z][A-Za-z0-9]{0,63}$/.test(e))) throw bad('_elements must list top-level element names');
         elements = [...(elements ?? []), ...list];
+        keep();
+        continue;
+      }
+      case '_sort': {
+        // One key, `_lastUpdated` or (where the type has it) `date`, `-` for descending; `_id` after it
+        // is the order ties get anyway. Other keys: not supported (ignored under handling=lenient).
+        const keys = value.split(',');
+        const first = keys[0]!.replace(/^-/, '');
+        const tail = keys.slice(1);
+        const sortable = first === '_lastUpdated' || (first === 'date' && searchParamKind(resourceType, 'date') === 'date');
+        if (!sortable || tail.some((k) => k !== '_id') || sort) {
+          unsupported(`_sort=${value}`, `Unsupported sort (only one of _lastUpdated or date${searchParamKind(resourceType, 'date') === 'date' ? '' : ' where the type has it'}, optionally descending with -)`);
+          continue;
+        }
+        sort = { key: first, descending: keys[0]!.startsWith('-') };
         keep();
         continue;
       }
@@ -280,6 +298,7 @@ export function parseSearch(
     ...(cursor !== undefined ? { cursor } : {}),
     summaryCount,
     ...(elements ? { elements } : {}),
+    ...(sort ? { sort } : {}),
     include,
     revinclude,
     warnings,

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import type { Resource } from '@medplum/fhirtypes';
-import type { DateComparison, SearchClause, SearchQuery, SearchStore, StoredVersion } from './types.js';
+import type { DateComparison, SearchClause, SearchQuery, SearchSort, SearchStore, SortedRow, StoredVersion } from './types.js';
 import { toVersion, type VersionRow } from './rows.js';
 import { BEGIN_INDEX_PLANS } from './sql.js';
 
@@ -616,6 +616,29 @@ export class PgSearchStore implements SearchStore {
     const text = `SELECT ${COLUMNS} FROM resource r WHERE ${where.join(' AND ')} ORDER BY r.id COLLATE "C" LIMIT ${limit}`;
     const r = await this.pool.query<VersionRow>({ name: statementName(text), text, values: sql.values });
     return r.rows.map(toVersion);
+  }
+
+  async searchSorted(query: SearchQuery & { readonly sort: SearchSort }): Promise<SortedRow[]> {
+    const sql = new Sql();
+    const where = [`r.resource_type = ${sql.bind(query.resourceType)}`, 'r.version_id IS NOT NULL', 'NOT r.deleted'];
+    for (const c of query.clauses) {
+      if (c.values.length === 0) return [];
+      where.push(clauseSql(sql, c));
+    }
+    const { key, descending } = query.sort;
+    // The date's sort key: the earliest instant it covers ascending, the latest descending; none sorts last.
+    const lateral =
+      key === 'date'
+        ? ` CROSS JOIN LATERAL (SELECT COALESCE(${descending ? "max(d.hi), '-infinity'" : "min(d.lo), 'infinity'"})::timestamptz AS sort_key
+                               FROM search_date d WHERE d.resource_type = r.resource_type AND d.id = r.id AND d.param = 'date') k`
+        : '';
+    const keyExpr = key === 'date' ? 'k.sort_key' : 'r.last_updated';
+    if (query.after) where.push(`(${keyExpr}, r.id COLLATE "C") ${descending ? '<' : '>'} (${sql.bind(query.after.key)}::timestamptz, ${sql.bind(query.after.id)} COLLATE "C")`);
+    const dir = descending ? ' DESC' : '';
+    const limit = sql.bind(Math.max(1, Math.min(query.limit, MAX_LIMIT)));
+    const text = `SELECT ${COLUMNS}, ${keyExpr}::text AS sort_key FROM resource r${lateral} WHERE ${where.join(' AND ')} ORDER BY ${keyExpr}${dir}, r.id COLLATE "C"${dir} LIMIT ${limit}`;
+    const r = await this.pool.query<VersionRow & { sort_key: string }>({ name: statementName(text), text, values: sql.values });
+    return r.rows.map((row) => ({ version: toVersion(row), key: row.sort_key }));
   }
 
   async compartment(

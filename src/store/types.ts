@@ -320,6 +320,13 @@ export interface SearchQuery {
   readonly clauses: readonly SearchClause[];
   /** Only resources whose id sorts after this one (the cursor: the last row examined). */
   readonly afterId?: string;
+  /**
+   * `_sort`: by `_lastUpdated` or by the clinical `date` (ascending: the earliest instant a resource's
+   * date covers; descending: the latest; resources without one last), then by id. Without it, id order.
+   */
+  readonly sort?: SearchSort;
+  /** With `sort`: only rows after this sort key ({@link SortedRow.key}) and id. */
+  readonly after?: { readonly key: string; readonly id: string };
   /** Rows to return (1..1000). */
   readonly limit: number;
 }
@@ -328,8 +335,22 @@ export interface SearchQuery {
  * The search index (tables filled at write time, see migrations/005_search.sql). Unscoped: only the
  * consent-narrowed repository in src/fhir-api may use it.
  */
+/** A `_sort` the index can answer. */
+export interface SearchSort {
+  readonly key: '_lastUpdated' | 'date';
+  readonly descending: boolean;
+}
+
+/** A row of a sorted search, with its sort key (opaque text, for the next page's `after`). */
+export interface SortedRow {
+  readonly version: StoredVersion;
+  readonly key: string;
+}
+
 export interface SearchStore {
   search(query: SearchQuery): Promise<StoredVersion[]>;
+  /** {@link search} with `query.sort` (required): rows in sort order, each with its key. */
+  searchSorted(query: SearchQuery & { readonly sort: SearchSort }): Promise<SortedRow[]>;
   /** Current resources in a patient's compartment (`patient` reference), in (type, id) order. */
   compartment(
     patientId: string,

@@ -324,6 +324,52 @@ describe('FHIR search', () => {
     });
   });
 
+  describe('_sort', () => {
+    beforeAll(async () => {
+      // Stored in the order s3, s1, s5, s2, s4, a second apart.
+      const put = async (r: Parameters<FhirEnv['put']>[0]): Promise<void> => {
+        env.clock.advance(1000);
+        await env.put(r);
+      };
+      await put(observation('s3', 'ps', { effectiveDateTime: '2021-06-01' })); // ties with s1 by date: id decides
+      await put(observation('s1', 'ps', { effectiveDateTime: '2021-06-01' }));
+      await put(observation('s5', 'ps', { effectiveDateTime: '2023-03-03T10:00:00+02:00' }));
+      await put(observation('s2', 'ps', { effectiveDateTime: undefined, effectivePeriod: { start: '2020-01-01', end: '2022-01-01' } }));
+      await put(observation('s4', 'ps', { effectiveDateTime: undefined })); // no date: last either way
+    });
+    const all = async (q: string): Promise<string[]> => {
+      const out: string[] = [];
+      let path: string | undefined = `/Observation?${q}`;
+      while (path) {
+        const r = await env.get(path, 'c');
+        expect(r.status).toBe(200);
+        out.push(...ids(r.body).map((i) => i.slice('Observation/'.length)));
+        path = nextOf(env, r.body);
+      }
+      return out;
+    };
+
+    it.each([
+      ['patient=ps&_sort=date', ['s2', 's1', 's3', 's5', 's4']],
+      ['patient=ps&_sort=-date', ['s5', 's2', 's3', 's1', 's4']],
+      ['patient=ps&_sort=date&_count=1', ['s2', 's1', 's3', 's5', 's4']],
+      ['patient=ps&_sort=-date&_count=2', ['s5', 's2', 's3', 's1', 's4']],
+      ['patient=ps&_sort=-date,_id&date=ge2021', ['s5', 's2', 's3', 's1']],
+      ['patient=ps&_sort=_lastUpdated&_count=2', ['s3', 's1', 's5', 's2', 's4']],
+      ['patient=ps&_sort=-_lastUpdated&_count=1', ['s4', 's2', 's5', 's1', 's3']],
+    ])('Observation?%s (every page, in order)', async (q, expected) => {
+      expect(await all(q)).toEqual(expected);
+    });
+
+    it('refuses what it cannot sort by, or ignores it under handling=lenient', async () => {
+      for (const q of ['_sort=code', '_sort=date,code', '_sort=date&_sort=-date']) expect((await env.get(`/Observation?patient=ps&${q}`, 'c')).status).toBe(400);
+      expect((await env.get('/Condition?_sort=date', 'c')).status).toBe(400); // Condition has no date parameter here
+      const lenient = await env.get('/Observation?patient=ps&_sort=code', 'c', { headers: { prefer: 'handling=lenient' } });
+      expect(lenient.status).toBe(200);
+      expect(ids(lenient.body)).toHaveLength(5);
+    });
+  });
+
   it('unknown parameters: 400 by default, ignored with a warning under Prefer: handling=lenient', async () => {
     const strict = await env.get('/Observation?patient=p1&foo=bar', 'c');
     expect(strict.status).toBe(400);
@@ -350,7 +396,7 @@ describe('FHIR search', () => {
     '_include=*',
     '_include=Patient:link',
     '_include:iterate=Observation:patient',
-    '_sort=date',
+    '_sort=status',
     'patient=Patient/p1/extra',
     'patient=%E0%A4%A',
   ])('bad value %s → 400 OperationOutcome', async (q) => {
