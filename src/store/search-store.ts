@@ -230,8 +230,14 @@ function codings(v: unknown): Array<{ system: string; code: string }> {
 const CODE_ELEMENT: Readonly<Record<string, string>> = { MedicationRequest: 'medicationCodeableConcept' };
 
 const ADMINISTRATIVE_GENDER = 'http://hl7.org/fhir/administrative-gender';
-/** Longest string value indexed (longer ones are not searchable by that value). */
-const MAX_STRING_CHARS = 512;
+/**
+ * Longest token code, token system or string value indexed, in UTF-8 bytes: a `search_token` index
+ * entry holds code and system together, and PostgreSQL refuses a B-tree entry over 2704 bytes, which
+ * used to refuse the whole resource (a 3,000-character identifier value, a 500-character CJK name).
+ * A longer value is not searchable by that value; the resource is stored as always.
+ */
+export const MAX_INDEXED_BYTES = 1024;
+const indexable = (v: string): boolean => v.length <= MAX_INDEXED_BYTES / 4 || Buffer.byteLength(v, 'utf8') <= MAX_INDEXED_BYTES;
 
 /**
  * A string as FHIR string search compares it: case and accents ignored ("Müller" and "MULLER" are
@@ -333,7 +339,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
           if (typeof value === 'string' && value !== '') values.push({ system: typeof system === 'string' ? system : '', code: value });
         }
       }
-      for (const v of values) rows.tokens.push({ param, ...v });
+      for (const v of values) if (indexable(v.code) && indexable(v.system)) rows.tokens.push({ param, ...v });
     } else if (kind === 'reference') {
       const refs: Array<{ type: string; id: string } | undefined> = [];
       if (param === 'patient') refs.push(...patientRefs(resource));
@@ -349,9 +355,10 @@ export function extractIndexRows(resource: Resource): IndexRows {
     } else if (kind === 'string') {
       const seen = new Set<string>();
       for (const exact of stringValues(r, param)) {
-        if (exact === '' || exact.length > MAX_STRING_CHARS || seen.has(exact)) continue;
+        if (exact === '' || !indexable(exact) || seen.has(exact)) continue;
         seen.add(exact);
-        rows.strings.push({ param, exact, norm: normalizeSearchString(exact) });
+        const norm = normalizeSearchString(exact); // NFD can be longer (Hangul syllables become 2–3 letters)
+        if (indexable(norm)) rows.strings.push({ param, exact, norm });
       }
     } else if (param !== 'date') {
       // Date parameters other than the clinical `date`: each from its own elements.

@@ -225,6 +225,18 @@ describe('FHIR search', () => {
       expect(params).toEqual(expect.arrayContaining(['name:string', 'family:string', 'given:string', 'birthdate:date', 'gender:token']));
     });
 
+    it('stores a resource whose identifier, code or name is too long for the index (not searchable by that value)', async () => {
+      const long = 'x'.repeat(3000);
+      const cjk = Array.from({ length: 500 }, (_, i) => String.fromCharCode(0x4e00 + i)).join('');
+      await env.put(patient('pl1', { identifier: [{ system: 'urn:long', value: long }, { system: 'urn:mrn', value: 'MRN-L1' }], name: [{ family: cjk }, { family: 'Longname' }] }));
+      await env.put(observation('ol1', 'pl1', { code: { coding: [{ system: 'urn:long', code: long }, { system: LOINC, code: '2339-0' }] } }));
+      expect((await env.get('/Patient/pl1', 'c')).status).toBe(200);
+      expect(ids((await env.get(`/Patient?identifier=${encodeURIComponent('urn:mrn|MRN-L1')}`, 'c')).body)).toEqual(['Patient/pl1']);
+      expect(ids((await env.get('/Patient?name=longname', 'c')).body)).toEqual(['Patient/pl1']);
+      expect(ids((await env.get(`/Patient?name=${encodeURIComponent(cjk.slice(0, 10))}`, 'c')).body)).toEqual([]);
+      expect(ids((await env.get('/Observation?patient=pl1&code=2339-0', 'c')).body)).toEqual(['Observation/ol1']);
+    });
+
     it('a name search discloses only what consent permits', async () => {
       await env.put(patient('pn4', { name: [{ family: 'Hidden' }] }));
       await env.put(consent('c-pn4', 'pn4', denyActor('Organization/org-b')));
