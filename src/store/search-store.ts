@@ -37,7 +37,7 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
   Encounter: { patient: R, subject: R, date: D, status: T, class: T, type: T, identifier: T },
   Procedure: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
   DiagnosticReport: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
-  MedicationRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, intent: T, authoredon: D, identifier: T },
+  MedicationRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, intent: T, authoredon: D, medication: R, identifier: T },
   ServiceRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, authored: D, identifier: T },
   Immunization: { patient: R, date: D, status: T, identifier: T },
   AllergyIntolerance: { patient: R, code: T, category: T, 'clinical-status': T, date: D, identifier: T },
@@ -346,6 +346,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
       else if (param === 'subject') refs.push(refOf(r['subject']));
       else if (param === 'target') for (const t of concepts(r['target'])) refs.push(refOf(t));
       else if (param === 'practitioner' || param === 'organization') refs.push(refOf(r[param]));
+      else if (param === 'medication') refs.push(refOf(r['medicationReference']));
       else if (param === 'encounter') {
         refs.push(refOf(r['encounter']));
         const ctx = r['context'] as { encounter?: unknown } | undefined;

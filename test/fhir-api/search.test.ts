@@ -275,6 +275,8 @@ describe('FHIR search', () => {
       await env.put({ resourceType: 'Claim', id: 'cl9', status: 'active', patient: subject } as never);
       await env.put({ resourceType: 'ExplanationOfBenefit', id: 'eob9', status: 'active', patient: subject } as never);
       await env.put({ resourceType: 'Condition', id: 'cd3', code: { text: 'x' }, onsetDateTime: '2019-05-01', abatementPeriod: { start: '2020-01-01', end: '2020-02-01' }, recordedDate: '2019-05-02', subject } as never);
+      await env.put({ resourceType: 'Medication', id: 'med9', code: { coding: [{ system: 'http://www.nlm.nih.gov/research/umls/rxnorm', code: '197361' }] } } as never);
+      await env.put({ resourceType: 'MedicationRequest', id: 'mr4', status: 'draft', intent: 'order', medicationReference: { reference: 'Medication/med9' }, subject } as never);
       await env.put({ resourceType: 'MedicationRequest', id: 'mr3', status: 'stopped', intent: 'order', authoredOn: '2018-03-03T10:00:00Z', medicationCodeableConcept: { text: 'x' }, subject } as never);
       await env.put({ resourceType: 'ServiceRequest', id: 'sr9', status: 'active', intent: 'order', category: [{ coding: [{ system: SNOMED, code: '108252007' }] }], code: { coding: [{ system: LOINC, code: '24323-8' }] }, authoredOn: '2024-02-02', subject } as never);
       await env.put({ resourceType: 'PractitionerRole', id: 'pr9', practitioner: { reference: 'Practitioner/dr1' }, organization: { reference: 'Organization/org1' }, specialty: [{ coding: [{ system: 'http://nucc.org/provider-taxonomy', code: '208D00000X' }] }] } as never);
@@ -309,6 +311,13 @@ describe('FHIR search', () => {
       const r = await env.get(`/${q}`, 'c');
       expect(r.status).toBe(200);
       expect(ids(r.body)).toEqual(expected);
+    });
+
+    it('_include=MedicationRequest:medication (US Core SHALL) adds the Medication', async () => {
+      const r = await env.get('/MedicationRequest?patient=p9&intent=order&status=draft&_include=MedicationRequest:medication', 'c');
+      expect(r.status).toBe(200);
+      expect(ids(r.body)).toEqual(['MedicationRequest/mr4']);
+      expect(included(r.body)).toEqual(['Medication/med9']);
     });
 
     it('_revinclude=Provenance:target (US Core SHALL) adds the Provenance of each match', async () => {
