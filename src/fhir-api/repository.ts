@@ -89,7 +89,7 @@ export interface ScopedRepository {
   /** Resources to add for `_include` / `_revinclude` (permitted only, not already in `page`). */
   includes(page: readonly Released[], query: ParsedSearch): Promise<Released[]>;
   /** `Patient/{id}/$everything`: the Patient first, then its compartment, filtered before paging. */
-  everything(patientId: string, options: { count: number; after?: CursorPosition }): Promise<Page | undefined>;
+  everything(patientId: string, options: { count: number; after?: CursorPosition; types?: readonly string[]; since?: Date }): Promise<Page | undefined>;
   /** `_elements`: the released resource reduced to the named top-level elements (re-released). */
   project(item: Released, elements: readonly string[]): Released;
   /** Patient-written Consents (create / update / delete) in patient context. */
@@ -635,14 +635,25 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       const gate = await evaluate(patient, 'read');
       if (!gate) return undefined;
       const wildcard = access.scopes.some((s) => contexts.includes(s.context) && s.resourceType === '*' && s.permissions.includes('r'));
-      const types = wildcard
+      const scoped = wildcard
         ? undefined
         : [...new Set(access.scopes.filter((s) => contexts.includes(s.context) && s.permissions.includes('r')).map((s) => s.resourceType))];
+      // `_type` narrows within what the scopes allow; `_since` keeps what changed at or after it.
+      const types = options.types ? (scoped ? options.types.filter((t) => scoped.includes(t)) : options.types) : scoped;
+      const since = options.since;
+      const patientIncluded = (!options.types || options.types.includes('Patient')) && (!since || patient.lastUpdated >= since);
+      if (types && types.length === 0) {
+        // Nothing of the compartment can match: at most the Patient itself.
+        if (!patientIncluded || options.after || options.count === 0) return { items: [] };
+        disclose([gate]);
+        return { items: [gate.released] };
+      }
       return scan(
         (pos, limit) =>
           store.search.compartment(patientId, {
             limit,
             ...(types ? { types } : {}),
+            ...(since ? { since } : {}),
             ...(pos && pos.length === 2 ? { after: { resourceType: pos[0]!, id: pos[1]! } } : {}),
           }),
         (v) => [v.resourceType, v.id],
@@ -650,7 +661,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
         options.count,
         options.after,
         'read',
-        options.after ? [] : [gate],
+        options.after || !patientIncluded ? [] : [gate],
       );
     },
 

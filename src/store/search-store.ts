@@ -651,18 +651,19 @@ export class PgSearchStore implements SearchStore {
 
   async compartment(
     patientId: string,
-    options: { after?: { resourceType: string; id: string }; types?: readonly string[]; limit: number },
+    options: { after?: { resourceType: string; id: string }; types?: readonly string[]; since?: Date; limit: number },
   ): Promise<StoredVersion[]> {
     const r = await this.pool.query<VersionRow>({
-      name: 'fa_compartment',
+      name: 'fa_compartment_v2',
       text: `SELECT ${COLUMNS} FROM resource r
              WHERE (r.resource_type, r.id) IN (SELECT s.resource_type, s.id FROM search_reference s
                                                WHERE s.target_type = 'Patient' AND s.target_id = $1 AND s.param = 'patient')
                AND r.version_id IS NOT NULL AND NOT r.deleted
                AND (r.resource_type COLLATE "C", r.id COLLATE "C") > ($2 COLLATE "C", $3 COLLATE "C")
                AND ($4::text[] IS NULL OR r.resource_type = ANY($4::text[]))
+               AND ($6::timestamptz IS NULL OR r.last_updated >= $6::timestamptz)
              ORDER BY r.resource_type COLLATE "C", r.id COLLATE "C" LIMIT $5`,
-      values: [patientId, options.after?.resourceType ?? '', options.after?.id ?? '', options.types ?? null, Math.max(1, Math.min(options.limit, MAX_LIMIT))],
+      values: [patientId, options.after?.resourceType ?? '', options.after?.id ?? '', options.types ?? null, Math.max(1, Math.min(options.limit, MAX_LIMIT)), options.since ?? null],
     });
     return r.rows.map(toVersion);
   }

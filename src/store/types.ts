@@ -351,10 +351,10 @@ export interface SearchStore {
   search(query: SearchQuery): Promise<StoredVersion[]>;
   /** {@link search} with `query.sort` (required): rows in sort order, each with its key. */
   searchSorted(query: SearchQuery & { readonly sort: SearchSort }): Promise<SortedRow[]>;
-  /** Current resources in a patient's compartment (`patient` reference), in (type, id) order. */
+  /** Current resources in a patient's compartment (`patient` reference), in (type, id) order; `since`: last updated at or after. */
   compartment(
     patientId: string,
-    options: { readonly after?: { readonly resourceType: string; readonly id: string }; readonly types?: readonly string[]; readonly limit: number },
+    options: { readonly after?: { readonly resourceType: string; readonly id: string }; readonly types?: readonly string[]; readonly since?: Date; readonly limit: number },
   ): Promise<StoredVersion[]>;
   /** Current, non-deleted Consent resources whose `patient` is one of these patients (ids). */
   consentsFor(patientIds: readonly string[]): Promise<Array<{ readonly patient: string; readonly version: StoredVersion }>>;

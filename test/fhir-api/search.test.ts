@@ -336,6 +336,34 @@ describe('FHIR search', () => {
       expect(indexed).toEqual(strings);
     });
 
+    it('$everything with _type and _since (paged, the parameters kept in the next link)', async () => {
+      const all = async (q: string): Promise<string[]> => {
+        const out: string[] = [];
+        let path: string | undefined = `/Patient/p9/$everything?${q}`;
+        while (path) {
+          const r = await env.get(path, 'c');
+          expect(r.status).toBe(200);
+          out.push(...ids(r.body));
+          path = nextOf(env, r.body);
+        }
+        return out;
+      };
+      expect(await all('_type=Claim,Device&_count=1')).toEqual(['Claim/cl9', 'Device/dv9']);
+      expect(await all('_type=Device&_type=Patient')).toEqual(['Patient/p9', 'Device/dv9']);
+      expect(await all('_type=Patient')).toEqual(['Patient/p9']);
+      expect(await all('_type=Basic')).toEqual([]);
+      expect(await all(`_since=${encodeURIComponent('2027-01-01T00:00:00Z')}`)).toEqual([]);
+      expect((await all('_since=2020-01-01&_count=3')).length).toBeGreaterThan(15);
+      // _type narrows what the scopes allow, never widens it.
+      env.as('pt-claims', { scope: 'user/Patient.rs user/MedicationRequest.rs' });
+      const narrow = await env.get('/Patient/p9/$everything?_type=Claim,MedicationRequest', 'pt-claims');
+      expect(ids(narrow.body).every((i) => i.startsWith('MedicationRequest/'))).toBe(true);
+      expect(ids(narrow.body).length).toBeGreaterThan(0);
+      for (const q of ['_type=not-a-type', '_since=yesterday', '_since=2020&_since=2021', '_type=Claim&start=2020']) {
+        expect((await env.get(`/Patient/p9/$everything?${q}`, 'c')).status).toBe(400);
+      }
+    });
+
     it('$everything includes claims, devices and provenance', async () => {
       const r = await env.get('/Patient/p9/$everything?_count=50', 'c');
       expect(r.status).toBe(200);

@@ -1,13 +1,15 @@
 /**
  * `Patient/{id}/$everything`: the Patient and every resource in its compartment that the request
- * may see, filtered before paging (`_count`, signed cursor). A Patient the request may not see is a
- * 404, like an absent one.
+ * may see, filtered before paging (`_count`, signed cursor). `_type` keeps the types listed (the
+ * Patient only if listed), `_since` what was last updated at or after it (the Patient too). A Patient
+ * the request may not see is a 404, like an absent one, whatever `_type` says.
  *
  * @see http://hl7.org/fhir/R4/patient-operation-everything.html
  */
 import { httpError } from '../../platform/errors.js';
 import { searchsetBundle } from '../bundle.js';
-import { DEFAULT_COUNT, MAX_COUNT } from '../search-params.js';
+import { fhirDateRange } from '../../store/search-store.js';
+import { DEFAULT_COUNT, MAX_COUNT, TYPE_RE } from '../search-params.js';
 import { encodePairs, type OperationContext, type OperationResult } from './context.js';
 import { NOT_FOUND } from './read.js';
 
@@ -16,20 +18,31 @@ export async function everythingOperation(ctx: OperationContext): Promise<Operat
   const { id } = ctx.params as { id: string };
   let count = DEFAULT_COUNT;
   let cursor: string | undefined;
+  let types: string[] | undefined;
+  let since: { text: string; at: Date } | undefined;
   for (const [k, v] of ctx.pairs) {
     if (k === '_count') {
       if (!/^\d{1,9}$/.test(v)) throw httpError(400, 'invalid', '_count must be a non-negative integer');
       count = Math.min(Number(v), MAX_COUNT);
     } else if (k === '_cursor') cursor = v;
-    else if (k !== '_format' && k !== '_pretty' && !ctx.lenient) throw httpError(400, 'not-supported', `Unsupported $everything parameter: ${k.slice(0, 64)}`);
+    else if (k === '_type') {
+      // Resource types to return (R4: a comma list; repeated, the lists add up).
+      const list = v.split(',').map((t) => t.trim());
+      if (list.length > 100 || !list.every((t) => TYPE_RE.test(t))) throw httpError(400, 'invalid', '_type must list resource types, separated by commas');
+      types = [...new Set([...(types ?? []), ...list])].sort();
+    } else if (k === '_since') {
+      // An instant (R4); a date is read as its first moment.
+      const range = fhirDateRange(v);
+      if (!range || since) throw httpError(400, 'invalid', '_since must be one FHIR instant (or date)');
+      since = { text: v, at: range.lo };
+    } else if (k !== '_format' && k !== '_pretty' && !ctx.lenient) throw httpError(400, 'not-supported', `Unsupported $everything parameter: ${k.slice(0, 64)}`);
   }
-  const binding = `everything|${id}|${count}|${ctx.cursorBinding}`;
+  const kept: Array<[string, string]> = [['_count', String(count)], ...(types ? [['_type', types.join(',')] as [string, string]] : []), ...(since ? [['_since', since.text] as [string, string]] : [])];
+  const binding = `everything|${id}|${encodePairs(kept)}|${ctx.cursorBinding}`;
   const after = cursor !== undefined ? ctx.cursors.decode(cursor, binding) : undefined;
-  const page = await ctx.repo.everything(id, { count, ...(after ? { after } : {}) });
+  const page = await ctx.repo.everything(id, { count, ...(after ? { after } : {}), ...(types ? { types } : {}), ...(since ? { since: since.at } : {}) });
   if (!page) throw NOT_FOUND();
-  const nextUrl = page.next
-    ? `${ctx.baseUrl}/Patient/${id}/$everything?${encodePairs([['_count', String(count)], ['_cursor', ctx.cursors.encode(page.next, binding)]])}`
-    : undefined;
+  const nextUrl = page.next ? `${ctx.baseUrl}/Patient/${id}/$everything?${encodePairs([...kept, ['_cursor', ctx.cursors.encode(page.next, binding)]])}` : undefined;
   return {
     status: 200,
     body: searchsetBundle({
