@@ -216,7 +216,10 @@ export function parseSearch(
         keep();
         continue;
       case '_total':
-        if (value !== 'none') throw httpError(400, 'not-supported', '_total supports only none (use _summary=count)');
+        // A hint (R4: the server may leave the total out). Pages never carry one, since a total over
+        // consent-filtered matches costs a scan of them all; `_summary=count` asks for exactly that.
+        if (value !== 'none' && value !== 'estimate' && value !== 'accurate') throw bad('_total must be none, estimate or accurate');
+        if (value !== 'none') warnings.push(`_total=${value} ignored: search pages carry no total (use _summary=count)`);
         continue;
       case '_elements': {
         const list = value.split(',');

@@ -454,6 +454,16 @@ describe('FHIR search', () => {
     expect(r.body.resourceType).toBe('OperationOutcome');
   });
 
+  it('_total is a hint: accurate or estimate is answered without a total and says so; other values 400', async () => {
+    const r = await env.get('/Observation?patient=p1&_total=accurate', 'c');
+    expect(r.status).toBe(200);
+    expect(r.body.total).toBeUndefined();
+    expect(ids(r.body)).toHaveLength(3);
+    expect(JSON.stringify(r.body.entry.at(-1))).toContain('_total=accurate ignored');
+    expect((await env.get('/Observation?patient=p1&_total=none', 'c')).body.entry.every((e: Json) => e.search.mode === 'match')).toBe(true);
+    expect((await env.get('/Observation?patient=p1&_total=all', 'c')).status).toBe(400);
+  });
+
   it('caps _count and treats _count=0 as an empty page', async () => {
     const r = await env.get('/Observation?_count=0', 'c');
     expect(r.status).toBe(200);
