@@ -50,6 +50,8 @@ export interface ParsedSearch {
   readonly count: number;
   readonly cursor?: string;
   readonly summaryCount: boolean;
+  /** `_summary=true` (the summary elements) or `data` (all but the narrative); each match is a SUBSETTED projection. */
+  readonly summary?: 'true' | 'data';
   /** `_elements`: top-level element names to keep. */
   readonly elements?: readonly string[];
   readonly include: readonly IncludeSpec[];
@@ -182,6 +184,7 @@ export function parseSearch(
   let summaryCount = false;
   let elements: string[] | undefined;
   let sort: SearchSort | undefined;
+  let summary: 'true' | 'data' | undefined;
 
   const unsupported = (name: string, why: string): void => {
     if (!options.lenient) throw httpError(400, 'not-supported', `${why}: ${shortName(name)}`);
@@ -212,7 +215,8 @@ export function parseSearch(
       }
       case '_summary':
         if (value === 'count') summaryCount = true;
-        else if (value !== 'false') throw httpError(400, 'not-supported', '_summary supports only count and false');
+        else if (value === 'true' || value === 'data') summary = value;
+        else if (value !== 'false') throw httpError(400, 'not-supported', '_summary supports count, true, data and false');
         keep();
         continue;
       case '_total':
@@ -293,6 +297,7 @@ export function parseSearch(
     }
     keep();
   }
+  if (elements && summary) throw bad('_elements and _summary cannot be used together');
   canonical.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
   return {
     resourceType,
@@ -302,6 +307,7 @@ export function parseSearch(
     summaryCount,
     ...(elements ? { elements } : {}),
     ...(sort ? { sort } : {}),
+    ...(summary ? { summary } : {}),
     include,
     revinclude,
     warnings,

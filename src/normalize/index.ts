@@ -16,3 +16,4 @@ export {
   type ValidationResult,
 } from './validator-pool.js';
 export { isStructurallyFhir, prepareStructuralCheck } from './structural.js';
+export { summaryElementNames } from './r4-index.js';

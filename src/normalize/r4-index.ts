@@ -12,6 +12,8 @@ export interface TopLevelElement {
   readonly array: boolean;
   /** FHIR type code of the element as named in JSON (choice types are expanded per type). */
   readonly type: string;
+  /** Marked `isSummary` in the base definition (what `_summary=true` returns). */
+  readonly summary: boolean;
 }
 
 /** Resource type → JSON property name → element. */
@@ -41,11 +43,12 @@ export function r4Index(): R4Index {
       const name = path.slice(dot + 1);
       const array = el.max === '*' || Number(el.max) > 1;
       const types = el.type ?? [];
+      const summary = el.isSummary === true;
       if (name.endsWith('[x]')) {
         const stem = name.slice(0, -3);
-        for (const t of types) elements.set(stem + t.code.charAt(0).toUpperCase() + t.code.slice(1), { array, type: t.code });
+        for (const t of types) elements.set(stem + t.code.charAt(0).toUpperCase() + t.code.slice(1), { array, type: t.code, summary });
       } else {
-        elements.set(name, { array, type: types[0]?.code ?? 'BackboneElement' });
+        elements.set(name, { array, type: types[0]?.code ?? 'BackboneElement', summary });
       }
     }
     index.set(type, elements);
@@ -78,3 +81,14 @@ export const PRIMITIVE_JS_TYPE: Readonly<Record<string, 'string' | 'number' | 'b
   xhtml: 'string',
   'http://hl7.org/fhirpath/System.String': 'string',
 };
+
+/**
+ * The top-level properties of `resource` that R4 marks as summary elements (`_summary=true`), in the
+ * resource's own order; an unknown type or property is left out.
+ */
+export function summaryElementNames(resource: { readonly resourceType: string }): string[] {
+  const elements = r4Index().get(resource.resourceType);
+  if (!elements) return [];
+  // `_birthDate` (a primitive's id and extensions) goes with `birthDate`.
+  return Object.keys(resource).filter((k) => elements.get(k.startsWith('_') ? k.slice(1) : k)?.summary === true);
+}

@@ -439,7 +439,8 @@ describe('FHIR search', () => {
     'date=2024-01-01T25:00:00Z',
     '_count=-1',
     '_count=abc',
-    '_summary=true',
+    '_summary=text',
+    '_summary=true&_elements=status',
     'subject.name=x',
     'code:text=glucose',
     '_include=*',
@@ -452,6 +453,24 @@ describe('FHIR search', () => {
     const r = await env.get(`/Observation?${q}`, 'c');
     expect(r.status).toBe(400);
     expect(r.body.resourceType).toBe('OperationOutcome');
+  });
+
+  it('_summary=true keeps the summary elements, _summary=data all but the narrative; both tag SUBSETTED', async () => {
+    await env.put(patient('psum', { text: { status: 'generated', div: '<div xmlns="http://www.w3.org/1999/xhtml">x</div>' }, birthDate: '1980-01-01', _birthDate: { extension: [{ url: 'urn:x', valueString: 'y' }] }, gender: 'female', maritalStatus: { text: 'M' }, photo: [{ contentType: 'image/png', data: 'AA==' }], contact: [{ name: { family: 'C' } }] }));
+    const get = async (q: string): Promise<Json> => {
+      const r = await env.get(`/Patient?_id=psum&${q}`, 'c');
+      expect(r.status).toBe(200);
+      return r.body.entry[0].resource;
+    };
+    const summary = await get('_summary=true');
+    expect(Object.keys(summary).sort()).toEqual(['_birthDate', 'birthDate', 'gender', 'id', 'meta', 'name', 'resourceType']);
+    expect(summary.meta.tag).toEqual(expect.arrayContaining([expect.objectContaining({ code: 'SUBSETTED' })]));
+    const data = await get('_summary=data');
+    expect(data.text).toBeUndefined();
+    expect(data.photo).toHaveLength(1);
+    expect(data.contact).toHaveLength(1);
+    expect(data.meta.tag).toEqual(expect.arrayContaining([expect.objectContaining({ code: 'SUBSETTED' })]));
+    expect((await get('_summary=false')).text).toBeDefined();
   });
 
   it('_total is a hint: accurate or estimate is answered without a total and says so; other values 400', async () => {

@@ -3,10 +3,11 @@
  *
  * Results are filtered by the repository before paging; `Bundle.total` appears only for
  * `_summary=count` and counts permitted resources only; `_include` / `_revinclude` go through the
- * same gate; `_elements` re-releases the projection.
+ * same gate; `_elements` and `_summary=true|data` re-release the projection.
  *
  * @see http://hl7.org/fhir/R4/search.html
  */
+import { summaryElementNames } from '../../normalize/index.js';
 import { searchsetBundle, type BundleItem } from '../bundle.js';
 import { parseSearch } from '../search-params.js';
 import { encodePairs, type OperationContext, type OperationResult } from './context.js';
@@ -23,7 +24,12 @@ export async function searchOperation(ctx: OperationContext): Promise<OperationR
   const after = query.cursor !== undefined ? ctx.cursors.decode(query.cursor, binding) : undefined;
   const page = await ctx.repo.search(query, after);
   const included = query.include.length || query.revinclude.length ? await ctx.repo.includes(page.items, query) : [];
-  const shape = (i: (typeof page.items)[number]): (typeof page.items)[number] => (query.elements ? ctx.repo.project(i, query.elements) : i);
+  const shape = (i: (typeof page.items)[number]): (typeof page.items)[number] => {
+    if (query.elements) return ctx.repo.project(i, query.elements);
+    if (query.summary === 'true') return ctx.repo.project(i, summaryElementNames(i.resource));
+    if (query.summary === 'data') return ctx.repo.project(i, Object.keys(i.resource).filter((k) => k !== 'text'));
+    return i;
+  };
   const items: BundleItem[] = [
     ...page.items.map((i) => ({ resource: shape(i).resource, mode: 'match' as const })),
     ...included.map((i) => ({ resource: i.resource, mode: 'include' as const })),
