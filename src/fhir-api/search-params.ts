@@ -315,6 +315,11 @@ export function parseSearch(
   };
 }
 
+/** `_since` of `$everything` (an instant; a date is read as its first moment), or undefined when malformed. */
+export function sinceInstant(value: string): Date | undefined {
+  return fhirDateRange(value)?.lo;
+}
+
 /** Name/value pairs of a URL-encoded string (a query string or a form body); 400 when undecodable. */
 export function formPairs(encoded: string): Array<[string, string]> {
   const out: Array<[string, string]> = [];

@@ -8,8 +8,7 @@
  */
 import { httpError } from '../../platform/errors.js';
 import { searchsetBundle } from '../bundle.js';
-import { fhirDateRange } from '../../store/search-store.js';
-import { DEFAULT_COUNT, MAX_COUNT, TYPE_RE } from '../search-params.js';
+import { DEFAULT_COUNT, MAX_COUNT, TYPE_RE, sinceInstant } from '../search-params.js';
 import { encodePairs, type OperationContext, type OperationResult } from './context.js';
 import { NOT_FOUND } from './read.js';
 
@@ -32,9 +31,9 @@ export async function everythingOperation(ctx: OperationContext): Promise<Operat
       types = [...new Set([...(types ?? []), ...list])].sort();
     } else if (k === '_since') {
       // An instant (R4); a date is read as its first moment.
-      const range = fhirDateRange(v);
-      if (!range || since) throw httpError(400, 'invalid', '_since must be one FHIR instant (or date)');
-      since = { text: v, at: range.lo };
+      const at = sinceInstant(v);
+      if (!at || since) throw httpError(400, 'invalid', '_since must be one FHIR instant (or date)');
+      since = { text: v, at };
     } else if (k !== '_format' && k !== '_pretty' && !ctx.lenient) throw httpError(400, 'not-supported', `Unsupported $everything parameter: ${k.slice(0, 64)}`);
   }
   const kept: Array<[string, string]> = [['_count', String(count)], ...(types ? [['_type', types.join(',')] as [string, string]] : []), ...(since ? [['_since', since.text] as [string, string]] : [])];
