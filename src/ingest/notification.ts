@@ -309,6 +309,19 @@ function bundleEntries(bundle: Record<string, unknown>, skipFirst: boolean, dupl
   return entries;
 }
 
+/** Two or more lines, the first of them a JSON object on its own (only asked of a body that is not JSON). */
+function looksNdjson(text: string): boolean {
+  const trimmed = text.trim();
+  const nl = trimmed.indexOf('\n');
+  if (nl < 0) return false;
+  try {
+    const first: unknown = JSON.parse(trimmed.slice(0, nl));
+    return typeof first === 'object' && first !== null && !Array.isArray(first);
+  } catch {
+    return false;
+  }
+}
+
 /** UTF-16's byte order mark, or ASCII in UTF-16 (a zero byte beside each character). */
 function looksUtf16(body: Buffer): boolean {
   if (body.length >= 2 && ((body[0] === 0xff && body[1] === 0xfe) || (body[0] === 0xfe && body[1] === 0xff))) return true;
@@ -354,6 +367,9 @@ export function parseNotification(body: Buffer, ctx: ParseContext = {}): ParseRe
     }
     // ASCII text in UTF-16 is valid UTF-8 (every other byte NUL), but not JSON.
     if (looksUtf16(body)) return fail('unparseable', notUtf8Text(body, ctx.charset));
+    if (looksNdjson(text)) {
+      return fail('unparseable', 'Notification body is NDJSON (one resource per line): a hook takes one resource or a Bundle; import NDJSON files with `fhir-anchor import`');
+    }
     return fail('unparseable', 'Notification body is not valid JSON');
   }
   if (!isObject(json)) return fail('not-fhir', 'Notification body must be a JSON object (a FHIR resource)');

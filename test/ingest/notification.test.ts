@@ -295,6 +295,14 @@ describe('parseNotification', () => {
     expect(parseNotification(Buffer.from('\uFEFF{"resourceType":"Patient","id":"p","name":[{"family":"Müller"}]}')).ok).toBe(true);
   });
 
+  it('says so when a body is NDJSON (a hook takes one resource or a Bundle)', () => {
+    const ndjson = '{"resourceType":"Patient","id":"a"}\n{"resourceType":"Patient","id":"b"}\n';
+    const r = parseNotification(Buffer.from(ndjson));
+    expect(!r.ok && r.outcome.issue[0]!.details?.text).toMatch(/is NDJSON .*`fhir-anchor import`/);
+    const broken = parseNotification(Buffer.from('{"resourceType":"Patient",\n"id":'));
+    expect(!broken.ok && broken.outcome.issue[0]!.details?.text).toBe('Notification body is not valid JSON');
+  });
+
   it('refuses an empty body whose delete header does not name a resource, instead of taking it for a ping', () => {
     for (const header of ['Observation', 'Observation/', 'Observation/bad id', '/', 'nonsense']) {
       const r = parseNotification(Buffer.alloc(0), { deletedResource: header });
