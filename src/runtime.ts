@@ -415,10 +415,21 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
   // Start-up (migrations, profiles, rules, policies) leaves garbage V8 would keep for a long time.
   collectGarbage();
 
+  // Search parameters a migration added are filled in for the resources already stored, in the
+  // background (minutes on a large store; searches by a new parameter miss older resources until then).
+  const reindexAbort = new AbortController();
+  const reindexing = database.store.search
+    .reindexPending({ signal: reindexAbort.signal })
+    .then((done) => {
+      if (done.types.length > 0) logger.info({ types: done.types, resources: done.resources }, 'search index rebuilt for new search parameters');
+    })
+    .catch((err: unknown) => logger.error({ err: err instanceof Error ? err.message : String(err) }, 'rebuilding the search index for new search parameters failed; the next start retries'));
+
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     closing ??= (async () => {
       logger.info('shutting down');
+      reindexAbort.abort();
       if (reconcileTimer) clearInterval(reconcileTimer);
       if (auditTimer) clearInterval(auditTimer);
       if (subscriptionTimer) clearInterval(subscriptionTimer);
@@ -455,6 +466,7 @@ async function startWith(options: StartOptions, config: Config, boundServer: Ser
       await integrityStore.close();
       await clientStore.close();
       await exportStore.close();
+      await reindexing; // stops after its current batch
       await database.close();
       logger.info('database closed; bye');
     })();

@@ -75,17 +75,6 @@ export async function openDatabase(options: OpenDatabaseOptions): Promise<Databa
     applicationName: `${options.applicationName ?? 'fhir-anchor'}-audit`,
   });
   const store = new PostgresStore(pool, options.clock, options.committer, auditPool);
-  if (options.migrate ?? true) {
-    // Search parameters a migration added are filled in for the resources already stored.
-    try {
-      const done = await store.search.reindexPending();
-      if (done.types.length > 0) logger.info({ types: done.types, resources: done.resources }, 'search index rebuilt for new search parameters');
-    } catch (err) {
-      await store.close().catch(() => undefined);
-      await embedded?.stop();
-      throw err;
-    }
-  }
   return {
     store,
     connectionString,

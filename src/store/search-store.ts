@@ -703,7 +703,7 @@ export class PgSearchStore implements SearchStore {
     return { version, consents };
   }
 
-  async reindexPending(): Promise<{ types: string[]; resources: number }> {
+  async reindexPending(options: { readonly signal?: AbortSignal } = {}): Promise<{ types: string[]; resources: number }> {
     const lock = await this.pool.connect();
     try {
       const got = await lock.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(hashtext(current_schema() || ':search_reindex')) AS ok`);
@@ -716,7 +716,9 @@ export class PgSearchStore implements SearchStore {
         const types: string[] = [];
         for (const { resource_type: type } of pending.rows) {
           // On the connection that holds the lock: a pool of one must not wait for a second.
-          resources += await reindexOn(lock, 500, [type]);
+          const n = await reindexOn(lock, 500, [type], options.signal);
+          resources += n.indexed;
+          if (!n.complete) break; // stopped: the type stays pending
           await lock.query('DELETE FROM search_reindex_pending WHERE resource_type = $1', [type]);
           types.push(type);
         }
@@ -732,18 +734,22 @@ export class PgSearchStore implements SearchStore {
   async reindex(batchSize = 500, types?: readonly string[]): Promise<number> {
     const client = await this.pool.connect();
     try {
-      return await reindexOn(client, batchSize, types);
+      return (await reindexOn(client, batchSize, types)).indexed;
     } finally {
       client.release();
     }
   }
 }
 
-/** {@link PgSearchStore.reindex} on one connection: a transaction per batch of `batchSize` resources. */
-async function reindexOn(client: pg.PoolClient, batchSize: number, types: readonly string[] | undefined): Promise<number> {
+/**
+ * {@link PgSearchStore.reindex} on one connection: a transaction per batch of `batchSize` resources,
+ * until done or `signal` aborts (checked between batches).
+ */
+async function reindexOn(client: pg.PoolClient, batchSize: number, types: readonly string[] | undefined, signal?: AbortSignal): Promise<{ indexed: number; complete: boolean }> {
   let after = { type: '', id: '' };
   let total = 0;
   for (;;) {
+    if (signal?.aborted) return { indexed: total, complete: false };
     let n = 0;
     try {
       // One resource per index statement: the small-batch plans (see BEGIN_INDEX_PLANS).
@@ -766,6 +772,6 @@ async function reindexOn(client: pg.PoolClient, batchSize: number, types: readon
       throw err;
     }
     total += n;
-    if (n < batchSize) return total;
+    if (n < batchSize) return { indexed: total, complete: true };
   }
 }

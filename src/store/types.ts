@@ -372,10 +372,11 @@ export interface SearchStore {
   reindex(batchSize?: number, types?: readonly string[]): Promise<number>;
   /**
    * Re-indexes the resource types a migration listed as gaining search parameters
-   * (`search_reindex_pending`), each once: called after migrating. Another process doing it at the
-   * same time makes this one return at once with nothing done.
+   * (`search_reindex_pending`), each once: the service runs it in the background after starting.
+   * Another process doing it at the same time makes this one return at once with nothing done.
+   * `signal` stops it between batches; a type it did not finish stays pending for the next start.
    */
-  reindexPending(): Promise<{ readonly types: readonly string[]; readonly resources: number }>;
+  reindexPending(options?: { readonly signal?: AbortSignal }): Promise<{ readonly types: readonly string[]; readonly resources: number }>;
 }
 
 /** One durable audit record: the id and `recorded` time of the AuditEvent it becomes, and its content. */
