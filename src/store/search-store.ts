@@ -41,10 +41,10 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
   ServiceRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, authored: D, identifier: T },
   Immunization: { patient: R, date: D, status: T, identifier: T },
   AllergyIntolerance: { patient: R, code: T, category: T, 'clinical-status': T, date: D, identifier: T },
-  DocumentReference: { patient: R, subject: R, encounter: R, category: T, type: T, date: D, status: T, identifier: T },
+  DocumentReference: { patient: R, subject: R, encounter: R, category: T, type: T, date: D, period: D, status: T, identifier: T },
   CarePlan: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
-  CareTeam: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
-  Goal: { patient: R, subject: R, 'lifecycle-status': T, identifier: T },
+  CareTeam: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, role: T, identifier: T },
+  Goal: { patient: R, subject: R, 'lifecycle-status': T, 'target-date': D, identifier: T },
   Device: { patient: R, type: T, status: T, identifier: T },
   Coverage: { patient: R, status: T, identifier: T },
   Consent: { patient: R, category: T, date: D, status: T, identifier: T },
@@ -333,6 +333,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
       else if (param === 'type') values = codings(r['type']);
       else if (param === 'class') values = codings(r['class']);
       else if (param === 'specialty') values = codings(r['specialty']);
+      else if (param === 'role') for (const p of concepts(r['participant'])) values.push(...codings((p as { role?: unknown } | null)?.role));
       else if (param === 'identifier') {
         for (const i of concepts(r['identifier'])) {
           const { system, value } = (i ?? {}) as { system?: unknown; value?: unknown };
@@ -361,6 +362,17 @@ export function extractIndexRows(resource: Resource): IndexRows {
         const norm = normalizeSearchString(exact); // NFD can be longer (Hangul syllables become 2–3 letters)
         if (indexable(norm)) rows.strings.push({ param, exact, norm });
       }
+    } else if (param === 'target-date') {
+      // Goal: every target's due date.
+      for (const t of concepts(r['target'])) {
+        const due = (t as { dueDate?: unknown } | null)?.dueDate;
+        const range = typeof due === 'string' ? fhirDateRange(due) : undefined;
+        if (range) rows.dates.push({ param, ...range });
+      }
+    } else if (param === 'period') {
+      // DocumentReference: the period of care the document covers.
+      const range = periodRange((r['context'] as { period?: unknown } | undefined)?.period);
+      if (range) rows.dates.push({ param, ...range });
     } else if (param !== 'date') {
       // Date parameters other than the clinical `date`: each from its own elements.
       for (const el of DATE_PARAM_ELEMENTS[param] ?? []) {

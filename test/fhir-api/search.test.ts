@@ -270,12 +270,13 @@ describe('FHIR search', () => {
       await env.put(patient('p9'));
       await env.put({ resourceType: 'MedicationRequest', id: 'mr1', status: 'active', intent: 'order', medicationCodeableConcept: { text: 'x' }, subject } as never);
       await env.put({ resourceType: 'MedicationRequest', id: 'mr2', status: 'active', intent: 'plan', medicationCodeableConcept: { text: 'x' }, subject } as never);
-      await env.put({ resourceType: 'DocumentReference', id: 'dr9', status: 'current', type: { coding: [{ system: LOINC, code: '34117-2' }] }, subject, content: [{ attachment: { url: 'x' } }] } as never);
+      await env.put({ resourceType: 'DocumentReference', id: 'dr9', status: 'current', type: { coding: [{ system: LOINC, code: '34117-2' }] }, subject, content: [{ attachment: { url: 'x' } }], context: { period: { start: '2024-04-01', end: '2024-04-03' } } } as never);
       await env.put({ resourceType: 'Encounter', id: 'e9', status: 'finished', class: { system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'EMER' }, type: [{ coding: [{ system: SNOMED, code: '50849002' }] }], subject } as never);
       const clinical = (code: string) => ({ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code }] });
       await env.put({ resourceType: 'Condition', id: 'cd1', clinicalStatus: clinical('active'), code: { text: 'x' }, subject } as never);
       await env.put({ resourceType: 'Condition', id: 'cd2', clinicalStatus: clinical('resolved'), code: { text: 'x' }, subject } as never);
-      await env.put({ resourceType: 'Goal', id: 'g9', lifecycleStatus: 'active', description: { text: 'x' }, subject } as never);
+      await env.put({ resourceType: 'Goal', id: 'g9', lifecycleStatus: 'active', description: { text: 'x' }, subject, target: [{ dueDate: '2025-06-30' }, { dueDate: '2026-01-15' }] } as never);
+      await env.put({ resourceType: 'CareTeam', id: 'ct9', status: 'active', subject, participant: [{ role: [{ coding: [{ system: SNOMED, code: '116154003' }] }] }] } as never);
       await env.put({ resourceType: 'Device', id: 'dv9', status: 'active', type: { coding: [{ system: SNOMED, code: '14106009' }] }, patient: subject } as never);
       await env.put({ resourceType: 'Claim', id: 'cl9', status: 'active', patient: subject } as never);
       await env.put({ resourceType: 'ExplanationOfBenefit', id: 'eob9', status: 'active', patient: subject } as never);
@@ -297,6 +298,11 @@ describe('FHIR search', () => {
       ['Encounter?patient=p9&class=AMB', []],
       ['Condition?patient=p9&clinical-status=active', ['Condition/cd1']],
       ['Goal?patient=p9&lifecycle-status=active', ['Goal/g9']],
+      ['Goal?patient=p9&target-date=2026-01', ['Goal/g9']],
+      ['Goal?patient=p9&target-date=2025-12', []],
+      ['CareTeam?patient=p9&role=116154003', ['CareTeam/ct9']],
+      ['DocumentReference?patient=p9&type=34117-2&period=2024-04', ['DocumentReference/dr9']],
+      ['DocumentReference?patient=p9&period=ge2024-05', []],
       ['Device?patient=p9&type=14106009', ['Device/dv9']],
       ['Claim?patient=p9', ['Claim/cl9']],
       ['ExplanationOfBenefit?patient=Patient/p9', ['ExplanationOfBenefit/eob9']],

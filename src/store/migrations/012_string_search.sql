@@ -9,14 +9,15 @@ CREATE INDEX search_token_string_idx ON search_token (resource_type, param, code
 -- Resource types whose stored resources have index rows to add: the store re-indexes each once at
 -- start-up (after the migrations) and deletes its row. Patient also gains birthdate and gender; US Core
 -- token parameters (MedicationRequest intent, DocumentReference and Encounter type, Encounter class,
--- Condition and AllergyIntolerance clinical-status, Goal lifecycle-status), date parameters (Condition
--- onset-date, abatement-date, recorded-date, MedicationRequest authoredon, ServiceRequest authored),
+-- Condition and AllergyIntolerance clinical-status, Goal lifecycle-status, CareTeam role), date parameters
+-- (Condition onset-date, abatement-date, recorded-date, MedicationRequest authoredon, ServiceRequest
+-- authored, Goal target-date, DocumentReference period),
 -- Organization and Location address, PractitionerRole, ServiceRequest and Device are added; the
 -- rest of the R4 patient compartment (Claim, ExplanationOfBenefit, ImagingStudy, ...) gains `patient`.
 CREATE TABLE search_reindex_pending (resource_type text PRIMARY KEY);
 INSERT INTO search_reindex_pending (resource_type) VALUES
   ('Patient'), ('Practitioner'), ('PractitionerRole'), ('Organization'), ('Location'),
-  ('MedicationRequest'), ('DocumentReference'), ('Encounter'), ('Condition'), ('AllergyIntolerance'), ('Goal'), ('Device'),
+  ('MedicationRequest'), ('DocumentReference'), ('Encounter'), ('Condition'), ('AllergyIntolerance'), ('Goal'), ('CareTeam'), ('Device'),
   ('Account'), ('AdverseEvent'), ('BodyStructure'), ('ChargeItem'), ('Claim'), ('ClaimResponse'), ('ClinicalImpression'),
   ('Communication'), ('CommunicationRequest'), ('Composition'), ('CoverageEligibilityRequest'), ('CoverageEligibilityResponse'),
   ('DetectedIssue'), ('DeviceRequest'), ('DeviceUseStatement'), ('DocumentManifest'), ('EpisodeOfCare'), ('ExplanationOfBenefit'),
