@@ -339,6 +339,9 @@ export function formPairs(encoded: string): Array<[string, string]> {
   return out;
 }
 
+/** The type a reference parameter points at, where its name says so. */
+const REVERSE_TARGET: Readonly<Record<string, string>> = { patient: 'Patient', encounter: 'Encounter', practitioner: 'Practitioner', organization: 'Organization', medication: 'Medication' };
+
 /** CapabilityStatement resources of the read API: interactions and the supported search parameters per type. */
 export function capabilityResources(): CapabilityStatementRestResource[] {
   return Object.entries(SEARCH_PARAMETERS).map(([type, params]) => ({
@@ -349,6 +352,13 @@ export function capabilityResources(): CapabilityStatementRestResource[] {
     readHistory: true,
     conditionalRead: 'full-support',
     searchInclude: Object.entries(params).filter(([, k]) => k === 'reference').map(([p]) => `${type}:${p}`),
+    // What can point at this type: Provenance targets anything (US Core asks for Provenance:target on
+    // every type); `patient`, `encounter`, `practitioner`, `organization` and `medication` point at their namesakes.
+    searchRevInclude: Object.entries(SEARCH_PARAMETERS).flatMap(([source, sp]) =>
+      Object.entries(sp)
+        .filter(([p, k]) => k === 'reference' && (p === 'target' || REVERSE_TARGET[p] === type))
+        .map(([p]) => `${source}:${p}`),
+    ),
     searchParam: [
       { name: '_id', type: 'token' },
       { name: '_lastUpdated', type: 'date' },

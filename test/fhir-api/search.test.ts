@@ -223,6 +223,10 @@ describe('FHIR search', () => {
         .find((r) => r.type === 'Patient')!
         .searchParam!.map((p) => `${p.name}:${p.type}`);
       expect(params).toEqual(expect.arrayContaining(['name:string', 'family:string', 'given:string', 'birthdate:date', 'gender:token']));
+      const observation = capabilityResources().find((r) => r.type === 'Observation')!;
+      expect(observation.searchRevInclude).toEqual(['Provenance:target']);
+      expect(capabilityResources().find((r) => r.type === 'Patient')!.searchRevInclude).toEqual(expect.arrayContaining(['Observation:patient', 'Claim:patient', 'Provenance:target']));
+      expect(capabilityResources().find((r) => r.type === 'Encounter')!.searchRevInclude).toEqual(expect.arrayContaining(['Observation:encounter', 'Provenance:target']));
     });
 
     it('stores a resource whose identifier, code or name is too long for the index (not searchable by that value)', async () => {
