@@ -8,7 +8,7 @@
  *
  * @see http://hl7.org/fhir/R4/http.html#paging
  */
-import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import type { Bundle, BundleEntry, BundleLink, OperationOutcome, Resource } from '@medplum/fhirtypes';
 import type { ConsentChecked } from '../consent/index.js';
 import { httpError } from '../platform/errors.js';
@@ -29,32 +29,38 @@ const MAX_CURSOR_CHARS = 1024;
 /**
  * A cursor codec keyed by `key` (32 random bytes by default: cursors then survive only this
  * process; give every instance of a cluster the same key).
+ *
+ * The position is encrypted, not only signed (AES-256-GCM, the binding as associated data): it is
+ * the key of the last row examined, which may be a row the client may not see, and with `_sort=date`
+ * that key is the date of its clinical event. A cursor reveals nothing but its length.
  */
 export function createCursorCodec(key: Uint8Array = randomBytes(32)): CursorCodec {
-  const mac = (payload: string): Buffer => createHmac('sha256', key).update(payload).digest();
-  const bindingHash = (binding: string): string => createHash('sha256').update(binding).digest('base64url').slice(0, 22);
+  const encKey = createHash('sha256').update('fhir-anchor cursor v2\0').update(key).digest();
+  const bindingHash = (binding: string): Buffer => createHash('sha256').update(binding).digest();
   const invalid = (): Error => httpError(400, 'invalid', 'Invalid or expired paging cursor');
   return {
     encode(position, binding) {
-      const payload = Buffer.from(JSON.stringify({ v: 1, p: position, b: bindingHash(binding) })).toString('base64url');
-      return `${payload}.${mac(payload).toString('base64url')}`;
+      const iv = randomBytes(12);
+      const cipher = createCipheriv('aes-256-gcm', encKey, iv);
+      cipher.setAAD(bindingHash(binding));
+      const body = Buffer.concat([cipher.update(JSON.stringify(position), 'utf8'), cipher.final()]);
+      return Buffer.concat([iv, body, cipher.getAuthTag()]).toString('base64url');
     },
     decode(token, binding) {
-      if (token.length > MAX_CURSOR_CHARS || !/^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/.test(token)) throw invalid();
-      const [payload, sig] = token.split('.') as [string, string];
-      const expected = mac(payload);
-      const given = Buffer.from(sig, 'base64url');
-      if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw invalid();
-      let parsed: unknown;
+      if (token.length > MAX_CURSOR_CHARS || !/^[A-Za-z0-9_-]+$/.test(token)) throw invalid();
+      const raw = Buffer.from(token, 'base64url');
+      if (raw.length < 12 + 16 + 1) throw invalid();
+      let p: unknown;
       try {
-        parsed = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8'));
+        const decipher = createDecipheriv('aes-256-gcm', encKey, raw.subarray(0, 12));
+        decipher.setAAD(bindingHash(binding));
+        decipher.setAuthTag(raw.subarray(raw.length - 16));
+        p = JSON.parse(Buffer.concat([decipher.update(raw.subarray(12, raw.length - 16)), decipher.final()]).toString('utf8'));
       } catch {
+        // Altered, truncated, from another key, or bound to another request: the tag does not verify.
         throw invalid();
       }
-      const { v, p, b } = (parsed ?? {}) as { v?: unknown; p?: unknown; b?: unknown };
-      if (v !== 1 || b !== bindingHash(binding) || !Array.isArray(p) || p.length === 0 || p.length > 2 || !p.every((x) => typeof x === 'string')) {
-        throw invalid();
-      }
+      if (!Array.isArray(p) || p.length === 0 || p.length > 2 || !p.every((x) => typeof x === 'string')) throw invalid();
       return p as string[];
     },
   };

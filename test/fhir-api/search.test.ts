@@ -120,15 +120,29 @@ describe('FHIR search', () => {
     const r = await env.get('/Observation?patient=p2&_count=5', 'c');
     const next = nextOf(env, r.body)!;
     const cursor = new URL(`http://x${next}`).searchParams.get('_cursor')!;
-    const [payload, sig] = cursor.split('.') as [string, string];
-    const forged = Buffer.from(JSON.stringify({ v: 1, p: ['a'], b: 'x' })).toString('base64url');
-    for (const bad of [`${forged}.${sig}`, `${payload}.${sig.slice(0, -2)}`, 'garbage', `${payload}.`]) {
+    const forged = Buffer.from(JSON.stringify(['a'])).toString('base64url');
+    const raw = Buffer.from(cursor, 'base64url');
+    const flipped = Buffer.from(raw);
+    flipped.writeUInt8(flipped.readUInt8(14) ^ 1, 14);
+    for (const bad of [forged, cursor.slice(0, -2), 'garbage', `${cursor}.x`, flipped.toString('base64url'), raw.subarray(0, 20).toString('base64url')]) {
       expect((await env.get(`/Observation?patient=p2&_count=5&_cursor=${encodeURIComponent(bad)}`, 'c')).status).toBe(400);
     }
     // Same cursor on another query.
     expect((await env.get(`/Observation?patient=p1&_count=5&_cursor=${encodeURIComponent(cursor)}`, 'c')).status).toBe(400);
     // Same cursor by another client.
     expect((await env.get(`/Observation?patient=p2&_count=5&_cursor=${encodeURIComponent(cursor)}`, 'org-b')).status).toBe(400);
+  });
+
+  it('a cursor reveals nothing of the row it resumes after (it may be a row the client may not see)', async () => {
+    const first = await env.get('/Observation?patient=p2&_count=5', 'c');
+    const cursor = new URL(`http://x${nextOf(env, first.body)!}`).searchParams.get('_cursor')!;
+    const lastId = ids(first.body).at(-1)!.split('/')[1]!;
+    for (const enc of ['utf8', 'latin1'] as const) expect(Buffer.from(cursor, 'base64url').toString(enc)).not.toContain(lastId);
+    // The same page asked twice: different cursors (random IV), both valid.
+    const again = await env.get('/Observation?patient=p2&_count=5', 'c');
+    const cursor2 = new URL(`http://x${nextOf(env, again.body)!}`).searchParams.get('_cursor')!;
+    expect(cursor2).not.toBe(cursor);
+    expect(ids((await env.get(`/Observation?patient=p2&_count=5&_cursor=${encodeURIComponent(cursor2)}`, 'c')).body)).toEqual(ids((await env.get(`/Observation?patient=p2&_count=5&_cursor=${encodeURIComponent(cursor)}`, 'c')).body));
   });
 
   it('_summary=count counts matches; _elements subsets and tags SUBSETTED', async () => {
