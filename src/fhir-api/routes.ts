@@ -159,7 +159,25 @@ export function createFhirApiRouter(deps: FhirApiRouterDeps): Router {
   router.post('/:type/_search', typeGuard, deps.authenticate, form, handle('search-type', searchOperation, { formBody: true }));
   router.get('/:type/:id/_history/:vid', typeGuard, deps.authenticate, handle('vread', vreadOperation));
   router.get('/:type/:id/_history', typeGuard, deps.authenticate, handle('history', historyOperation));
+  // Interactions and operations this server does not offer, said as such rather than as a bad id.
+  router.get('/:type/:id', typeGuard, (req, _res, next) => {
+    const id = String(req.params.id);
+    if (id === '_history') throw httpError(400, 'not-supported', `Type-level history is not supported: read ${String(req.params.type)}/{id}/_history`);
+    if (id.startsWith('$')) throw httpError(400, 'not-supported', `Operation ${id.slice(0, 64)} is not supported on ${String(req.params.type)} (the CapabilityStatement lists the operations)`);
+    next();
+  });
   router.get('/:type/:id', typeGuard, deps.authenticate, handle('read', readOperation));
   router.get('/:type', typeGuard, deps.authenticate, handle('search-type', searchOperation));
+  // A resource path with a method it does not take (writes to anything but Consent): 405 with Allow.
+  router.all(['/:type', '/:type/:id'], typeGuard, (req, _res, next) => {
+    if (req.method === 'GET' || req.method === 'HEAD' || req.method === 'OPTIONS') return next();
+    const type = String(req.params.type);
+    const instance = req.params.id !== undefined;
+    const allow = type === 'Consent' ? (instance ? 'GET, HEAD, PUT, DELETE' : 'GET, HEAD, POST') : 'GET, HEAD';
+    throw httpError(405, 'not-supported', `${req.method} is not supported on ${instance ? `${type}/{id}` : type}: ${type === 'Consent' ? 'see Allow' : `${type} is read-only here (resources arrive from the sources' notifications)`}`, { Allow: allow });
+  });
+  router.post('/', () => {
+    throw httpError(400, 'not-supported', 'Transactions and batches are not supported: this API is read-only apart from Consent');
+  });
   return router;
 }

@@ -502,6 +502,26 @@ describe('FHIR search', () => {
     expect((await get('_summary=false')).text).toBeDefined();
   });
 
+  it('says what it does not offer: writes to read-only types 405 with Allow, type history and unknown operations 400 not-supported', async () => {
+    const call = async (method: string, path: string, body?: string) => {
+      const res = await fetch(`${env.base}/fhir/R4${path}`, { method, headers: { 'x-test-as': 'c', 'content-type': 'application/fhir+json' }, ...(body ? { body } : {}) });
+      return { status: res.status, allow: res.headers.get('allow'), body: (await res.json()) as Json };
+    };
+    for (const [method, path] of [['POST', '/Observation'], ['PUT', '/Observation/a1'], ['DELETE', '/Observation/a1'], ['PATCH', '/Patient/p1']] as const) {
+      const r = await call(method, path, '{}');
+      expect(r.status).toBe(405);
+      expect(r.allow).toBe('GET, HEAD');
+      expect(r.body.issue[0].code).toBe('not-supported');
+    }
+    const consent = await call('PATCH', '/Consent/c-p2', '[]');
+    expect([consent.status, consent.allow]).toEqual([405, 'GET, HEAD, PUT, DELETE']);
+    expect((await call('GET', '/Observation/_history')).body.issue[0]).toMatchObject({ code: 'not-supported', details: { text: expect.stringContaining('Type-level history') } });
+    expect((await call('GET', '/Observation/$validate')).body.issue[0]).toMatchObject({ code: 'not-supported', details: { text: expect.stringContaining('$validate') } });
+    expect((await call('POST', '/', '{"resourceType":"Bundle","type":"transaction"}')).status).toBe(400);
+    // Still untouched: reads, and the Observation still there.
+    expect((await env.get('/Observation/a1', 'c')).status).toBe(200);
+  });
+
   it('_total is a hint: accurate or estimate is answered without a total and says so; other values 400', async () => {
     const r = await env.get('/Observation?patient=p1&_total=accurate', 'c');
     expect(r.status).toBe(200);
