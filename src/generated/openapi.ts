@@ -109,6 +109,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/fhir/R4/{type}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                type: components["parameters"]["ResourceType"];
+            };
+            cookie?: never;
+        };
+        /**
+         * FHIR type search, consent-gated (the CapabilityStatement lists each type's search parameters).
+         * @description Every match is checked against the token's scopes and the patient's consent before paging: a denied resource is neither returned, counted nor paged over. Unknown parameters are a 400 unless the request sends `Prefer: handling=lenient`. Writes to any type but Consent are a 405 with `Allow`.
+         */
+        get: operations["fhirSearch"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/fhir/R4/{type}/{id}": {
         parameters: {
             query?: never;
@@ -835,6 +857,46 @@ export interface operations {
                     "application/fhir+json": components["schemas"]["FhirResource"];
                 };
             };
+        };
+    };
+    fhirSearch: {
+        parameters: {
+            query?: {
+                /** @description Page size (default 50 */
+                _count?: number;
+                /** @description Sort by last update or by the clinical date (types with a date parameter); ties by id. */
+                _sort?: "_lastUpdated" | "-_lastUpdated" | "date" | "-date";
+                /** @description `count`: only Bundle.total (permitted matches); `true`: summary elements; `data`: all but the narrative. */
+                _summary?: "count" | "true" | "data" | "false";
+                /** @description Top-level elements to keep (matches are tagged SUBSETTED). */
+                _elements?: string;
+                /** @description `Type:parameter[:Target]`, e.g. `MedicationRequest:medication`. */
+                _include?: string;
+                /** @description `Type:parameter`, e.g. `Provenance:target`. */
+                _revinclude?: string;
+                /** @description A hint; pages carry no total (use `_summary=count`). */
+                _total?: "none" | "estimate" | "accurate";
+                /** @description Opaque */
+                _cursor?: string;
+            };
+            header?: never;
+            path: {
+                type: components["parameters"]["ResourceType"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A searchset Bundle with a next link while more permitted matches exist. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["FhirResource"];
+                };
+            };
+            default: components["responses"]["Error"];
         };
     };
     fhirRead: {
