@@ -51,7 +51,7 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
   AuditEvent: { patient: R, date: D },
   // US Core 6.1: Patient SHALL name, SHOULD birthdate, family, gender, given; Practitioner SHALL name;
   // Organization SHALL name; Location SHALL name.
-  Patient: { identifier: T, name: S, family: S, given: S, birthdate: D, gender: T },
+  Patient: { identifier: T, name: S, family: S, given: S, birthdate: D, gender: T, address: S },
   Practitioner: { identifier: T, name: S, family: S, given: S },
   PractitionerRole: { practitioner: R, organization: R, specialty: T, identifier: T },
   Organization: { identifier: T, name: S, address: S },

@@ -180,7 +180,7 @@ describe('FHIR search', () => {
     beforeAll(async () => {
       await env.put(patient('pn1', { name: [{ family: 'Müller', given: ['José', 'Ana'], prefix: ['Dr.'], text: 'Dr. José Müller' }], gender: 'male', birthDate: '1970-03-04' }));
       await env.put(patient('pn2', { name: [{ family: 'Mullerton', given: ['Ann'] }, { family: 'Smith', use: 'old' }], gender: 'female', birthDate: '1970' }));
-      await env.put(patient('pn3', { name: [{ family: '50%_off' }], gender: 'unknown' }));
+      await env.put(patient('pn3', { name: [{ family: '50%_off' }], gender: 'unknown', address: [{ line: ['12 Rue de la Paix'], city: 'Paris', postalCode: '75002', country: 'FR' }] }));
       await env.put({ resourceType: 'Practitioner', id: 'dr1', name: [{ family: 'Ødegård', given: ['Kari', 'Antonín'] }] } as never);
       await env.put({ resourceType: 'Organization', id: 'org1', name: 'St. Mary Hospital', alias: ['Mary General'] } as never);
       await env.put({ resourceType: 'Location', id: 'loc1', name: 'Ward 7' } as never);
@@ -218,6 +218,9 @@ describe('FHIR search', () => {
       ['name=muller&birthdate=gt1970-06', ['pn2']], // 1970 (the whole year) reaches past June
       ['family=muller&birthdate=lt1970-03-05', ['pn1', 'pn2']],
       ['gender=unknown', ['pn3']],
+      ['address=paris', ['pn3']],
+      ['address=12%20rue', ['pn3']],
+      ['address=7500', ['pn3']],
     ])('Patient?%s', async (q, expected) => {
       expect(await patients(q)).toEqual(expected.map((i) => `Patient/${i}`));
     });
