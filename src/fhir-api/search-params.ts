@@ -275,7 +275,14 @@ export function parseSearch(
     }
     const referenceModifier = kind === 'reference' && modifier !== undefined && TYPE_RE.test(modifier);
     const stringModifier = kind === 'string' && (modifier === 'exact' || modifier === 'contains');
-    if (modifier !== undefined && !referenceModifier && !stringModifier) {
+    const notModifier = kind === 'token' && modifier === 'not';
+    if (modifier === 'missing' && kind) {
+      if (value !== 'true' && value !== 'false') throw bad(`${shortName(name)} must be true or false`);
+      clauses.push({ kind: 'missing', param: base, index: kind === 'string' ? 'token' : kind, missing: value === 'true', values: [true] });
+      keep();
+      continue;
+    }
+    if (modifier !== undefined && !referenceModifier && !stringModifier && !notModifier) {
       unsupported(name, 'Unsupported search modifier');
       continue;
     }
@@ -286,7 +293,7 @@ export function parseSearch(
     } else if (common === 'lastUpdated') {
       clauses.push({ kind: 'lastUpdated', values: dateValues(name, value) });
     } else if (kind === 'token') {
-      clauses.push({ kind: 'token', param: base, values: tokenValues(name, value) });
+      clauses.push({ kind: 'token', param: base, values: tokenValues(name, value), ...(notModifier ? { not: true } : {}) });
     } else if (kind === 'date') {
       clauses.push({ kind: 'date', param: base, values: dateValues(name, value) });
     } else if (kind === 'string') {

@@ -583,7 +583,11 @@ function clauseSql(sql: Sql, c: SearchClause): string {
         if (v.system !== undefined) parts.push(`t.system = ${sql.bind(v.system)}`);
         return parts.length ? `(${parts.join(' AND ')})` : 'true';
       });
-      return `EXISTS (SELECT 1 FROM search_token t WHERE t.resource_type = r.resource_type AND t.id = r.id AND t.param = ${sql.bind(c.param)} AND (${alts.join(' OR ')}))`;
+      return `${c.not ? 'NOT ' : ''}EXISTS (SELECT 1 FROM search_token t WHERE t.resource_type = r.resource_type AND t.id = r.id AND t.param = ${sql.bind(c.param)} AND (${alts.join(' OR ')}))`;
+    }
+    case 'missing': {
+      const table = c.index === 'token' ? 'search_token' : c.index === 'reference' ? 'search_reference' : 'search_date';
+      return `${c.missing ? 'NOT ' : ''}EXISTS (SELECT 1 FROM ${table} x WHERE x.resource_type = r.resource_type AND x.id = r.id AND x.param = ${sql.bind(c.param)})`;
     }
     case 'string': {
       // The parameter name is a literal (it comes from SEARCH_PARAMETERS), so that the planner can use

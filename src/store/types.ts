@@ -308,9 +308,12 @@ export interface DateComparison {
 export type SearchClause =
   | { readonly kind: 'id'; readonly values: readonly string[] }
   | { readonly kind: 'lastUpdated'; readonly values: readonly DateComparison[] }
-  | { readonly kind: 'token'; readonly param: string; readonly values: readonly { readonly system?: string; readonly code?: string }[] }
+  /** `not`: the `:not` modifier (resources with no matching value, also those with no value at all). */
+  | { readonly kind: 'token'; readonly param: string; readonly values: readonly { readonly system?: string; readonly code?: string }[]; readonly not?: boolean }
   | { readonly kind: 'reference'; readonly param: string; readonly values: readonly { readonly type?: string; readonly id: string }[] }
   | { readonly kind: 'date'; readonly param: string; readonly values: readonly DateComparison[] }
+  /** `:missing`: resources with (`missing: false`) or without (`true`) any indexed value of `param`. */
+  | { readonly kind: 'missing'; readonly param: string; readonly index: 'token' | 'reference' | 'date'; readonly missing: boolean; readonly values: readonly [true] }
   /** String search (R4): values start with (default), contain, or exactly equal one of `values`. */
   | { readonly kind: 'string'; readonly param: string; readonly match: 'start' | 'contains' | 'exact'; readonly values: readonly string[] };
 

@@ -67,6 +67,13 @@ describe('FHIR search', () => {
     ['patient=p1&date=ne2024', ['a2', 'a3']],
     ['patient=p1&date=2022-06-01', []],
     ['patient=p1&date=ge2022-01-01&date=lt2023', ['a3']],
+    ['patient=p1&status:not=preliminary', ['a1', 'a2']],
+    ['patient=p1&status:not=final,preliminary', []],
+    [`patient=p1&code:not=${encodeURIComponent(`${LOINC}|8867-4`)}`, ['a1', 'a3']],
+    ['patient=p1&encounter:missing=true', ['a2', 'a3']],
+    ['patient=p1&encounter:missing=false', ['a1']],
+    ['patient=p1&identifier:missing=false', ['a1']],
+    ['patient=p1&date:missing=false', ['a1', 'a2', 'a3']],
     ['patient=p1&_lastUpdated=ge2000-01-01', ['a1', 'a2', 'a3']],
     ['patient=p1&_lastUpdated=lt2000-01-01', []],
   ])('Observation?%s', async (q, expected) => {
@@ -234,7 +241,8 @@ describe('FHIR search', () => {
       expect(ids((await env.get('/Organization?name=mary', 'c')).body)).toEqual(['Organization/org1']);
       expect(ids((await env.get('/Location?name=ward', 'c')).body)).toEqual(['Location/loc1']);
       expect(await patients('name=%CC%81')).toBe(400); // only a combining accent: nothing to search for
-      expect(await patients('name:missing=true')).toBe(400);
+      expect(await patients('name:text=x')).toBe(400);
+      expect(await patients('name:missing=maybe')).toBe(400);
       expect(await patients('birthdate=1970-13')).toBe(400);
       const params = capabilityResources()
         .find((r) => r.type === 'Patient')!
