@@ -142,6 +142,13 @@ describe('ingest (queues on Redis)', () => {
       }
       expect(stored!.resource!.meta?.source).toMatch(/^https:\/\/ehr-a\.example\/fhir\/Encounter\//);
 
+      // Every resource of the patient's bundle is in the patient's compartment ($everything, patient-level
+      // exports): Claims, ExplanationOfBenefits and the Provenance too (they were left out before).
+      const patientEntry = bundle.entry.find((e) => e.resource.resourceType === 'Patient')!.resource;
+      const compartment = await service.database.store.search.compartment(anchorId('ehr-a', 'Patient', patientEntry.id), { limit: 1000 });
+      const byType = (xs: readonly string[]): Record<string, number> => xs.reduce<Record<string, number>>((m, t) => ({ ...m, [t]: (m[t] ?? 0) + 1 }), {});
+      expect(byType(compartment.map((v) => v.resourceType))).toEqual(byType(bundle.entry.map((e) => e.resource.resourceType).filter((t) => t !== 'Patient')));
+
       // The same bundle again is stored once.
       const again = await signed('ehr-a', bundleBytes);
       expect(again.status).toBe(200);
