@@ -88,6 +88,11 @@ export interface ScopedRepository {
   count(query: ParsedSearch): Promise<number>;
   /** Resources to add for `_include` / `_revinclude` (permitted only, not already in `page`). */
   includes(page: readonly Released[], query: ParsedSearch): Promise<Released[]>;
+  /**
+   * `$everything`: the resources outside any patient's compartment that a page references
+   * (Practitioner, Organization, Location, Medication, …), permitted only, not already in the page.
+   */
+  referenced(page: readonly Released[]): Promise<Released[]>;
   /** `Patient/{id}/$everything`: the Patient first, then its compartment, filtered before paging. */
   everything(patientId: string, options: { count: number; after?: CursorPosition; types?: readonly string[]; since?: Date }): Promise<Page | undefined>;
   /** `_elements`: the released resource reduced to the named top-level elements (re-released). */
@@ -623,6 +628,37 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
           .map((r) => ({ type: r.resourceType, id: r.id! }));
         if (targets.length === 0) continue;
         await revinclude(spec, targets, add, () => out.length >= MAX_INCLUDED);
+      }
+      disclose(out);
+      return out.map((o) => o.released);
+    },
+
+    async referenced(page) {
+      const seen = new Set(page.map((p) => `${p.resource.resourceType}/${p.resource.id ?? ''}`));
+      const targets = new Map<string, { type: string; id: string }>();
+      const walk = (node: unknown): void => {
+        if (node === null || typeof node !== 'object') return;
+        if (Array.isArray(node)) {
+          for (const n of node) walk(n);
+          return;
+        }
+        const obj = node as Record<string, unknown>;
+        for (const k in obj) {
+          const v = obj[k];
+          if (k === 'reference' && typeof v === 'string') {
+            const ref = referenceKey(v);
+            if (ref && NON_PATIENT_TYPES.has(ref.type) && !seen.has(`${ref.type}/${ref.id}`)) targets.set(`${ref.type}/${ref.id}`, ref);
+          } else if (typeof v === 'object') walk(v);
+        }
+      };
+      for (const p of page) walk(p.resource);
+      const out: Outcome[] = [];
+      for (const t of targets.values()) {
+        if (out.length >= MAX_INCLUDED) break;
+        if (!typeAllowed(t.type, 'read')) continue;
+        const v = await store.search.readCurrent(t.type, t.id);
+        const o = v ? await evaluate(v, 'read') : undefined;
+        if (o) out.push(o);
       }
       disclose(out);
       return out.map((o) => o.released);

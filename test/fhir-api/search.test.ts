@@ -392,6 +392,11 @@ describe('FHIR search', () => {
       expect(await all('_type=Device&_type=Patient')).toEqual(['Patient/p9', 'Device/dv9']);
       expect(await all('_type=Patient')).toEqual(['Patient/p9']);
       expect(await all('_type=Basic')).toEqual([]);
+      // R4: with the resources the page's matches reference (outside any compartment), as include entries.
+      const withRefs = await env.get('/Patient/p9/$everything?_type=MedicationRequest', 'c');
+      expect(included(withRefs.body)).toEqual(['Medication/med9']);
+      env.as('no-meds', { scope: 'user/Patient.rs user/MedicationRequest.rs' });
+      expect(included((await env.get('/Patient/p9/$everything?_type=MedicationRequest', 'no-meds')).body)).toEqual([]); // no Medication scope
       expect(await all(`_since=${encodeURIComponent('2027-01-01T00:00:00Z')}`)).toEqual([]);
       expect((await all('_since=2020-01-01&_count=3')).length).toBeGreaterThan(15);
       // _type narrows what the scopes allow, never widens it.

@@ -2,7 +2,8 @@
  * `Patient/{id}/$everything`: the Patient and every resource in its compartment that the request
  * may see, filtered before paging (`_count`, signed cursor). `_type` keeps the types listed (the
  * Patient only if listed), `_since` what was last updated at or after it (the Patient too). A Patient
- * the request may not see is a 404, like an absent one, whatever `_type` says.
+ * the request may not see is a 404, like an absent one, whatever `_type` says. Each page also carries,
+ * as `include` entries, the resources outside any compartment that its matches reference.
  *
  * @see http://hl7.org/fhir/R4/patient-operation-everything.html
  */
@@ -41,13 +42,16 @@ export async function everythingOperation(ctx: OperationContext): Promise<Operat
   const after = cursor !== undefined ? ctx.cursors.decode(cursor, binding) : undefined;
   const page = await ctx.repo.everything(id, { count, ...(after ? { after } : {}), ...(types ? { types } : {}), ...(since ? { since: since.at } : {}) });
   if (!page) throw NOT_FOUND();
+  // R4: also the resources the compartment's resources reference (practitioners, organisations, locations,
+  // medications), page by page, as `include` entries.
+  const referenced = await ctx.repo.referenced(page.items);
   const nextUrl = page.next ? `${ctx.baseUrl}/Patient/${id}/$everything?${encodePairs([...kept, ['_cursor', ctx.cursors.encode(page.next, binding)]])}` : undefined;
   return {
     status: 200,
     body: searchsetBundle({
       baseUrl: ctx.baseUrl,
       selfUrl: ctx.selfUrl,
-      items: page.items.map((i) => ({ resource: i.resource, mode: 'match' as const })),
+      items: [...page.items.map((i) => ({ resource: i.resource, mode: 'match' as const })), ...referenced.map((i) => ({ resource: i.resource, mode: 'include' as const }))],
       ...(nextUrl ? { nextUrl } : {}),
     }),
   };
