@@ -154,24 +154,28 @@ const NOT_PERMITTED = (): Error => httpError(403, 'forbidden', 'The access token
 export function patientsOf(resource: Resource): string[] {
   if (resource.resourceType === 'Patient') return resource.id ? [resource.id] : [];
   const out = new Set<string>();
-  const walk = (node: unknown): void => {
-    if (node === null || typeof node !== 'object') return;
-    if (Array.isArray(node)) {
-      for (const n of node) walk(n);
-      return;
-    }
-    // for…in rather than Object.entries: no pair arrays per node (this runs on every resource read and exported).
-    const obj = node as Record<string, unknown>;
-    for (const k in obj) {
-      const v = obj[k];
-      if (k === 'reference' && typeof v === 'string') {
-        const ref = referenceKey(v);
-        if (ref?.type === 'Patient') out.add(ref.id);
-      } else if (typeof v === 'object') walk(v);
-    }
-  };
-  walk(resource);
+  forEachReference(resource, (ref) => {
+    if (ref.type === 'Patient') out.add(ref.id);
+  });
   return [...out];
+}
+
+/** Calls `fn` with every literal reference anywhere in `node` (contained resources included) as local `Type/id`. */
+function forEachReference(node: unknown, fn: (ref: { type: string; id: string }) => void): void {
+  if (node === null || typeof node !== 'object') return;
+  if (Array.isArray(node)) {
+    for (const n of node) forEachReference(n, fn);
+    return;
+  }
+  // for…in rather than Object.entries: no pair arrays per node (this runs on every resource read and exported).
+  const obj = node as Record<string, unknown>;
+  for (const k in obj) {
+    const v = obj[k];
+    if (k === 'reference' && typeof v === 'string') {
+      const ref = referenceKey(v);
+      if (ref) fn(ref);
+    } else if (typeof v === 'object') forEachReference(v, fn);
+  }
 }
 
 function entityOf(v: { resourceType: string; id: string; versionId: string }): string {
@@ -636,22 +640,11 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     async referenced(page) {
       const seen = new Set(page.map((p) => `${p.resource.resourceType}/${p.resource.id ?? ''}`));
       const targets = new Map<string, { type: string; id: string }>();
-      const walk = (node: unknown): void => {
-        if (node === null || typeof node !== 'object') return;
-        if (Array.isArray(node)) {
-          for (const n of node) walk(n);
-          return;
-        }
-        const obj = node as Record<string, unknown>;
-        for (const k in obj) {
-          const v = obj[k];
-          if (k === 'reference' && typeof v === 'string') {
-            const ref = referenceKey(v);
-            if (ref && NON_PATIENT_TYPES.has(ref.type) && !seen.has(`${ref.type}/${ref.id}`)) targets.set(`${ref.type}/${ref.id}`, ref);
-          } else if (typeof v === 'object') walk(v);
-        }
-      };
-      for (const p of page) walk(p.resource);
+      for (const p of page) {
+        forEachReference(p.resource, (ref) => {
+          if (NON_PATIENT_TYPES.has(ref.type) && !seen.has(`${ref.type}/${ref.id}`)) targets.set(`${ref.type}/${ref.id}`, ref);
+        });
+      }
       const out: Outcome[] = [];
       for (const t of targets.values()) {
         if (out.length >= MAX_INCLUDED) break;

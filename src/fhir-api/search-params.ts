@@ -278,7 +278,7 @@ export function parseSearch(
     const notModifier = kind === 'token' && modifier === 'not';
     if (modifier === 'missing' && kind) {
       if (value !== 'true' && value !== 'false') throw bad(`${shortName(name)} must be true or false`);
-      clauses.push({ kind: 'missing', param: base, index: kind === 'string' ? 'token' : kind, missing: value === 'true', values: [true] });
+      clauses.push({ kind: 'missing', param: base, index: kind === 'string' ? 'token' : kind, missing: value === 'true' });
       keep();
       continue;
     }

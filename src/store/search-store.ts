@@ -407,22 +407,17 @@ export function indexArrays(items: ReadonlyArray<{ resourceType: string; id: str
   for (const item of items) {
     if (!item.content) continue;
     const rows = extractIndexRows(item.content);
-    for (const r of rows.tokens) {
+    const token = (param: string, system: string, code: string): void => {
       tok.t.push(item.resourceType);
       tok.i.push(item.id);
-      tok.p.push(r.param);
-      tok.s.push(r.system);
-      tok.c.push(r.code);
-    }
+      tok.p.push(param);
+      tok.s.push(system);
+      tok.c.push(code);
+    };
+    for (const r of rows.tokens) token(r.param, r.system, r.code);
     // String values live in search_token too: the normalised value as code (prefix and contains
     // searches), the value as written as system (`:exact`); migration 012 indexes them for prefixes.
-    for (const r of rows.strings) {
-      tok.t.push(item.resourceType);
-      tok.i.push(item.id);
-      tok.p.push(r.param);
-      tok.s.push(r.exact);
-      tok.c.push(r.norm);
-    }
+    for (const r of rows.strings) token(r.param, r.exact, r.norm);
     for (const r of rows.references) {
       ref.t.push(item.resourceType);
       ref.i.push(item.id);
@@ -609,6 +604,16 @@ function clauseSql(sql: Sql, c: SearchClause): string {
   }
 }
 
+/** The conditions of a search's type and clauses; undefined when a clause is an empty OR (it matches nothing). */
+function whereOf(sql: Sql, query: SearchQuery): string[] | undefined {
+  const where = [`r.resource_type = ${sql.bind(query.resourceType)}`, 'r.version_id IS NOT NULL', 'NOT r.deleted'];
+  for (const c of query.clauses) {
+    if (c.kind !== 'missing' && c.values.length === 0) return undefined;
+    where.push(clauseSql(sql, c));
+  }
+  return where;
+}
+
 /** Names of the string parameters (safe to write into SQL as literals). */
 const STRING_PARAMS: ReadonlySet<string> = new Set(Object.values(SEARCH_PARAMETERS).flatMap((defs) => Object.entries(defs).filter(([, k]) => k === 'string').map(([p]) => p)));
 
@@ -630,12 +635,9 @@ export class PgSearchStore implements SearchStore {
 
   async search(query: SearchQuery): Promise<StoredVersion[]> {
     const sql = new Sql();
-    const where = [`r.resource_type = ${sql.bind(query.resourceType)}`, 'r.version_id IS NOT NULL', 'NOT r.deleted'];
+    const where = whereOf(sql, query);
+    if (!where) return [];
     if (query.afterId !== undefined) where.push(`r.id COLLATE "C" > ${sql.bind(query.afterId)}`);
-    for (const c of query.clauses) {
-      if (c.values.length === 0) return []; // an empty OR matches nothing
-      where.push(clauseSql(sql, c));
-    }
     const limit = sql.bind(Math.max(1, Math.min(query.limit, MAX_LIMIT)));
     const text = `SELECT ${COLUMNS} FROM resource r WHERE ${where.join(' AND ')} ORDER BY r.id COLLATE "C" LIMIT ${limit}`;
     const r = await this.pool.query<VersionRow>({ name: statementName(text), text, values: sql.values });
@@ -644,11 +646,8 @@ export class PgSearchStore implements SearchStore {
 
   async searchSorted(query: SearchQuery & { readonly sort: SearchSort }): Promise<SortedRow[]> {
     const sql = new Sql();
-    const where = [`r.resource_type = ${sql.bind(query.resourceType)}`, 'r.version_id IS NOT NULL', 'NOT r.deleted'];
-    for (const c of query.clauses) {
-      if (c.values.length === 0) return [];
-      where.push(clauseSql(sql, c));
-    }
+    const where = whereOf(sql, query);
+    if (!where) return [];
     const { key, descending } = query.sort;
     // The date's sort key: the earliest instant it covers ascending, the latest descending; none sorts last.
     const lateral =

@@ -313,7 +313,7 @@ export type SearchClause =
   | { readonly kind: 'reference'; readonly param: string; readonly values: readonly { readonly type?: string; readonly id: string }[] }
   | { readonly kind: 'date'; readonly param: string; readonly values: readonly DateComparison[] }
   /** `:missing`: resources with (`missing: false`) or without (`true`) any indexed value of `param`. */
-  | { readonly kind: 'missing'; readonly param: string; readonly index: 'token' | 'reference' | 'date'; readonly missing: boolean; readonly values: readonly [true] }
+  | { readonly kind: 'missing'; readonly param: string; readonly index: 'token' | 'reference' | 'date'; readonly missing: boolean }
   /** String search (R4): values start with (default), contain, or exactly equal one of `values`. */
   | { readonly kind: 'string'; readonly param: string; readonly match: 'start' | 'contains' | 'exact'; readonly values: readonly string[] };
 

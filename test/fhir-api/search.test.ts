@@ -12,6 +12,19 @@ const nextOf = (env: FhirEnv, b: Json): string | undefined => {
   return url?.slice(env.baseUrl.length);
 };
 
+/** The matches of every page, following next links (each page must be a 200). */
+async function everyPage(env: FhirEnv, first: string): Promise<string[]> {
+  const out: string[] = [];
+  let path: string | undefined = first;
+  while (path) {
+    const r = await env.get(path, 'c');
+    expect(r.status).toBe(200);
+    out.push(...ids(r.body));
+    path = nextOf(env, r.body);
+  }
+  return out;
+}
+
 describe('FHIR search', () => {
   let env: FhirEnv;
   beforeAll(async () => {
@@ -377,17 +390,7 @@ describe('FHIR search', () => {
     });
 
     it('$everything with _type and _since (paged, the parameters kept in the next link)', async () => {
-      const all = async (q: string): Promise<string[]> => {
-        const out: string[] = [];
-        let path: string | undefined = `/Patient/p9/$everything?${q}`;
-        while (path) {
-          const r = await env.get(path, 'c');
-          expect(r.status).toBe(200);
-          out.push(...ids(r.body));
-          path = nextOf(env, r.body);
-        }
-        return out;
-      };
+      const all = (q: string): Promise<string[]> => everyPage(env, `/Patient/p9/$everything?${q}`);
       expect(await all('_type=Claim,Device&_count=1')).toEqual(['Claim/cl9', 'Device/dv9']);
       expect(await all('_type=Device&_type=Patient')).toEqual(['Patient/p9', 'Device/dv9']);
       expect(await all('_type=Patient')).toEqual(['Patient/p9']);
@@ -431,17 +434,7 @@ describe('FHIR search', () => {
       await put(observation('s2', 'ps', { effectiveDateTime: undefined, effectivePeriod: { start: '2020-01-01', end: '2022-01-01' } }));
       await put(observation('s4', 'ps', { effectiveDateTime: undefined })); // no date: last either way
     });
-    const all = async (q: string): Promise<string[]> => {
-      const out: string[] = [];
-      let path: string | undefined = `/Observation?${q}`;
-      while (path) {
-        const r = await env.get(path, 'c');
-        expect(r.status).toBe(200);
-        out.push(...ids(r.body).map((i) => i.slice('Observation/'.length)));
-        path = nextOf(env, r.body);
-      }
-      return out;
-    };
+    const all = async (q: string): Promise<string[]> => (await everyPage(env, `/Observation?${q}`)).map((i) => i.slice('Observation/'.length));
 
     it.each([
       ['patient=ps&_sort=date', ['s2', 's1', 's3', 's5', 's4']],
