@@ -43,7 +43,7 @@ import { integrityJobId, type QueueRegistry } from '../queue/index.js';
 import { isExportManifest } from '../research/export/manifest.js';
 import { clinicalDate, extractIndexRows, referenceKey, searchParamKind } from '../store/search-store.js';
 import { StoreConflictError } from '../store/errors.js';
-import type { PutVersionInput, PutVersionResult, SearchClause, Store, StoredVersion } from '../store/types.js';
+import type { PutVersionInput, PutVersionResult, SearchClause, SearchStore, Store, StoredVersion } from '../store/types.js';
 import type { AccessContext, DisclosureRecorder } from './access.js';
 import type { CursorPosition } from './bundle.js';
 import type { IncludeSpec, ParsedSearch } from './search-params.js';
@@ -160,6 +160,56 @@ export function patientsOf(resource: Resource): string[] {
   return [...out];
 }
 
+/** Resources resolved per call at most (a chunk of the store's many-read). */
+const RESOLVE_CHUNK = 1000;
+
+/**
+ * Whether a resource that names no Patient is still patient data to be found through what it
+ * references: a Provenance whose targets are an Observation, a List of someone's results, an
+ * Observation about a Group. Reference types and export manifests are not.
+ */
+function concernsPatientsIndirectly(resource: Resource, direct: readonly string[]): boolean {
+  return direct.length === 0 && resource.resourceType !== 'Patient' && !NON_PATIENT_TYPES.has(resource.resourceType) && !isExportManifest(resource);
+}
+
+/**
+ * Every patient each resource concerns: {@link patientsOf}, and for a resource that names no
+ * Patient (a Provenance of an Observation), the patients of the stored resources it references,
+ * one level deep. A reference to something not stored adds nobody. `cache` ('Type/id' → that
+ * resource's patients) saves round trips across calls of one request or export page.
+ */
+export async function resolvePatients(
+  resources: readonly Resource[],
+  search: Pick<SearchStore, 'readCurrentMany'>,
+  cache: Map<string, readonly string[]> = new Map(),
+  direct: ReadonlyArray<readonly string[]> = resources.map((r) => patientsOf(r)),
+): Promise<Array<readonly string[]>> {
+  const wanted = new Map<string, { type: string; id: string }>();
+  resources.forEach((r, i) => {
+    if (!concernsPatientsIndirectly(r, direct[i]!)) return;
+    forEachReference(r, (ref) => {
+      const key = `${ref.type}/${ref.id}`;
+      if (!NON_PATIENT_TYPES.has(ref.type) && !cache.has(key)) wanted.set(key, ref);
+    });
+  });
+  const keys = [...wanted.keys()];
+  for (let i = 0; i < keys.length; i += RESOLVE_CHUNK) {
+    const chunk = keys.slice(i, i + RESOLVE_CHUNK);
+    for (const k of chunk) cache.set(k, []);
+    for (const v of await search.readCurrentMany(chunk.map((k) => wanted.get(k)!))) {
+      if (!v.deleted && v.resource) cache.set(`${v.resourceType}/${v.id}`, patientsOf(v.resource));
+    }
+  }
+  return resources.map((r, i) => {
+    if (!concernsPatientsIndirectly(r, direct[i]!)) return direct[i]!;
+    const out = new Set<string>();
+    forEachReference(r, (ref) => {
+      for (const p of cache.get(`${ref.type}/${ref.id}`) ?? []) out.add(p);
+    });
+    return [...out];
+  });
+}
+
 /** Calls `fn` with every literal reference anywhere in `node` (contained resources included) as local `Type/id`. */
 function forEachReference(node: unknown, fn: (ref: { type: string; id: string }) => void): void {
   if (node === null || typeof node !== 'object') return;
@@ -215,6 +265,10 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
   const self = access.patient && access.fhirUser !== undefined && referenceKey(access.fhirUser)?.type === 'Patient' && referenceKey(access.fhirUser)?.id === access.patient ? access.patient : undefined;
 
   const consentCache = new Map<string, CompiledConsents>();
+  /** 'Type/id' → the patients of that stored resource, for resources that name no Patient themselves (see resolvePatients). */
+  const referencedPatients = new Map<string, readonly string[]>();
+  /** {@link patientsOf} of the rows of a scan batch, computed once for the prefetch and the gate. */
+  const directPatients = new WeakMap<Resource, readonly string[]>();
   const decisionsOf = new WeakMap<object, readonly ConsentDecision[]>();
   const audit = {
     disclosed: new Map<string, Set<string>>(), // 'bg' | 'normal' -> entities
@@ -317,7 +371,8 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     const resource = version.resource;
     if (version.deleted || !resource || resource.resourceType !== version.resourceType || resource.id !== version.id) return undefined;
     const entity = entityOf(version);
-    const patients = patientsOf(resource);
+    let patients = directPatients.get(resource) ?? patientsOf(resource);
+    if (concernsPatientsIndirectly(resource, patients)) patients = (await resolvePatients([resource], store.search, referencedPatients, [patients]))[0]!;
     if (!scopeAllows(resource, patients, interaction)) {
       deny(entity, [POLICY.scopes], patients);
       return undefined;
@@ -387,6 +442,14 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     const batch = Math.min(Math.max(count * 2, 20), Math.max(500, count + 1));
     for (;;) {
       const rows = await fetch(position, batch);
+      // One round trip for what the batch's patient-less rows (Provenance of an Observation, …) reference.
+      const live = rows.flatMap((r) => (r.resource && !r.deleted ? [r.resource] : []));
+      const direct = live.map((r) => {
+        const p = patientsOf(r);
+        directPatients.set(r, p);
+        return p;
+      });
+      if (live.some((r, i) => concernsPatientsIndirectly(r, direct[i]!))) await resolvePatients(live, store.search, referencedPatients, direct);
       for (const row of rows) {
         examined += 1;
         const o = await evaluate(row, interaction);

@@ -702,6 +702,18 @@ export class PgSearchStore implements SearchStore {
     return r.rows[0] ? toVersion(r.rows[0]) : undefined;
   }
 
+  async readCurrentMany(refs: ReadonlyArray<{ readonly type: string; readonly id: string }>): Promise<StoredVersion[]> {
+    if (refs.length === 0) return [];
+    const r = await this.pool.query<VersionRow>({
+      name: 'fa_read_current_many',
+      text: `SELECT ${COLUMNS} FROM unnest($1::text[], $2::text[]) AS k(resource_type, id)
+             JOIN resource r ON r.resource_type = k.resource_type AND r.id = k.id
+             WHERE r.version_id IS NOT NULL`,
+      values: [refs.map((x) => x.type), refs.map((x) => x.id)],
+    });
+    return r.rows.map(toVersion);
+  }
+
   async readCurrentWithConsents(resourceType: string, id: string): Promise<{ version: StoredVersion | undefined; consents: Map<string, StoredVersion[]> }> {
     const r = await this.pool.query<VersionRow & { kind: 'r' | 'p' | 'c'; patient: string | null }>({
       name: 'fa_read_current_with_consents',

@@ -363,6 +363,8 @@ export interface SearchStore {
   consentsFor(patientIds: readonly string[]): Promise<Array<{ readonly patient: string; readonly version: StoredVersion }>>;
   /** Current version by id (a prepared statement; the hot read path). */
   readCurrent(resourceType: string, id: string): Promise<StoredVersion | undefined>;
+  /** {@link readCurrent} of several resources in one round trip; those not stored are absent from the answer (order unspecified). */
+  readCurrentMany(refs: ReadonlyArray<{ readonly type: string; readonly id: string }>): Promise<StoredVersion[]>;
   /**
    * {@link readCurrent} and, in the same statement (one round trip, one snapshot), the current
    * Consents of every patient the resource's search index references (and of the Patient itself).

@@ -41,6 +41,17 @@ describe('read with the Consents of the resource', () => {
     expect(missing.version).toBeUndefined();
   });
 
+  it('reads several current versions in one statement; absent ones are left out', async () => {
+    const many = await env.db.store.search.readCurrentMany([
+      { type: 'Observation', id: 'rc-o1' },
+      { type: 'Patient', id: 'rc-open' },
+      { type: 'Observation', id: 'nope' },
+      { type: 'Patient', id: 'rc-o1' },
+    ]);
+    expect(many.map((v) => `${v.resourceType}/${v.id}/${v.versionId}`).sort()).toEqual(['Observation/rc-o1/1', 'Patient/rc-open/1']);
+    expect(await env.db.store.search.readCurrentMany([])).toEqual([]);
+  });
+
   it('still asks a patient named only in a contained resource', async () => {
     const repo = createScopedRepository(accessContext({ scope: 'user/*.rs' }), deps);
     expect(await repo.read('Observation', 'rc-o1')).toBeDefined();

@@ -363,6 +363,28 @@ describe('Bulk Data $export', () => {
     expect(ndjson(r.text).map((x) => x.id).sort()).toEqual(['p1', 'p2', 'p4'].map((p) => pseudonym(patient(p))).sort());
   });
 
+  it('a Provenance that names no patient is exported under the Consent of the patient whose record it targets', async () => {
+    const put = (r: Resource & { id: string }, deleted = false) =>
+      env.db.store.resources.putVersion({ resourceType: r.resourceType, id: r.id, ...(deleted ? { deleted: true } : { resource: r }), sourceId: 'test' });
+    const prov = (id: string, target: string): Resource & { id: string } =>
+      ({ resourceType: 'Provenance', id, target: [{ reference: target }], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/lab' } }] }) as Resource & { id: string };
+    // p1 permits research, p3 refuses it: before, both were exported as no one's data under the permit default.
+    await put(prov('pv-p1', 'Observation/o-p1-a'));
+    await put(prov('pv-p3', 'Observation/o-p3-a'));
+    try {
+      const statusPath = await kickoff('/mp/fhir/R4/$export?_type=Provenance&_deidentify=safe-harbor', 'research');
+      const manifest = await runManual('mp', statusPath, 'research');
+      const r = await download(manifest.output[0].url, 'research');
+      expect(ndjson(r.text).map((x) => x.id)).toEqual([pseudonym(prov('pv-p1', 'Observation/o-p1-a'))]);
+      const d = Object.fromEntries((await env.exports.patientDecisions(idOf(statusPath), { limit: 100 })).map((x) => [x.patientId, x]));
+      expect(d.p1).toMatchObject({ included: 1, excluded: 0 });
+      expect(d.p3).toMatchObject({ included: 0, excluded: 1 });
+    } finally {
+      await put(prov('pv-p1', ''), true);
+      await put(prov('pv-p3', ''), true);
+    }
+  });
+
   it('non-research export: _type, _since, _typeFilter (OR, no duplicates), patient-privacy consent', async () => {
     const since = await kickoff(`/m/fhir/R4/$export?_type=Observation&_since=${encodeURIComponent('2026-03-02T00:00:00Z')}`, 'treat');
     const m1 = await runManual('m', since, 'treat');

@@ -19,7 +19,7 @@ import path from 'node:path';
 import type { Group, OperationOutcome, Resource } from '@medplum/fhirtypes';
 import { parseScopes, type ConsentChecked } from '../../consent/index.js';
 import type { AccessContext, DisclosureRecorder } from '../../fhir-api/access.js';
-import { createScopedRepository, patientsOf, type FhirApiDeps, type ScopedRepository } from '../../fhir-api/repository.js';
+import { createScopedRepository, resolvePatients, type FhirApiDeps, type ScopedRepository } from '../../fhir-api/repository.js';
 import { parseSearch, type ParsedSearch } from '../../fhir-api/search-params.js';
 import { collectGarbage } from '../../platform/gc.js';
 import { TerminalJobError, integrityJobId, rerunJobId, type QueueRegistry } from '../../queue/index.js';
@@ -337,8 +337,9 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
           for (const x of policy) d.policy.add(x);
         }
       };
-      // One walk per resource for its patients (the gate and the consent record both need them).
-      const patientsOfItem = items.map((r) => patientsOf(r));
+      // One walk per resource for its patients (the gate and the consent record both need them); a
+      // Provenance of an Observation concerns the Observation's patient (one round trip per page).
+      const patientsOfItem = await resolvePatients(items, deps.store.search);
       let released: Array<ConsentChecked<Resource>> = items;
       if (gate) {
         await gate.prepare(patientsOfItem.flat());
