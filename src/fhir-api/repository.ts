@@ -41,7 +41,7 @@ import { unstorableValue } from '../platform/json-text.js';
 import type { Logger } from '../platform/logger.js';
 import { integrityJobId, type QueueRegistry } from '../queue/index.js';
 import { isExportManifest } from '../research/export/manifest.js';
-import { clinicalDate, extractIndexRows, referenceKey, searchParamKind } from '../store/search-store.js';
+import { clinicalDate, clinicalDateRange, extractIndexRows, referenceKey, searchParamKind } from '../store/search-store.js';
 import { StoreConflictError } from '../store/errors.js';
 import type { PutVersionInput, PutVersionResult, SearchClause, SearchStore, Store, StoredVersion } from '../store/types.js';
 import type { AccessContext, DisclosureRecorder } from './access.js';
@@ -94,7 +94,10 @@ export interface ScopedRepository {
    */
   referenced(page: readonly Released[]): Promise<Released[]>;
   /** `Patient/{id}/$everything`: the Patient first, then its compartment, filtered before paging. */
-  everything(patientId: string, options: { count: number; after?: CursorPosition; types?: readonly string[]; since?: Date }): Promise<Page | undefined>;
+  everything(
+    patientId: string,
+    options: { count: number; after?: CursorPosition; types?: readonly string[]; since?: Date; care?: { readonly from?: Date; readonly to?: Date } },
+  ): Promise<Page | undefined>;
   /** `_elements`: the released resource reduced to the named top-level elements (re-released). */
   project(item: Released, elements: readonly string[]): Released;
   /** Patient-written Consents (create / update / delete) in patient context. */
@@ -208,6 +211,13 @@ export async function resolvePatients(
     });
     return [...out];
   });
+}
+
+/** Whether a resource's care date overlaps `from`..`to` (either open); a resource without one is kept. */
+function inCare(resource: Resource, care: { readonly from?: Date; readonly to?: Date }): boolean {
+  const range = clinicalDateRange(resource);
+  if (!range) return true;
+  return (!care.to || range.lo < care.to) && (!care.from || range.hi > care.from);
 }
 
 /** Calls `fn` with every literal reference anywhere in `node` (contained resources included) as local `Type/id`. */
@@ -433,6 +443,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     after: CursorPosition | undefined,
     interaction: ScopeInteraction,
     first: Outcome[] = [],
+    keep?: (resource: Resource) => boolean,
   ): Promise<Page> => {
     const page: Outcome[] = [...first];
     if (count === 0) return { items: [] };
@@ -452,7 +463,8 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       if (live.some((r, i) => concernsPatientsIndirectly(r, direct[i]!))) await resolvePatients(live, store.search, referencedPatients, direct);
       for (const row of rows) {
         examined += 1;
-        const o = await evaluate(row, interaction);
+        // Not asked for (outside `$everything`'s care dates): passed over, neither disclosed nor denied.
+        const o = keep && row.resource && !keep(row.resource) ? undefined : await evaluate(row, interaction);
         if (o && page.length >= count) {
           disclose(page);
           return { items: page.map((x) => x.released), next: position ?? start };
@@ -733,6 +745,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       // `_type` narrows within what the scopes allow; `_since` keeps what changed at or after it.
       const types = options.types ? (scoped ? options.types.filter((t) => scoped.includes(t)) : options.types) : scoped;
       const since = options.since;
+      const care = options.care;
       const patientIncluded = (!options.types || options.types.includes('Patient')) && (!since || patient.lastUpdated >= since);
       if (types && types.length === 0) {
         // Nothing of the compartment can match: at most the Patient itself.
@@ -754,6 +767,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
         options.after,
         'read',
         options.after || !patientIncluded ? [] : [gate],
+        care ? (r) => inCare(r, care) : undefined,
       );
     },
 

@@ -327,6 +327,11 @@ export function sinceInstant(value: string): Date | undefined {
   return fhirDateRange(value)?.lo;
 }
 
+/** `start` / `end` of `$everything` (a date, or a dateTime): the interval it covers, or undefined when malformed. */
+export function careDateRange(value: string): { readonly lo: Date; readonly hi: Date } | undefined {
+  return fhirDateRange(value);
+}
+
 /** Name/value pairs of a URL-encoded string (a query string or a form body); 400 when undecodable. */
 export function formPairs(encoded: string): Array<[string, string]> {
   const out: Array<[string, string]> = [];

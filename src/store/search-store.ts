@@ -150,6 +150,12 @@ function periodRange(p: unknown): DateRange | undefined {
   return { lo: s?.lo ?? NEG_INF, hi: e?.hi ?? POS_INF };
 }
 
+/** The interval the resource's clinically relevant date ({@link clinicalDate}) covers; undefined when it has none. */
+export function clinicalDateRange(resource: Resource): DateRange | undefined {
+  const v = clinicalDate(resource);
+  return typeof v === 'string' ? fhirDateRange(v) : periodRange(v);
+}
+
 /** Elements of the date parameters other than `date` (first present wins). */
 const DATE_PARAM_ELEMENTS: Readonly<Record<string, readonly string[]>> = {
   birthdate: ['birthDate'],
@@ -175,6 +181,26 @@ const DATE_ELEMENTS: Readonly<Record<string, readonly string[]>> = {
   AuditEvent: ['recorded'],
   Condition: ['onsetDateTime', 'onsetPeriod', 'recordedDate'],
   MedicationRequest: ['authoredOn'],
+  // The rest of the patient compartment that EHRs and Synthea send: no `date` search parameter (so no
+  // index rows), but a care date for consent's dataPeriod and `$everything`'s start / end.
+  Claim: ['billablePeriod', 'created'],
+  ExplanationOfBenefit: ['billablePeriod', 'created'],
+  MedicationAdministration: ['effectiveDateTime', 'effectivePeriod'],
+  MedicationDispense: ['whenHandedOver', 'whenPrepared'],
+  MedicationStatement: ['effectiveDateTime', 'effectivePeriod', 'dateAsserted'],
+  ImagingStudy: ['started'],
+  Media: ['createdDateTime', 'createdPeriod'],
+  ServiceRequest: ['occurrenceDateTime', 'occurrencePeriod', 'authoredOn'],
+  DeviceRequest: ['occurrenceDateTime', 'occurrencePeriod', 'authoredOn'],
+  SupplyDelivery: ['occurrenceDateTime', 'occurrencePeriod'],
+  Goal: ['startDate'],
+  Coverage: ['period'],
+  EpisodeOfCare: ['period'],
+  Communication: ['sent'],
+  ClinicalImpression: ['effectiveDateTime', 'effectivePeriod', 'date'],
+  FamilyMemberHistory: ['date'],
+  RiskAssessment: ['occurrenceDateTime', 'occurrencePeriod'],
+  NutritionOrder: ['dateTime'],
 };
 
 /**
@@ -384,8 +410,7 @@ export function extractIndexRows(resource: Resource): IndexRows {
         }
       }
     } else {
-      const v = clinicalDate(resource);
-      const range = typeof v === 'string' ? fhirDateRange(v) : periodRange(v);
+      const range = clinicalDateRange(resource);
       if (range) rows.dates.push({ param, ...range });
     }
   }

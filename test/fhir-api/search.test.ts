@@ -407,9 +407,31 @@ describe('FHIR search', () => {
       const narrow = await env.get('/Patient/p9/$everything?_type=Claim,MedicationRequest', 'pt-claims');
       expect(ids(narrow.body).every((i) => i.startsWith('MedicationRequest/'))).toBe(true);
       expect(ids(narrow.body).length).toBeGreaterThan(0);
-      for (const q of ['_type=not-a-type', '_since=yesterday', '_since=2020&_since=2021', '_type=Claim&start=2020']) {
+      for (const q of ['_type=not-a-type', '_since=yesterday', '_since=2020&_since=2021', 'start=2020-13', 'start=2020&start=2021', 'start=2021&end=2020', 'end=soon']) {
         expect((await env.get(`/Patient/p9/$everything?${q}`, 'c')).status).toBe(400);
       }
+    });
+
+    it('$everything with start / end keeps what overlaps those care dates, the undated, and the Patient (paged, kept in the next link)', async () => {
+      const subject = { reference: 'Patient/p10' };
+      await env.put(patient('p10'));
+      await env.put(observation('cd-o2019', 'p10', { effectiveDateTime: '2019-03-01T10:00:00Z' }));
+      await env.put(observation('cd-o2024', 'p10', { effectiveDateTime: '2024-05-01T10:00:00Z' }));
+      await env.put({ resourceType: 'Encounter', id: 'cd-e', status: 'finished', class: { code: 'AMB' }, period: { start: '2023-12-20', end: '2024-01-05' }, subject } as never);
+      await env.put({ resourceType: 'Claim', id: 'cd-cl', status: 'active', billablePeriod: { start: '2022-06-01', end: '2022-06-02' }, patient: subject } as never);
+      await env.put({ resourceType: 'MedicationRequest', id: 'cd-mr', status: 'active', intent: 'order', authoredOn: '2024-02-01', medicationCodeableConcept: { text: 'x' }, subject } as never);
+      await env.put({ resourceType: 'AllergyIntolerance', id: 'cd-al', patient: subject, code: { text: 'peanut' } } as never);
+      const all = (q: string): Promise<string[]> => everyPage(env, `/Patient/p10/$everything?${q}`);
+      const undated = ['AllergyIntolerance/cd-al'];
+      expect((await all('start=2024&_count=1')).sort()).toEqual(['Encounter/cd-e', 'MedicationRequest/cd-mr', 'Observation/cd-o2024', 'Patient/p10', ...undated].sort());
+      expect((await all('end=2019')).sort()).toEqual(['Observation/cd-o2019', 'Patient/p10', ...undated].sort());
+      expect((await all('start=2022&end=2022')).sort()).toEqual(['Claim/cd-cl', 'Patient/p10', ...undated].sort());
+      // `end` covers its whole day; the Encounter overlaps a range that starts inside it.
+      expect((await all('start=2024-01-05&end=2024-01-05')).sort()).toEqual(['Encounter/cd-e', 'Patient/p10', ...undated].sort());
+      expect((await all('start=2024-02-01T00:00:00Z&end=2024-02-01&_type=MedicationRequest'))).toEqual(['MedicationRequest/cd-mr']);
+      // A next link carries start and end.
+      const first = await env.get('/Patient/p10/$everything?start=2024&_count=1', 'c');
+      expect(first.body.link.find((l: Json) => l.relation === 'next').url).toMatch(/[?&]start=2024(&|$)/);
     });
 
     it('$everything includes claims, devices and provenance', async () => {
