@@ -133,6 +133,7 @@ const NON_PATIENT_TYPES: ReadonlySet<string> = new Set([
   'Endpoint',
   'Substance',
   'ValueSet',
+  'Questionnaire',
   'CodeSystem',
   'StructureDefinition',
   'CapabilityStatement',

@@ -352,7 +352,15 @@ export function formPairs(encoded: string): Array<[string, string]> {
 }
 
 /** The type a reference parameter points at, where its name says so. */
-const REVERSE_TARGET: Readonly<Record<string, string>> = { patient: 'Patient', encounter: 'Encounter', practitioner: 'Practitioner', organization: 'Organization', medication: 'Medication' };
+const REVERSE_TARGET: Readonly<Record<string, string>> = {
+  patient: 'Patient',
+  encounter: 'Encounter',
+  practitioner: 'Practitioner',
+  organization: 'Organization',
+  medication: 'Medication',
+  location: 'Location',
+  endpoint: 'Endpoint',
+};
 
 /** CapabilityStatement resources of the read API: interactions and the supported search parameters per type. */
 export function capabilityResources(): CapabilityStatementRestResource[] {

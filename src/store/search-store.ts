@@ -33,8 +33,8 @@ const S = 'string' as const;
  */
 export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, SearchParamKind>>>> = {
   Observation: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
-  Condition: { patient: R, subject: R, encounter: R, code: T, category: T, 'clinical-status': T, 'onset-date': D, 'abatement-date': D, 'recorded-date': D, identifier: T },
-  Encounter: { patient: R, subject: R, date: D, status: T, class: T, type: T, identifier: T },
+  Condition: { patient: R, subject: R, encounter: R, code: T, category: T, 'clinical-status': T, 'onset-date': D, 'abatement-date': D, 'recorded-date': D, 'asserted-date': D, identifier: T },
+  Encounter: { patient: R, subject: R, date: D, status: T, class: T, type: T, location: R, 'discharge-disposition': T, identifier: T },
   Procedure: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
   DiagnosticReport: { patient: R, subject: R, encounter: R, code: T, category: T, date: D, status: T, identifier: T },
   MedicationRequest: { patient: R, subject: R, encounter: R, code: T, category: T, status: T, intent: T, authoredon: D, medication: R, identifier: T },
@@ -43,19 +43,30 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
   AllergyIntolerance: { patient: R, code: T, category: T, 'clinical-status': T, date: D, identifier: T },
   DocumentReference: { patient: R, subject: R, encounter: R, category: T, type: T, date: D, period: D, status: T, identifier: T },
   CarePlan: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, identifier: T },
-  CareTeam: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, role: T, identifier: T },
-  Goal: { patient: R, subject: R, 'lifecycle-status': T, 'target-date': D, identifier: T },
+  CareTeam: { patient: R, subject: R, encounter: R, category: T, date: D, status: T, role: T, participant: R, identifier: T },
+  Goal: { patient: R, subject: R, 'lifecycle-status': T, 'target-date': D, description: T, identifier: T },
   Device: { patient: R, type: T, status: T, identifier: T },
   Coverage: { patient: R, status: T, identifier: T },
   Consent: { patient: R, category: T, date: D, status: T, identifier: T },
   AuditEvent: { patient: R, date: D },
   // US Core 6.1: Patient SHALL name, SHOULD birthdate, family, gender, given; Practitioner SHALL name;
   // Organization SHALL name; Location SHALL name.
-  Patient: { identifier: T, name: S, family: S, given: S, birthdate: D, gender: T, address: S },
+  Patient: { identifier: T, name: S, family: S, given: S, birthdate: D, gender: T, address: S, 'death-date': D },
   Practitioner: { identifier: T, name: S, family: S, given: S },
-  PractitionerRole: { practitioner: R, organization: R, specialty: T, identifier: T },
+  PractitionerRole: { practitioner: R, organization: R, specialty: T, endpoint: R, identifier: T },
   Organization: { identifier: T, name: S, address: S },
-  Location: { identifier: T, name: S, address: S },
+  Location: { identifier: T, name: S, address: S, 'address-city': S, 'address-state': S, 'address-postalcode': S },
+  // US Core 6.1 further: MedicationDispense (status, type; `_include=MedicationDispense:medication`),
+  // QuestionnaireResponse (status, authored), RelatedPerson (name), and the reference types a US Core
+  // server reads (Medication SHALL, Endpoint, HealthcareService, Questionnaire, ValueSet).
+  MedicationDispense: { patient: R, subject: R, status: T, type: T, medication: R, identifier: T },
+  QuestionnaireResponse: { patient: R, subject: R, status: T, authored: D, identifier: T },
+  RelatedPerson: { patient: R, name: S, identifier: T },
+  Medication: { code: T, status: T, identifier: T },
+  Endpoint: { name: S, status: T, identifier: T },
+  HealthcareService: { name: S, organization: R, identifier: T },
+  Questionnaire: { name: S, status: T, identifier: T },
+  ValueSet: { name: S, status: T, identifier: T },
   // The rest of the R4 patient compartment that EHRs and Synthea send (claims, dispenses, imaging,
   // provenance, ...): searchable by patient, and so part of $everything and of patient-level exports.
   ...Object.fromEntries(
@@ -64,8 +75,8 @@ export const SEARCH_PARAMETERS: Readonly<Record<string, Readonly<Record<string, 
       'CommunicationRequest', 'Composition', 'CoverageEligibilityRequest', 'CoverageEligibilityResponse', 'DetectedIssue',
       'DeviceRequest', 'DeviceUseStatement', 'DocumentManifest', 'EpisodeOfCare', 'ExplanationOfBenefit', 'FamilyMemberHistory',
       'Flag', 'ImagingStudy', 'ImmunizationEvaluation', 'ImmunizationRecommendation', 'Invoice', 'List', 'Media',
-      'MedicationAdministration', 'MedicationDispense', 'MedicationStatement', 'MolecularSequence', 'NutritionOrder', 'Provenance',
-      'QuestionnaireResponse', 'RelatedPerson', 'RiskAssessment', 'Specimen', 'SupplyDelivery', 'VisionPrescription',
+      'MedicationAdministration', 'MedicationStatement', 'MolecularSequence', 'NutritionOrder', 'Provenance',
+      'RiskAssessment', 'Specimen', 'SupplyDelivery', 'VisionPrescription',
     ].map((type) => [type, { patient: R }]),
   ),
   // US Core: servers SHALL support `_revinclude=Provenance:target` on every US Core search.
@@ -156,6 +167,8 @@ export function clinicalDateRange(resource: Resource): DateRange | undefined {
   return typeof v === 'string' ? fhirDateRange(v) : periodRange(v);
 }
 
+const CONDITION_ASSERTED_DATE = 'http://hl7.org/fhir/StructureDefinition/condition-assertedDate';
+
 /** Elements of the date parameters other than `date` (first present wins). */
 const DATE_PARAM_ELEMENTS: Readonly<Record<string, readonly string[]>> = {
   birthdate: ['birthDate'],
@@ -163,7 +176,8 @@ const DATE_PARAM_ELEMENTS: Readonly<Record<string, readonly string[]>> = {
   'abatement-date': ['abatementDateTime', 'abatementPeriod'],
   'recorded-date': ['recordedDate'],
   authoredon: ['authoredOn'],
-  authored: ['authoredOn'],
+  authored: ['authoredOn', 'authored'], // ServiceRequest.authoredOn, QuestionnaireResponse.authored
+  'death-date': ['deceasedDateTime'],
 };
 
 /** Element(s) holding the clinically relevant date per type (the `date` parameter, and consent's `dataPeriod`). */
@@ -284,6 +298,12 @@ function stringValues(r: Record<string, unknown>, param: string): string[] {
   const push = (v: unknown): void => {
     if (typeof v === 'string') out.push(v);
   };
+  if (param.startsWith('address-')) {
+    // Location: one part of its Address (R4 address-city, address-state, address-postalcode).
+    const part = { 'address-city': 'city', 'address-state': 'state', 'address-postalcode': 'postalCode' }[param];
+    for (const a of concepts(r['address'])) if (part && typeof a === 'object' && a !== null) push((a as Record<string, unknown>)[part]);
+    return out;
+  }
   if (param === 'address') {
     // Any part of an Address: lines, city, district, state, postal code, country, text.
     for (const a of concepts(r['address'])) {
@@ -294,7 +314,8 @@ function stringValues(r: Record<string, unknown>, param: string): string[] {
     }
     return out;
   }
-  if (r['resourceType'] === 'Organization' || r['resourceType'] === 'Location') {
+  if (r['resourceType'] !== 'Patient' && r['resourceType'] !== 'Practitioner' && r['resourceType'] !== 'RelatedPerson') {
+    // Not a HumanName: Organization and Location (name and aliases), Endpoint, HealthcareService, Questionnaire, ValueSet.
     if (param === 'name') {
       push(r['name']);
       for (const a of concepts(r['alias'])) push(a);
@@ -359,6 +380,8 @@ export function extractIndexRows(resource: Resource): IndexRows {
       else if (param === 'type') values = codings(r['type']);
       else if (param === 'class') values = codings(r['class']);
       else if (param === 'specialty') values = codings(r['specialty']);
+      else if (param === 'discharge-disposition') values = codings((r['hospitalization'] as { dischargeDisposition?: unknown } | undefined)?.dischargeDisposition);
+      else if (param === 'description') values = codings(r['description']);
       else if (param === 'role') for (const p of concepts(r['participant'])) values.push(...codings((p as { role?: unknown } | null)?.role));
       else if (param === 'identifier') {
         for (const i of concepts(r['identifier'])) {
@@ -372,7 +395,11 @@ export function extractIndexRows(resource: Resource): IndexRows {
       if (param === 'patient') refs.push(...patientRefs(resource));
       else if (param === 'subject') refs.push(refOf(r['subject']));
       else if (param === 'target') for (const t of concepts(r['target'])) refs.push(refOf(t));
-      else if (param === 'practitioner' || param === 'organization') refs.push(refOf(r[param]));
+      else if (param === 'practitioner') refs.push(refOf(r[param]));
+      else if (param === 'organization') for (const o of concepts(r[resource.resourceType === 'HealthcareService' ? 'providedBy' : 'organization'])) refs.push(refOf(o));
+      else if (param === 'endpoint') for (const e of concepts(r['endpoint'])) refs.push(refOf(e));
+      else if (param === 'participant') for (const p of concepts(r['participant'])) refs.push(refOf((p as { member?: unknown } | null)?.member));
+      else if (param === 'location') for (const l of concepts(r['location'])) refs.push(refOf((l as { location?: unknown } | null)?.location));
       else if (param === 'medication') refs.push(refOf(r['medicationReference']));
       else if (param === 'encounter') {
         refs.push(refOf(r['encounter']));
@@ -393,6 +420,13 @@ export function extractIndexRows(resource: Resource): IndexRows {
       for (const t of concepts(r['target'])) {
         const due = (t as { dueDate?: unknown } | null)?.dueDate;
         const range = typeof due === 'string' ? fhirDateRange(due) : undefined;
+        if (range) rows.dates.push({ param, ...range });
+      }
+    } else if (param === 'asserted-date') {
+      // Condition: the assertedDate extension (US Core 6.1).
+      for (const e of concepts(r['extension'])) {
+        const { url, valueDateTime } = (e ?? {}) as { url?: unknown; valueDateTime?: unknown };
+        const range = url === CONDITION_ASSERTED_DATE && typeof valueDateTime === 'string' ? fhirDateRange(valueDateTime) : undefined;
         if (range) rows.dates.push({ param, ...range });
       }
     } else if (param === 'period') {

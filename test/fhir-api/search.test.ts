@@ -330,6 +330,19 @@ describe('FHIR search', () => {
       await env.put({ resourceType: 'PractitionerRole', id: 'pr9', practitioner: { reference: 'Practitioner/dr1' }, organization: { reference: 'Organization/org1' }, specialty: [{ coding: [{ system: 'http://nucc.org/provider-taxonomy', code: '208D00000X' }] }] } as never);
       await env.put({ resourceType: 'Organization', id: 'org9', name: 'Clinic', address: [{ line: ['1 Main St'], city: 'Boston', state: 'MA', postalCode: '02110' }] } as never);
       await env.put({ resourceType: 'Provenance', id: 'pv9', target: [{ reference: 'Claim/cl9' }, subject], recorded: '2024-01-01T00:00:00Z', agent: [{ who: { reference: 'Organization/o' } }] } as never);
+      // US Core SHOULD / MAY parameters and includes (migration 013).
+      await env.put({ resourceType: 'Location', id: 'loc9', name: 'Ward 9', address: { line: ['1 Oak St'], city: 'Springfield', state: 'IL', postalCode: '62701' } } as never);
+      await env.put(patient('pdead', { name: [{ family: 'Zed' }], deceasedDateTime: '2023-04-05' }));
+      await env.put({ resourceType: 'Condition', id: 'cd-asserted', code: { text: 'x' }, subject, extension: [{ url: 'http://hl7.org/fhir/StructureDefinition/condition-assertedDate', valueDateTime: '2021-02-03' }] } as never);
+      await env.put({ resourceType: 'Encounter', id: 'e9b', status: 'finished', class: { code: 'IMP' }, subject, location: [{ location: { reference: 'Location/loc9' } }], hospitalization: { dischargeDisposition: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/discharge-disposition', code: 'home' }] } } } as never);
+      await env.put({ resourceType: 'Goal', id: 'g10', lifecycleStatus: 'proposed', description: { coding: [{ system: SNOMED, code: '281004' }] }, subject } as never);
+      await env.put({ resourceType: 'Practitioner', id: 'dr10', name: [{ family: 'Tenn' }] } as never);
+      await env.put({ resourceType: 'Endpoint', id: 'ep10', status: 'active', name: 'Direct', connectionType: { code: 'direct-project' }, payloadType: [{ text: 'any' }], address: 'mailto:dr10@direct.example' } as never);
+      await env.put({ resourceType: 'CareTeam', id: 'ct10', status: 'active', subject, participant: [{ member: { reference: 'Practitioner/dr10' } }, { member: subject }] } as never);
+      await env.put({ resourceType: 'PractitionerRole', id: 'pr10', practitioner: { reference: 'Practitioner/dr10' }, endpoint: [{ reference: 'Endpoint/ep10' }] } as never);
+      await env.put({ resourceType: 'MedicationDispense', id: 'md9', status: 'completed', type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'FF' }] }, medicationReference: { reference: 'Medication/med9' }, subject } as never);
+      await env.put({ resourceType: 'QuestionnaireResponse', id: 'qr9', status: 'completed', authored: '2024-03-03T09:00:00Z', subject } as never);
+      await env.put({ resourceType: 'RelatedPerson', id: 'rp9', patient: subject, name: [{ family: 'Kinsman', given: ['Ada'] }] } as never);
     });
     it.each([
       ['MedicationRequest?patient=p9&intent=order&status=active', ['MedicationRequest/mr1']],
@@ -360,6 +373,23 @@ describe('FHIR search', () => {
       ['Organization?address=bost', ['Organization/org9']],
       ['Organization?address=02110', ['Organization/org9']],
       ['Organization?address:exact=MA', ['Organization/org9']],
+      ['Location?address-city=spring', ['Location/loc9']],
+      ['Location?address-state=IL', ['Location/loc9']],
+      ['Location?address-postalcode=627', ['Location/loc9']],
+      ['Location?address-city=IL', []],
+      ['Patient?death-date=2023', ['Patient/pdead']],
+      ['Patient?family=zed&death-date=2023-04', ['Patient/pdead']],
+      ['Condition?patient=p9&asserted-date=2021', ['Condition/cd-asserted']],
+      ['Encounter?patient=p9&location=Location/loc9', ['Encounter/e9b']],
+      ['Encounter?patient=p9&discharge-disposition=home', ['Encounter/e9b']],
+      ['Goal?patient=p9&description=281004', ['Goal/g10']],
+      ['MedicationDispense?patient=p9&status=completed&type=FF', ['MedicationDispense/md9']],
+      ['MedicationDispense?patient=p9&status=stopped', []],
+      ['QuestionnaireResponse?patient=p9&status=completed&authored=2024-03', ['QuestionnaireResponse/qr9']],
+      ['RelatedPerson?patient=p9&name=kins', ['RelatedPerson/rp9']],
+      ['RelatedPerson?_id=rp9', ['RelatedPerson/rp9']],
+      ['Medication?code=197361', ['Medication/med9']],
+      ['Endpoint?status=active&name=dir', ['Endpoint/ep10']],
     ])('%s', async (q, expected) => {
       const r = await env.get(`/${q}`, 'c');
       expect(r.status).toBe(200);
@@ -373,6 +403,19 @@ describe('FHIR search', () => {
       expect(included(r.body)).toEqual(['Medication/med9']);
     });
 
+    it('US Core SHOULD includes: CareTeam:participant:{Type}, PractitionerRole:endpoint, MedicationDispense:medication', async () => {
+      const ct = await env.get('/CareTeam?patient=p9&status=active&_include=CareTeam:participant:Practitioner', 'c');
+      expect(ct.status).toBe(200);
+      expect(included(ct.body)).toEqual(['Practitioner/dr10']);
+      expect(included((await env.get('/CareTeam?_id=ct10&_include=CareTeam:participant:Patient', 'c')).body)).toEqual(['Patient/p9']);
+      expect(included((await env.get('/PractitionerRole?practitioner=dr10&_include=PractitionerRole:endpoint', 'c')).body)).toEqual(['Endpoint/ep10']);
+      expect(included((await env.get('/MedicationDispense?patient=p9&_include=MedicationDispense:medication', 'c')).body)).toEqual(['Medication/med9']);
+      const cap = capabilityResources();
+      for (const t of ['Medication', 'Endpoint', 'HealthcareService', 'Questionnaire', 'ValueSet']) expect(cap.find((r) => r.type === t)?.interaction?.map((i) => i.code)).toContain('read');
+      expect(cap.find((r) => r.type === 'CareTeam')!.searchInclude).toContain('CareTeam:participant');
+      expect(cap.find((r) => r.type === 'Endpoint')!.searchRevInclude).toContain('PractitionerRole:endpoint');
+    });
+
     it('_revinclude=Provenance:target (US Core SHALL) adds the Provenance of each match', async () => {
       const r = await env.get('/Claim?patient=p9&_revinclude=Provenance:target', 'c');
       expect(r.status).toBe(200);
@@ -381,10 +424,11 @@ describe('FHIR search', () => {
       expect(ids((await env.get('/Provenance?target=Claim/cl9', 'c')).body)).toEqual(['Provenance/pv9']);
     });
 
-    it('the prefix index of migration 012 covers exactly the string parameters', async () => {
-      const { readFileSync } = await import('node:fs');
-      const sql = readFileSync(new URL('../../src/store/migrations/012_string_search.sql', import.meta.url), 'utf8');
-      const indexed = /WHERE param IN \(([^)]*)\)/.exec(sql)![1]!.match(/'[^']+'/g)!.map((q) => q.slice(1, -1)).sort();
+    it('the prefix indexes of the migrations (012, 013) cover exactly the string parameters', async () => {
+      const { readFileSync, readdirSync } = await import('node:fs');
+      const dir = new URL('../../src/store/migrations/', import.meta.url);
+      const sql = readdirSync(dir).map((f) => readFileSync(new URL(f, dir), 'utf8')).join('\n');
+      const indexed = [...sql.matchAll(/text_pattern_ops\)\s+WHERE param IN \(([^)]*)\)/g)].flatMap((m) => m[1]!.match(/'[^']+'/g)!.map((q) => q.slice(1, -1))).sort();
       const strings = [...new Set(capabilityResources().flatMap((r) => (r.searchParam ?? []).filter((p) => p.type === 'string').map((p) => p.name)))].sort();
       expect(indexed).toEqual(strings);
     });
