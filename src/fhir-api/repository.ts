@@ -374,6 +374,17 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     };
   };
 
+  /** One round trip for what a batch's patient-less rows (Provenance of an Observation, …) reference, before the gate sees them one by one. */
+  const prefetchPatients = async (rows: readonly StoredVersion[]): Promise<void> => {
+    const live = rows.flatMap((r) => (r.resource && !r.deleted ? [r.resource] : []));
+    const direct = live.map((r) => {
+      const p = patientsOf(r);
+      directPatients.set(r, p);
+      return p;
+    });
+    if (live.some((r, i) => concernsPatientsIndirectly(r, direct[i]!))) await resolvePatients(live, store.search, referencedPatients, direct);
+  };
+
   /**
    * The one gate: scopes, then every concerned patient's consent, then `release`. Denials are
    * recorded here; disclosures are recorded by the caller for what it actually returns.
@@ -454,14 +465,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     const batch = Math.min(Math.max(count * 2, 20), Math.max(500, count + 1));
     for (;;) {
       const rows = await fetch(position, batch);
-      // One round trip for what the batch's patient-less rows (Provenance of an Observation, …) reference.
-      const live = rows.flatMap((r) => (r.resource && !r.deleted ? [r.resource] : []));
-      const direct = live.map((r) => {
-        const p = patientsOf(r);
-        directPatients.set(r, p);
-        return p;
-      });
-      if (live.some((r, i) => concernsPatientsIndirectly(r, direct[i]!))) await resolvePatients(live, store.search, referencedPatients, direct);
+      await prefetchPatients(rows);
       for (const row of rows) {
         examined += 1;
         // Not asked for (outside `$everything`'s care dates): passed over, neither disclosed nor denied.
@@ -661,6 +665,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       let examined = 0;
       for (;;) {
         const rows = await store.search.search({ resourceType: query.resourceType, clauses, limit: 1000, ...(afterId ? { afterId } : {}) });
+        await prefetchPatients(rows);
         const permitted: Outcome[] = [];
         for (const row of rows) {
           const o = await evaluate(row, 'search');
@@ -851,6 +856,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     let examined = 0;
     for (;;) {
       const rows = await store.search.search({ resourceType: spec.sourceType, clauses: [clause], limit: 500, ...(afterId ? { afterId } : {}) });
+      await prefetchPatients(rows);
       for (const row of rows) {
         if (full()) return;
         add(await evaluate(row, 'read'));

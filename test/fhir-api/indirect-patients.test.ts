@@ -96,6 +96,25 @@ describe('patients found through references (opt-out default)', () => {
     expect(ids(revA.body, 'include').sort()).toEqual(['Provenance/iv-a', 'Provenance/iv-both', 'Provenance/iv-d']);
   });
 
+  it('a search, a count and a _revinclude look the targets up once per batch, not once per row', async () => {
+    const search = env.db.store.search as { readCurrentMany: typeof env.db.store.search.readCurrentMany };
+    const original = search.readCurrentMany;
+    let calls = 0;
+    search.readCurrentMany = async (refs) => {
+      calls += 1;
+      return original.call(env.db.store.search, refs);
+    };
+    try {
+      for (const path of ['/Provenance?_count=50', '/Provenance?_summary=count', '/Observation?_id=io-a,io-d&_revinclude=Provenance:target']) {
+        calls = 0;
+        expect((await env.get(path, 'org-b')).status).toBe(200);
+        expect([path, calls]).toEqual([path, 1]);
+      }
+    } finally {
+      search.readCurrentMany = original;
+    }
+  });
+
   it('the denial is audited with the patient it protected', async () => {
     env.events.length = 0;
     await env.get('/Provenance/iv-d', 'org-b');
