@@ -143,6 +143,8 @@ const NON_PATIENT_TYPES: ReadonlySet<string> = new Set([
 const MAX_EXAMINED = 10_000;
 /** `_summary=count` examines at most this many rows; beyond that it is refused as too costly. */
 const MAX_COUNTED = 100_000;
+/** Targets a chained parameter may resolve to (`Observation?patient.name=smith`); more is a 400 asking to narrow it. */
+const MAX_CHAIN_TARGETS = 1000;
 /** Included / revincluded resources per request at most. */
 const MAX_INCLUDED = 1000;
 const CONSENT_STATUSES: ReadonlySet<string> = new Set(['draft', 'proposed', 'active', 'rejected', 'inactive', 'entered-in-error']);
@@ -487,6 +489,45 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     return { items: page.map((x) => x.released) };
   };
 
+  /**
+   * Each chain of `query` as a reference clause over the targets it matches that this request may
+   * itself search (scopes and the targets' consents), so a chain never tests data the requester could
+   * not see; those targets are recorded as disclosed (the answer reveals that they match). Undefined
+   * when a chain matches nothing.
+   */
+  const chainClauses = async (query: ParsedSearch): Promise<SearchClause[] | undefined> => {
+    const out: SearchClause[] = [];
+    for (const chain of query.chains) {
+      requireType(chain.targetType, 'search');
+      const clauses = narrowed({ ...query, resourceType: chain.targetType, clauses: [chain.clause], chains: [] });
+      const targets: Array<{ type: string; id: string }> = [];
+      let afterId: string | undefined;
+      let examined = 0;
+      for (;;) {
+        const rows = await store.search.search({ resourceType: chain.targetType, clauses, limit: 500, ...(afterId !== undefined ? { afterId } : {}) });
+        examined += rows.length;
+        await prefetchPatients(rows);
+        const permitted: Outcome[] = [];
+        for (const row of rows) {
+          const o = await evaluate(row, 'search');
+          if (o) {
+            permitted.push(o);
+            targets.push({ type: chain.targetType, id: row.id });
+          }
+          afterId = row.id;
+        }
+        disclose(permitted);
+        if (targets.length > MAX_CHAIN_TARGETS || (rows.length === 500 && examined >= MAX_EXAMINED)) {
+          throw httpError(400, 'too-costly', `The chained parameter on ${chain.param} matches more than ${MAX_CHAIN_TARGETS} ${chain.targetType} resources; narrow it`);
+        }
+        if (rows.length < 500) break;
+      }
+      if (targets.length === 0) return undefined;
+      out.push({ kind: 'reference', param: chain.param, values: targets });
+    }
+    return out;
+  };
+
   const narrowed = (query: ParsedSearch): SearchClause[] => {
     const clauses = [...query.clauses];
     // Patient-context only: let SQL skip other patients' rows (the per-resource check still runs).
@@ -627,7 +668,9 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
 
     async search(query, after) {
       requireType(query.resourceType, 'search');
-      const clauses = narrowed(query);
+      const chained = await chainClauses(query);
+      if (!chained) return { items: [] };
+      const clauses = [...narrowed(query), ...chained];
       const sort = query.sort;
       if (sort) {
         // Positions are [sort key, id]; the keys of fetched rows are kept beside them for keyOf.
@@ -659,7 +702,9 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
 
     async count(query) {
       requireType(query.resourceType, 'search');
-      const clauses = narrowed(query);
+      const chained = await chainClauses(query);
+      if (!chained) return 0;
+      const clauses = [...narrowed(query), ...chained];
       let n = 0;
       let afterId: string | undefined;
       let examined = 0;

@@ -42,6 +42,17 @@ export interface IncludeSpec {
   readonly targetType?: string;
 }
 
+/**
+ * A chained parameter, one level (`Observation?patient.identifier=…`): the resources whose `param`
+ * references a `targetType` resource matching `clause`. The consent-narrowed repository resolves the
+ * chain to the targets the requester may itself search, so a chain never tests data it could not see.
+ */
+export interface ChainSpec {
+  readonly param: string;
+  readonly targetType: string;
+  readonly clause: SearchClause;
+}
+
 /** A validated search request. */
 export interface ParsedSearch {
   readonly resourceType: string;
@@ -56,6 +67,8 @@ export interface ParsedSearch {
   readonly elements?: readonly string[];
   readonly include: readonly IncludeSpec[];
   readonly revinclude: readonly IncludeSpec[];
+  /** Chained parameters, each AND-ed with the clauses. */
+  readonly chains: readonly ChainSpec[];
   /** `_sort` (by `_lastUpdated` or `date`, either direction); absent: id order. */
   readonly sort?: SearchSort;
   /** Parameters ignored under `handling=lenient`. */
@@ -160,13 +173,50 @@ function includeSpec(name: string, raw: string, searchType: string, reverse: boo
   return { sourceType, param, ...(targetType ? { targetType } : {}) };
 }
 
+/** The type a chain's reference parameter points at when the request does not say (`patient.name`, `subject.identifier`). */
+const CHAIN_TARGET: Readonly<Record<string, string>> = {
+  patient: 'Patient',
+  subject: 'Patient',
+  practitioner: 'Practitioner',
+  organization: 'Organization',
+  medication: 'Medication',
+  encounter: 'Encounter',
+  location: 'Location',
+  endpoint: 'Endpoint',
+};
+
+/** The clause of one known parameter of `resourceType` (`base`, with its `modifier`), or 'unsupported' for a modifier it does not take. */
+function clauseOf(resourceType: string, name: string, base: string, modifier: string | undefined, value: string, baseUrl: string): SearchClause | 'unsupported' {
+  const common = COMMON_PARAMETERS[base];
+  const kind = common ? undefined : searchParamKind(resourceType, base);
+  const referenceModifier = kind === 'reference' && modifier !== undefined && TYPE_RE.test(modifier);
+  const stringModifier = kind === 'string' && (modifier === 'exact' || modifier === 'contains');
+  const notModifier = kind === 'token' && modifier === 'not';
+  if (modifier === 'missing' && kind) {
+    if (value !== 'true' && value !== 'false') throw bad(`${shortName(name)} must be true or false`);
+    return { kind: 'missing', param: base, index: kind === 'string' ? 'token' : kind, missing: value === 'true' };
+  }
+  if (modifier !== undefined && !referenceModifier && !stringModifier && !notModifier) return 'unsupported';
+  if (common === 'id') {
+    const ids = splitEscaped(value, ',');
+    if (!ids.every((i) => ID_RE.test(i))) throw bad('_id must be FHIR ids ([A-Za-z0-9-.], at most 64 characters)');
+    return { kind: 'id', values: ids };
+  }
+  if (common === 'lastUpdated') return { kind: 'lastUpdated', values: dateValues(name, value) };
+  if (kind === 'token') return { kind: 'token', param: base, values: tokenValues(name, value), ...(notModifier ? { not: true } : {}) };
+  if (kind === 'date') return { kind: 'date', param: base, values: dateValues(name, value) };
+  if (kind === 'string') return { kind: 'string', param: base, match: modifier === 'exact' ? 'exact' : modifier === 'contains' ? 'contains' : 'start', values: stringValues(name, value) };
+  const implied = referenceModifier ? modifier : base === 'patient' ? 'Patient' : undefined;
+  return { kind: 'reference', param: base, values: referenceValues(name, value, implied, baseUrl) };
+}
+
 /**
  * Validates search parameters for `resourceType`.
  *
  * @param params - name/value pairs in request order (query string, or form body of `_search`)
  * @param options.lenient - `Prefer: handling=lenient`: ignore unknown parameters with a warning
  * @param options.baseUrl - this server's base, for absolute references
- * @throws HttpError 400 for unknown parameters (strict), unsupported modifiers or chains, and bad values
+ * @throws HttpError 400 for unknown parameters (strict), unsupported modifiers or chains (more than one level), and bad values
  */
 export function parseSearch(
   resourceType: string,
@@ -177,6 +227,7 @@ export function parseSearch(
   const clauses: SearchClause[] = [];
   const include: IncludeSpec[] = [];
   const revinclude: IncludeSpec[] = [];
+  const chains: ChainSpec[] = [];
   const warnings: string[] = [];
   const canonical: Array<[string, string]> = [];
   let count = DEFAULT_COUNT;
@@ -260,48 +311,56 @@ export function parseSearch(
     }
     if (name.startsWith('_include:') || name.startsWith('_revinclude:')) throw bad(`${shortName(name)}: :iterate is not supported`);
 
-    const colon = name.indexOf(':');
-    const base = colon < 0 ? name : name.slice(0, colon);
-    const modifier = colon < 0 ? undefined : name.slice(colon + 1);
-    if (base.includes('.')) {
-      unsupported(name, 'Chained search parameters are not supported');
-      continue;
-    }
-    const common = COMMON_PARAMETERS[base];
-    const kind = common ? undefined : searchParamKind(resourceType, base);
-    if (!common && !kind) {
-      unsupported(name, `Unknown or unsupported search parameter for ${resourceType}`);
-      continue;
-    }
-    const referenceModifier = kind === 'reference' && modifier !== undefined && TYPE_RE.test(modifier);
-    const stringModifier = kind === 'string' && (modifier === 'exact' || modifier === 'contains');
-    const notModifier = kind === 'token' && modifier === 'not';
-    if (modifier === 'missing' && kind) {
-      if (value !== 'true' && value !== 'false') throw bad(`${shortName(name)} must be true or false`);
-      clauses.push({ kind: 'missing', param: base, index: kind === 'string' ? 'token' : kind, missing: value === 'true' });
+    const dot = name.indexOf('.');
+    if (dot >= 0) {
+      // A chain, one level: `patient.identifier=…`, `subject:Patient.name=…`, `practitioner.name:exact=…`.
+      const head = name.slice(0, dot);
+      const tail = name.slice(dot + 1);
+      const hc = head.indexOf(':');
+      const param = hc < 0 ? head : head.slice(0, hc);
+      const typed = hc < 0 ? undefined : head.slice(hc + 1);
+      if (searchParamKind(resourceType, param) !== 'reference' || (typed !== undefined && !TYPE_RE.test(typed))) {
+        unsupported(name, `Chained search needs a reference parameter of ${resourceType} (optionally :TargetType) before the dot`);
+        continue;
+      }
+      const targetType = typed ?? CHAIN_TARGET[param];
+      if (!targetType) {
+        unsupported(name, `Name the chain's target type (e.g. ${param}:Patient.identifier)`);
+        continue;
+      }
+      if (tail.includes('.')) {
+        unsupported(name, 'Chains of more than one level are not supported');
+        continue;
+      }
+      const tc = tail.indexOf(':');
+      const tailBase = tc < 0 ? tail : tail.slice(0, tc);
+      const tailKind = searchParamKind(targetType, tailBase);
+      if (!tailKind || tailKind === 'reference' || COMMON_PARAMETERS[tailBase]) {
+        unsupported(name, `Unsupported chained parameter (a token, string or date parameter of ${targetType})`);
+        continue;
+      }
+      const clause = clauseOf(targetType, name, tailBase, tc < 0 ? undefined : tail.slice(tc + 1), value, options.baseUrl);
+      if (clause === 'unsupported' || clause.kind === 'missing') {
+        unsupported(name, 'Unsupported search modifier');
+        continue;
+      }
+      chains.push({ param, targetType, clause });
       keep();
       continue;
     }
-    if (modifier !== undefined && !referenceModifier && !stringModifier && !notModifier) {
+    const colon = name.indexOf(':');
+    const base = colon < 0 ? name : name.slice(0, colon);
+    const modifier = colon < 0 ? undefined : name.slice(colon + 1);
+    if (!COMMON_PARAMETERS[base] && !searchParamKind(resourceType, base)) {
+      unsupported(name, `Unknown or unsupported search parameter for ${resourceType}`);
+      continue;
+    }
+    const clause = clauseOf(resourceType, name, base, modifier, value, options.baseUrl);
+    if (clause === 'unsupported') {
       unsupported(name, 'Unsupported search modifier');
       continue;
     }
-    if (common === 'id') {
-      const ids = splitEscaped(value, ',');
-      if (!ids.every((i) => ID_RE.test(i))) throw bad('_id must be FHIR ids ([A-Za-z0-9-.], at most 64 characters)');
-      clauses.push({ kind: 'id', values: ids });
-    } else if (common === 'lastUpdated') {
-      clauses.push({ kind: 'lastUpdated', values: dateValues(name, value) });
-    } else if (kind === 'token') {
-      clauses.push({ kind: 'token', param: base, values: tokenValues(name, value), ...(notModifier ? { not: true } : {}) });
-    } else if (kind === 'date') {
-      clauses.push({ kind: 'date', param: base, values: dateValues(name, value) });
-    } else if (kind === 'string') {
-      clauses.push({ kind: 'string', param: base, match: modifier === 'exact' ? 'exact' : modifier === 'contains' ? 'contains' : 'start', values: stringValues(name, value) });
-    } else {
-      const implied = referenceModifier ? modifier : base === 'patient' ? 'Patient' : undefined;
-      clauses.push({ kind: 'reference', param: base, values: referenceValues(name, value, implied, options.baseUrl) });
-    }
+    clauses.push(clause);
     keep();
   }
   if (elements && summary) throw bad('_elements and _summary cannot be used together');
@@ -317,6 +376,7 @@ export function parseSearch(
     ...(summary ? { summary } : {}),
     include,
     revinclude,
+    chains,
     warnings,
     canonical,
   };

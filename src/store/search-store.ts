@@ -655,6 +655,11 @@ function clauseSql(sql: Sql, c: SearchClause): string {
       return `EXISTS (SELECT 1 FROM search_token t WHERE t.resource_type = r.resource_type AND t.id = r.id AND t.param = '${c.param}' AND (${alts.join(' OR ')}))`;
     }
     case 'reference': {
+      const type = c.values[0]?.type;
+      if (c.values.length > 1 && type !== undefined && c.values.every((v) => v.type === type)) {
+        // One target type (a chain's targets, `patient=a,b,…`): one array parameter, so the statement's text does not grow with the list.
+        return `EXISTS (SELECT 1 FROM search_reference s WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.param = ${sql.bind(c.param)} AND s.target_type = ${sql.bind(type)} AND s.target_id = ANY(${sql.bind(c.values.map((v) => v.id))}::text[]))`;
+      }
       const alts = c.values.map((v) => `(s.target_id = ${sql.bind(v.id)}${v.type !== undefined ? ` AND s.target_type = ${sql.bind(v.type)}` : ''})`);
       return `EXISTS (SELECT 1 FROM search_reference s WHERE s.resource_type = r.resource_type AND s.id = r.id AND s.param = ${sql.bind(c.param)} AND (${alts.join(' OR ')}))`;
     }

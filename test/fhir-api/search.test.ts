@@ -545,7 +545,7 @@ describe('FHIR search', () => {
     '_count=abc',
     '_summary=text',
     '_summary=true&_elements=status',
-    'subject.name=x',
+    'subject.name.family=x',
     'code:text=glucose',
     '_include=*',
     '_include=Patient:link',

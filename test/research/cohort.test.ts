@@ -134,5 +134,9 @@ describe('GET /research/cohort-count', () => {
     expect((await count('')).status).toBe(400);
     expect((await count('criteria=Condition&criteria=Observation')).status).toBe(400);
     expect((await count('criteria=Patient&_id=x')).status).toBe(400);
+    // Chains would be resolved outside the research gate: refused, not silently dropped.
+    const chained = await count(`criteria=${encodeURIComponent('Condition?patient.name=x')}`);
+    expect(chained.status).toBe(400);
+    expect(chained.body.issue[0].details.text).toMatch(/no chains/);
   });
 });

@@ -293,6 +293,8 @@ describe('Bulk Data $export', () => {
     expect((await get('/m/fhir/R4/$export?_since=yesterday', 'treat', { headers: async })).status).toBe(400);
     expect((await get('/m/fhir/R4/$export?_elements=id', 'treat', { headers: async })).status).toBe(400);
     expect((await get('/m/fhir/R4/$export?_typeFilter=Observation%3Fflavour%3Dsweet', 'treat', { headers: async })).status).toBe(400);
+    // A chain in _typeFilter: refused (the export's filters are plain clauses), not silently dropped.
+    expect((await get(`/m/fhir/R4/$export?_typeFilter=${encodeURIComponent('Observation?patient.name=x')}`, 'treat', { headers: async })).status).toBe(400);
     expect((await get('/m/fhir/R4/Group/nope/$export', 'treat', { headers: async })).status).toBe(404);
     expect(env.manual).toHaveLength(0);
   });

@@ -191,6 +191,7 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
     summaryCount: false,
     include: [],
     revinclude: [],
+    chains: [],
     warnings: [],
     canonical: [],
   });
