@@ -491,15 +491,16 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
 
   /**
    * Each chain of `query` as a reference clause over the targets it matches that this request may
-   * itself search (scopes and the targets' consents), so a chain never tests data the requester could
-   * not see; those targets are recorded as disclosed (the answer reveals that they match). Undefined
-   * when a chain matches nothing.
+   * itself search, and each `_has` as an id clause over what the matching sources it may itself
+   * search reference (scopes and the consents), so neither tests data the requester could not see.
+   * The targets (chains) and sources (`_has`) used are recorded as disclosed: the answer reveals
+   * that they match. Undefined when one of them matches nothing.
    */
   const chainClauses = async (query: ParsedSearch): Promise<SearchClause[] | undefined> => {
     const out: SearchClause[] = [];
     for (const chain of query.chains) {
       requireType(chain.targetType, 'search');
-      const clauses = narrowed({ ...query, resourceType: chain.targetType, clauses: [chain.clause], chains: [] });
+      const clauses = narrowed({ ...query, resourceType: chain.targetType, clauses: [chain.clause], chains: [], has: [] });
       const targets: Array<{ type: string; id: string }> = [];
       let afterId: string | undefined;
       let examined = 0;
@@ -524,6 +525,33 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       }
       if (targets.length === 0) return undefined;
       out.push({ kind: 'reference', param: chain.param, values: targets });
+    }
+    for (const spec of query.has) {
+      requireType(spec.sourceType, 'search');
+      const clauses = narrowed({ ...query, resourceType: spec.sourceType, clauses: [spec.clause], chains: [], has: [] });
+      const targets = new Set<string>();
+      let afterId: string | undefined;
+      let examined = 0;
+      for (;;) {
+        const rows = await store.search.search({ resourceType: spec.sourceType, clauses, limit: 500, ...(afterId !== undefined ? { afterId } : {}) });
+        examined += rows.length;
+        await prefetchPatients(rows);
+        const permitted: Outcome[] = [];
+        for (const row of rows) {
+          afterId = row.id;
+          const o = await evaluate(row, 'search');
+          if (!o) continue;
+          permitted.push(o);
+          for (const ref of extractIndexRows(o.released.resource).references) if (ref.param === spec.param && ref.type === query.resourceType) targets.add(ref.id);
+        }
+        disclose(permitted);
+        if (targets.size > MAX_CHAIN_TARGETS || (rows.length === 500 && examined >= MAX_EXAMINED)) {
+          throw httpError(400, 'too-costly', `_has:${spec.sourceType}:${spec.param} matches more than ${MAX_CHAIN_TARGETS} ${query.resourceType} resources; narrow it`);
+        }
+        if (rows.length < 500) break;
+      }
+      if (targets.size === 0) return undefined;
+      out.push({ kind: 'id', values: [...targets] });
     }
     return out;
   };

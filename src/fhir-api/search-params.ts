@@ -53,6 +53,17 @@ export interface ChainSpec {
   readonly clause: SearchClause;
 }
 
+/**
+ * A reverse chain, one level (`Patient?_has:Observation:patient:code=1234-5`): the resources that a
+ * `sourceType` resource matching `clause` references through `param`. Resolved, like a chain, through
+ * the gate: only sources the requester may itself search count.
+ */
+export interface HasSpec {
+  readonly sourceType: string;
+  readonly param: string;
+  readonly clause: SearchClause;
+}
+
 /** A validated search request. */
 export interface ParsedSearch {
   readonly resourceType: string;
@@ -69,6 +80,8 @@ export interface ParsedSearch {
   readonly revinclude: readonly IncludeSpec[];
   /** Chained parameters, each AND-ed with the clauses. */
   readonly chains: readonly ChainSpec[];
+  /** `_has` reverse chains, each AND-ed with the clauses. */
+  readonly has: readonly HasSpec[];
   /** `_sort` (by `_lastUpdated` or `date`, either direction); absent: id order. */
   readonly sort?: SearchSort;
   /** Parameters ignored under `handling=lenient`. */
@@ -228,6 +241,7 @@ export function parseSearch(
   const include: IncludeSpec[] = [];
   const revinclude: IncludeSpec[] = [];
   const chains: ChainSpec[] = [];
+  const has: HasSpec[] = [];
   const warnings: string[] = [];
   const canonical: Array<[string, string]> = [];
   let count = DEFAULT_COUNT;
@@ -310,6 +324,32 @@ export function parseSearch(
         break;
     }
     if (name.startsWith('_include:') || name.startsWith('_revinclude:')) throw bad(`${shortName(name)}: :iterate is not supported`);
+    if (name.startsWith('_has:')) {
+      // Reverse chain, one level: `Patient?_has:Observation:patient:code=1234-5`.
+      const parts = name.split(':');
+      const [, sourceType, param, tail] = parts as [string, string | undefined, string | undefined, string | undefined];
+      if (parts.length !== 4 || !sourceType || !TYPE_RE.test(sourceType) || !param || !tail || tail.startsWith('_has')) {
+        unsupported(name, '_has must be _has:Type:referenceParameter:parameter (one level)');
+        continue;
+      }
+      if (searchParamKind(sourceType, param) !== 'reference') {
+        unsupported(name, `_has needs a reference parameter of ${sourceType}`);
+        continue;
+      }
+      const tailKind = searchParamKind(sourceType, tail);
+      if (!tailKind || tailKind === 'reference' || tail.includes('.')) {
+        unsupported(name, `Unsupported _has parameter (a token, string or date parameter of ${sourceType})`);
+        continue;
+      }
+      const clause = clauseOf(sourceType, name, tail, undefined, value, options.baseUrl);
+      if (clause === 'unsupported') {
+        unsupported(name, 'Unsupported search modifier');
+        continue;
+      }
+      has.push({ sourceType, param, clause });
+      keep();
+      continue;
+    }
 
     const dot = name.indexOf('.');
     if (dot >= 0) {
@@ -377,6 +417,7 @@ export function parseSearch(
     include,
     revinclude,
     chains,
+    has,
     warnings,
     canonical,
   };

@@ -81,7 +81,7 @@ export async function countCohort(
     if (!TYPE_RE.test(type)) throw httpError(400, 'invalid', 'Each criteria value must be Type?search-parameters');
     const pairs = q < 0 ? [] : formPairs(c.slice(q + 1));
     const parsed = parseSearch(type, pairs, { lenient: false, baseUrl });
-    if (parsed.include.length || parsed.revinclude.length || parsed.chains.length || parsed.summaryCount || parsed.elements || parsed.cursor !== undefined) {
+    if (parsed.include.length || parsed.revinclude.length || parsed.chains.length || parsed.has.length || parsed.summaryCount || parsed.elements || parsed.cursor !== undefined) {
       throw httpError(400, 'not-supported', 'Criteria take search parameters only (no chains)');
     }
     if (type === 'Patient') {

@@ -1,7 +1,8 @@
 /**
  * Chained search, one level (`Observation?patient.identifier=…`, `subject:Patient.name=…`,
- * US Core's `PractitionerRole?practitioner.name=…`). A chain is resolved to the targets the requester
- * may itself search, so it never tests a denied patient's data, nor a type the token has no scope for.
+ * US Core's `PractitionerRole?practitioner.name=…`), and `_has` reverse chains. Both are resolved
+ * through the gate to what the requester may itself search, so they never test a denied patient's
+ * data, nor a type the token has no scope for.
  */
 import type { Resource } from '@medplum/fhirtypes';
 import { consent, denyActor, observation, openFhirEnv, patient, type FhirEnv, type Json } from './env.js';
@@ -21,6 +22,14 @@ describe('chained search', () => {
     await env.put(patient('chD', { name: [{ family: 'Dunn', given: ['Dee'] }], identifier: [{ system: MRN, value: 'MRN-D' }] }));
     await env.put(patient('chA2', { name: [{ family: 'Ashcroft' }] }));
     await env.put(consent('chC', 'chD', denyActor('Organization/org-b')));
+    // chO lets org-b see the Patient but not its Observations.
+    await env.put(patient('chO', { name: [{ family: 'Oakes' }] }));
+    await env.put(consent('chCO', 'chO', denyActor('Organization/org-b', { class: [{ system: 'http://hl7.org/fhir/resource-types', code: 'Observation' }] })));
+    await env.put(observation('cho-o', 'chO'));
+    // chQ lets org-b see its Observations but not the Patient resource (name, identifiers).
+    await env.put(patient('chQ', { name: [{ family: 'Quill' }], identifier: [{ system: MRN, value: 'MRN-Q' }] }));
+    await env.put(consent('chCQ', 'chQ', denyActor('Organization/org-b', { class: [{ system: 'http://hl7.org/fhir/resource-types', code: 'Patient' }] })));
+    await env.put(observation('cho-q', 'chQ'));
     await env.put(observation('cho-a', 'chA'));
     await env.put(observation('cho-a2', 'chA2'));
     await env.put(observation('cho-d', 'chD'));
@@ -60,6 +69,12 @@ describe('chained search', () => {
     expect(ids(denied.body)).toEqual([]);
     expect(JSON.stringify({ ...denied.body, id: undefined, link: undefined, meta: undefined })).toBe(JSON.stringify({ ...absent.body, id: undefined, link: undefined, meta: undefined }));
     expect((await env.get('/Observation?patient.identifier=MRN-D&_summary=count', 'org-b')).body.total).toBe(0);
+    // org-b may read chQ's Observation but not chQ's Patient resource: its name and MRN cannot be tested.
+    expect((await env.get('/Observation/cho-q', 'org-b')).status).toBe(200);
+    expect((await env.get('/Patient/chQ', 'org-b')).status).toBe(404);
+    expect(ids((await env.get('/Observation?patient.name=quill', 'org-b')).body)).toEqual([]);
+    expect(ids((await env.get('/Observation?patient.identifier=MRN-Q', 'org-b')).body)).toEqual([]);
+    expect(ids((await env.get('/Observation?patient.identifier=MRN-Q', 'org-a')).body)).toEqual(['Observation/cho-q']);
     // In patient context, only the patient's own record is a target.
     expect(ids((await env.get('/Observation?patient.name=ash', 'pat-a')).body)).toEqual(['Observation/cho-a']);
   });
@@ -91,6 +106,42 @@ describe('chained search', () => {
     // Ignored (with a warning) under handling=lenient.
     const lenient = await env.get(`/${q}`, 'org-a', { headers: { prefer: 'handling=lenient' } });
     expect(lenient.status).toBe(200);
+  });
+
+  describe('_has (reverse chain, one level)', () => {
+    it.each([
+      ['Patient?_has:Observation:patient:code=2339-0', ['Patient/chA', 'Patient/chA2', 'Patient/chD', 'Patient/chO', 'Patient/chQ']],
+      ['Patient?_has:Observation:patient:code=2339-0&name=ash', ['Patient/chA', 'Patient/chA2']],
+      ['Patient?_has:Observation:subject:code=no-such-code', []],
+    ])('%s', async (q, expected) => {
+      const r = await env.get(`/${q}`, 'org-a');
+      expect(r.status).toBe(200);
+      expect(ids(r.body).sort()).toEqual(expected);
+    });
+
+    it('counts only the sources the requester may see: a patient is not found through Observations withheld from it', async () => {
+      // org-b may read Patient chO, but not chO's Observations: `_has` must not reveal that chO has a glucose result.
+      expect((await env.get('/Patient/chO', 'org-b')).status).toBe(200);
+      expect((await env.get('/Observation/cho-o', 'org-b')).status).toBe(404);
+      expect(ids((await env.get('/Patient?_has:Observation:patient:code=2339-0', 'org-b')).body).sort()).toEqual(['Patient/chA', 'Patient/chA2']);
+      expect((await env.get('/Patient?_has:Observation:patient:code=2339-0&_summary=count', 'org-b')).body.total).toBe(2);
+      // A token that may not search Observations cannot test them.
+      env.as('patients-only', { scope: 'user/Patient.rs' });
+      expect((await env.get('/Patient?_has:Observation:patient:code=2339-0', 'patients-only')).status).toBe(403);
+    });
+
+    it('refuses nested or malformed reverse chains', async () => {
+      for (const q of [
+        '_has:Observation:patient:_has:Encounter:patient:status=x',
+        '_has:Observation:code:status=final',
+        '_has:Observation=x',
+        '_has:Observation:patient:patient=chA',
+        '_has:Observation:patient:_id=cho-a',
+        '_has:Observation:patient:code:missing=true',
+      ]) {
+        expect([q, (await env.get(`/Patient?${q}`, 'org-a')).status]).toEqual([q, 400]);
+      }
+    });
   });
 
   it('a chain matching more than 1,000 targets is a 400 asking to narrow it', async () => {

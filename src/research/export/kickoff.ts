@@ -112,7 +112,7 @@ export function parseKickoff(input: {
         const fp = formPairs(value.slice(q + 1));
         // Validates against the search layer (strict: unknown parameters are errors here).
         const parsed = parseSearch(type, fp, { lenient: false, baseUrl: input.baseUrl });
-        if (parsed.include.length || parsed.revinclude.length || parsed.chains.length || parsed.summaryCount || parsed.elements || parsed.cursor !== undefined || fp.some(([n]) => n === '_count')) {
+        if (parsed.include.length || parsed.revinclude.length || parsed.chains.length || parsed.has.length || parsed.summaryCount || parsed.elements || parsed.cursor !== undefined || fp.some(([n]) => n === '_count')) {
           throw httpError(400, 'not-supported', '_typeFilter supports search parameters only (no chains, _include, _revinclude, _summary, _elements, _count)');
         }
         filters.push({ type, pairs: fp });

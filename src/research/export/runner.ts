@@ -192,6 +192,7 @@ export function createExportRunner(deps: ExportDeps): ExportRunner {
     include: [],
     revinclude: [],
     chains: [],
+    has: [],
     warnings: [],
     canonical: [],
   });
