@@ -560,8 +560,11 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     const clauses = [...query.clauses];
     // Patient-context only: let SQL skip other patients' rows (the per-resource check still runs).
     if (access.patient && patientOnly(query.resourceType, 'search') && !NON_PATIENT_TYPES.has(query.resourceType)) {
+      // A Provenance of the patient's Observation names no Patient: by `target`, the target clause
+      // narrows enough, and the gate finds the patient through the target (resolvePatients).
+      const byTarget = query.resourceType === 'Provenance' && clauses.some((c) => c.kind === 'reference' && c.param === 'target');
       if (query.resourceType === 'Patient') clauses.push({ kind: 'id', values: [access.patient] });
-      else if (searchParamKind(query.resourceType, 'patient') === 'reference') {
+      else if (!byTarget && searchParamKind(query.resourceType, 'patient') === 'reference') {
         clauses.push({ kind: 'reference', param: 'patient', values: [{ type: 'Patient', id: access.patient }] });
       }
     }

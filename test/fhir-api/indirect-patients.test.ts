@@ -126,6 +126,10 @@ describe('patients found through references (opt-out default)', () => {
   it('a patient reads the Provenance of their own record, not of someone else\'s', async () => {
     expect((await env.get('/Provenance/iv-a', 'pat-a')).status).toBe(200);
     expect((await env.get('/Provenance/iv-d', 'pat-a')).status).toBe(404);
+    // By target, a patient app finds them too (a search by patient finds the Provenances naming the Patient).
+    expect(ids((await env.get('/Provenance?target=Observation/io-a', 'pat-a')).body).sort()).toEqual(['Provenance/iv-a', 'Provenance/iv-both']);
+    expect(ids((await env.get('/Provenance?target=Observation/io-d', 'pat-a')).body)).toEqual(['Provenance/iv-both']);
+    expect(ids((await env.get('/Observation?_id=io-a&_revinclude=Provenance:target', 'pat-a')).body, 'include').sort()).toEqual(['Provenance/iv-a', 'Provenance/iv-both']);
     // Names the patient's own Observation too, and the other patient's Consent permits this app: as a
     // resource naming both patients directly would be.
     expect((await env.get('/Provenance/iv-both', 'pat-a')).status).toBe(200);
