@@ -17,7 +17,7 @@ describe('openapi', () => {
   it('documents every non-FHIR route the app serves', async () => {
     const { parse } = await import('yaml');
     const spec = parse(readFileSync(fileURLToPath(new URL('openapi/openapi.yaml', root)), 'utf8')) as { paths: Record<string, unknown> };
-    for (const p of ['/healthz', '/readyz', '/metrics', '/openapi.json', '/docs', '/admin/stats', '/admin/queues', '/fhir/R4/metadata', '/hooks/{sourceId}', '/hooks/{sourceId}/{type}/{id}', '/admin/sources', '/admin/sources/{sourceId}', '/admin/sources/{sourceId}/status', '/admin/sources/{sourceId}/subscriptions/check', '/admin/inbox/{inboxId}', '/admin/dead-letters', '/admin/dead-letters/{deadLetterId}/replay', '/ledger/checkpoint', '/ledger/key', '/ledger/consistency', '/ledger/anchors']) {
+    for (const p of ['/healthz', '/readyz', '/metrics', '/openapi.json', '/docs', '/admin/stats', '/admin/queues', '/fhir/R4/metadata', '/fhir/R4/{type}', '/fhir/R4/Patient/{id}/$everything', '/hooks/{sourceId}', '/hooks/{sourceId}/{type}/{id}', '/admin/sources', '/admin/sources/{sourceId}', '/admin/sources/{sourceId}/status', '/admin/sources/{sourceId}/subscriptions/check', '/admin/inbox/{inboxId}', '/admin/dead-letters', '/admin/dead-letters/{deadLetterId}/replay', '/ledger/checkpoint', '/ledger/key', '/ledger/consistency', '/ledger/anchors']) {
       expect(Object.keys(spec.paths)).toContain(p);
     }
   });

@@ -120,9 +120,31 @@ export interface paths {
         };
         /**
          * FHIR type search, consent-gated (the CapabilityStatement lists each type's search parameters).
-         * @description Every match is checked against the token's scopes and the patient's consent before paging: a denied resource is neither returned, counted nor paged over. Unknown parameters are a 400 unless the request sends `Prefer: handling=lenient`. Writes to any type but Consent are a 405 with `Allow`.
+         * @description Every match is checked against the token's scopes and the patient's consent before paging: a denied resource is neither returned, counted nor paged over. Unknown parameters are a 400 unless the request sends `Prefer: handling=lenient`. One-level chains (`patient.identifier=system|MRN`, `subject:Patient.name=…`) and `_has:Type:reference:parameter=…` are resolved to what the token may itself search (a search scope on the chained type, else 403). Writes to any type but Consent are a 405 with `Allow`.
          */
         get: operations["fhirSearch"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/fhir/R4/Patient/{id}/$everything": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: components["parameters"]["ResourceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * The Patient and its compartment (plus the practitioners, organisations, locations and medications they reference), consent-gated.
+         * @description A Patient the token may not see is a 404, as an absent one. Each match is gated before paging, as in a search.
+         */
+        get: operations["patientEverything"];
         put?: never;
         post?: never;
         delete?: never;
@@ -888,6 +910,42 @@ export interface operations {
         requestBody?: never;
         responses: {
             /** @description A searchset Bundle with a next link while more permitted matches exist. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/fhir+json": components["schemas"]["FhirResource"];
+                };
+            };
+            default: components["responses"]["Error"];
+        };
+    };
+    patientEverything: {
+        parameters: {
+            query?: {
+                /** @description Page size (default 50 */
+                _count?: number;
+                /** @description Comma-separated resource types to return (within the token's scopes). */
+                _type?: string;
+                /** @description Only resources last updated at or after this instant. */
+                _since?: string;
+                /** @description Care dates from this date (resources with no care date are kept; the Patient always). */
+                start?: string;
+                /** @description Care dates up to the end of this date. */
+                end?: string;
+                /** @description Opaque */
+                _cursor?: string;
+            };
+            header?: never;
+            path: {
+                id: components["parameters"]["ResourceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A searchset Bundle (matches, and referenced resources as include entries) with a next link while more permitted matches exist. */
             200: {
                 headers: {
                     [name: string]: unknown;
