@@ -194,6 +194,12 @@ export interface CompiledConsents {
   readonly problems: readonly ConsentProblem[];
   /** Decides one request; same contract as {@link decide}. */
   decide(request: AccessRequest, now: Date, options: DecideOptions): ConsentDecision;
+  /**
+   * The resources that `provision.data` entries with meaning `related` name (local `Type/id`, without
+   * version): a request about a resource one of them refers to needs them in `request.referrers`, else
+   * such a provision is undecidable (and a deny then applies to everything it could cover).
+   */
+  readonly relatedReferences: readonly string[];
 }
 
 const POLICY_RULE_TYPE: Readonly<Record<string, 'permit' | 'deny'>> = {
@@ -732,8 +738,16 @@ export function compileConsents(consents: readonly Consent[], options: CompileOp
   const localBases = options.localBases ?? [];
   const problems: ConsentProblem[] = [];
   const compiled = consents.map((c) => compileConsent(c, localBases, problems)).filter((c): c is CompiledConsent => c !== undefined);
+  const related = new Set<string>();
+  const collect = (p: CompiledProvision | undefined): void => {
+    if (!p) return;
+    for (const d of p.data ?? []) if (d.meaning === 'related' && d.ref && /^[A-Z][A-Za-z]+\/[^/]+/.test(d.ref)) related.add(unversioned(d.ref));
+    for (const c of p.children) collect(c);
+  };
+  for (const c of compiled) collect(c.root);
   return Object.freeze({
     problems: Object.freeze(problems),
+    relatedReferences: Object.freeze([...related]),
     decide: (request: AccessRequest, now: Date, decideOptions: DecideOptions): ConsentDecision =>
       decideCompiled(compiled, prepare(request, now, localBases), decideOptions),
   });

@@ -31,6 +31,7 @@ export type {
 export { CodeListError, CodeListFileSchema, RESTRICTED, applySensitivityLabels, compileCodeLists, sensitivityLabels } from './labels.js';
 export type { CodeListFile, SensitivityCodeIndex } from './labels.js';
 export { OAUTH_CLIENT_ID_SYSTEM } from './types.js';
+export { outgoingReferences } from './fhir-values.js';
 export type {
   AccessRequest,
   ActorIdentifier,

@@ -26,6 +26,7 @@ import type { Consent, Resource } from '@medplum/fhirtypes';
 import {
   CONSENT_SCOPE_SYSTEM,
   compileConsents,
+  outgoingReferences,
   release,
   scopesAllow,
   type AccessRequest,
@@ -164,6 +165,47 @@ export function patientsOf(resource: Resource): string[] {
     if (ref.type === 'Patient') out.add(ref.id);
   });
   return [...out];
+}
+
+/**
+ * What the resources that Consents name with `provision.data` meaning `related` refer to, so that a
+ * request about one of those carries them as `referrers` (without, the engine finds such a provision
+ * undecidable, and a deny then covers everything it could). Loaded once per request or export page.
+ */
+export interface RelatedIndex {
+  /** Loads the named resources ('Type/id', from `CompiledConsents.relatedReferences`) not loaded yet, in one round trip. */
+  load(refs: readonly string[]): Promise<void>;
+  /** The loaded `related` resources (of `named`) that refer to `resource`; undefined when `named` is empty. */
+  referrers(named: readonly string[] | undefined, resource: Resource): string[] | undefined;
+}
+
+export function createRelatedIndex(search: Pick<SearchStore, 'readCurrentMany'>, localBases: readonly string[]): RelatedIndex {
+  const outgoing = new Map<string, ReadonlySet<string>>();
+  return {
+    async load(refs) {
+      const wanted: Array<{ type: string; id: string }> = [];
+      for (const ref of refs) {
+        if (outgoing.has(ref)) continue;
+        outgoing.set(ref, new Set()); // not stored: it refers to nothing we hold
+        const key = referenceKey(ref);
+        if (key) wanted.push(key);
+      }
+      if (wanted.length === 0) return;
+      for (const v of await search.readCurrentMany(wanted)) {
+        if (!v.deleted && v.resource) {
+          // Not the Patient it is about: withholding a report "and what it refers to" means its
+          // results, specimens, encounter, … not the patient's demographics.
+          const refs = outgoingReferences(v.resource, localBases);
+          outgoing.set(`${v.resourceType}/${v.id}`, new Set([...refs].filter((r) => !r.startsWith('Patient/'))));
+        }
+      }
+    },
+    referrers(named, resource) {
+      if (!named?.length) return undefined;
+      const requested = `${resource.resourceType}/${resource.id ?? ''}`;
+      return named.filter((r) => outgoing.get(r)?.has(requested));
+    },
+  };
 }
 
 /** Resources resolved per call at most (a chunk of the store's many-read). */
@@ -362,8 +404,12 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
     cacheConsents(missing, byPatient);
   };
 
+  const related = createRelatedIndex(store.search, localBases);
+  const loadRelated = (patients: readonly string[]): Promise<void> => related.load(patients.flatMap((p) => consentCache.get(p)?.relatedReferences ?? []));
+
   const baseRequest = (resource: Resource, patient: string): AccessRequest => {
     const date = clinicalDate(resource);
+    const referrers = related.referrers(consentCache.get(patient)?.relatedReferences, resource);
     return {
       patient: `Patient/${patient}`,
       actor: { references: access.actor.references, identifiers: access.actor.identifiers, clientId: access.clientId, mayBreakGlass: access.mayBreakGlass },
@@ -372,6 +418,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       resourceType: resource.resourceType,
       resource,
       ...(date !== undefined ? { resourceDate: date } : {}),
+      ...(referrers ? { referrers } : {}),
       action: 'access',
     };
   };
@@ -402,6 +449,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       return undefined;
     }
     await loadConsents(patients);
+    await loadRelated(patients);
     const decisions: ConsentDecision[] = [];
     const policy: string[] = [];
     let breakGlass = false;

@@ -401,6 +401,24 @@ describe('compileConsents', () => {
     expect(compiled.problems.map((p) => p.consent)).toEqual(['Consent/auth', 'Consent/no-scope', 'Consent/bad-purpose']);
   });
 
+  it('lists the resources named with meaning related (local, without version), for the caller to supply referrers', () => {
+    const compiled = compileConsents(
+      [
+        consent('rel', {
+          type: 'permit',
+          provision: [
+            { type: 'deny', data: [{ meaning: 'related', reference: { reference: 'DiagnosticReport/r1/_history/2' } }, { meaning: 'instance', reference: { reference: 'Observation/o1' } }] },
+            { type: 'deny', provision: [{ type: 'deny', data: [{ meaning: 'related', reference: { reference: 'https://anchor.example/fhir/R4/List/l1' } }] }] },
+            { type: 'deny', data: [{ meaning: 'related', reference: { reference: 'https://elsewhere.example/fhir/List/l2' } }] },
+          ],
+        }),
+      ],
+      { localBases: ['https://anchor.example/fhir/R4'] },
+    );
+    expect([...compiled.relatedReferences].sort()).toEqual(['DiagnosticReport/r1', 'List/l1']);
+    expect(compileConsents([notThis]).relatedReferences).toEqual([]);
+  });
+
   it('fails closed on a Consent whose elements do not have their FHIR shapes (it used to throw on every request)', () => {
     // Stored from a source as it came (validation only flags it): provision.data a number, actor an object.
     const broken = [

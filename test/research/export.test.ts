@@ -387,6 +387,25 @@ describe('Bulk Data $export', () => {
     }
   });
 
+  it('a research Consent withholding a report "and what it refers to" withholds its results, not the rest of the record', async () => {
+    const put = (r: Resource & { id: string }, deleted = false) =>
+      env.db.store.resources.putVersion({ resourceType: r.resourceType, id: r.id, ...(deleted ? { deleted: true } : { resource: r }), sourceId: 'test' });
+    const dr = { resourceType: 'DiagnosticReport', id: 'dr-rel', status: 'final', code: { text: 'panel' }, subject: { reference: 'Patient/prel' }, result: [{ reference: 'Observation/o-rel-in' }] } as Resource & { id: string };
+    const base = consent('c-rel', 'prel', 'research', 'permit') as Resource & { id: string; provision: Record<string, unknown> };
+    const c = { ...base, provision: { ...base.provision, provision: [{ type: 'deny', data: [{ meaning: 'related', reference: { reference: 'DiagnosticReport/dr-rel' } }] }] } } as Resource & { id: string };
+    const added = [patient('prel'), observation('o-rel-in', 'prel'), observation('o-rel-out', 'prel'), dr, c];
+    for (const r of added) await put(r);
+    try {
+      const statusPath = await kickoff('/mp/fhir/R4/$export?_type=Observation&_deidentify=safe-harbor', 'research');
+      await runManual('mp', statusPath, 'research');
+      const d = Object.fromEntries((await env.exports.patientDecisions(idOf(statusPath), { limit: 100 })).map((x) => [x.patientId, x]));
+      // Before: the related provision was undecidable and the deny withheld both Observations.
+      expect(d.prel).toMatchObject({ included: 1, excluded: 1 });
+    } finally {
+      for (const r of added) await put(r, true);
+    }
+  });
+
   it('non-research export: _type, _since, _typeFilter (OR, no duplicates), patient-privacy consent', async () => {
     const since = await kickoff(`/m/fhir/R4/$export?_type=Observation&_since=${encodeURIComponent('2026-03-02T00:00:00Z')}`, 'treat');
     const m1 = await runManual('m', since, 'treat');

@@ -12,7 +12,7 @@
 import type { Consent, Resource } from '@medplum/fhirtypes';
 import { compileConsents, release, type AccessRequest, type CompiledConsents, type ConsentDecision } from '../../consent/index.js';
 import type { AccessContext } from '../../fhir-api/access.js';
-import { patientsOf } from '../../fhir-api/repository.js';
+import { createRelatedIndex, patientsOf } from '../../fhir-api/repository.js';
 import { clinicalDate } from '../../store/search-store.js';
 import type { SearchStore } from '../../store/types.js';
 
@@ -65,7 +65,7 @@ function policyOf(d: ConsentDecision, dflt: 'permit' | 'deny'): string[] {
  * @param options.now - the instant Consent periods are evaluated at
  */
 export function createResearchGate(options: {
-  readonly search: Pick<SearchStore, 'consentsFor'>;
+  readonly search: Pick<SearchStore, 'consentsFor' | 'readCurrentMany'>;
   readonly access: AccessContext;
   readonly defaultDecision: 'permit' | 'deny';
   readonly localBases: readonly string[];
@@ -74,8 +74,10 @@ export function createResearchGate(options: {
   const { access, defaultDecision, now } = options;
   const cache = new Map<string, CompiledConsents>();
   const none = compileConsents([]);
+  const related = createRelatedIndex(options.search, options.localBases);
   const request = (resource: Resource, patient: string): AccessRequest => {
     const date = clinicalDate(resource);
+    const referrers = related.referrers(cache.get(patient)?.relatedReferences, resource);
     return {
       patient: `Patient/${patient}`,
       // Research is never break-glass.
@@ -85,6 +87,7 @@ export function createResearchGate(options: {
       resourceType: resource.resourceType,
       resource,
       ...(date !== undefined ? { resourceDate: date } : {}),
+      ...(referrers ? { referrers } : {}),
       action: 'access',
     };
   };
@@ -101,6 +104,7 @@ export function createResearchGate(options: {
         byPatient.set(patient, list);
       }
       for (const p of missing) cache.set(p, compileConsents(byPatient.get(p) ?? [], { localBases: options.localBases }));
+      await related.load(missing.flatMap((p) => cache.get(p)!.relatedReferences));
     },
     decide(resource, known) {
       const patients = known ?? patientsOf(resource);
