@@ -10,7 +10,7 @@
  * - a provision applies when every criterion it states holds (criteria are AND-ed, the values of
  *   one criterion OR-ed); a nested provision is evaluated only when its parent applies and then
  *   overrides it (R4 "exceptions"); inside one consent and across consents deny overrides permit;
- * - when a criterion cannot be decided (no resource given, unknown code system, authoredby, a
+ * - when a criterion cannot be decided (no resource given, unknown code system, a
  *   missing resource date) the engine answers conservatively: it computes every outcome the
  *   unknowns allow and denies if any of them denies;
  * - break-glass (purpose BTG or ETREAT by an actor allowed to) overrides a deny, with basis
@@ -318,7 +318,6 @@ function compileProvision(p: ConsentProvision, label: string, localBases: readon
     data = p.data.map((d) => {
       const ref = d.reference?.reference !== undefined ? normalizeReference(d.reference.reference, localBases) : undefined;
       if (!ref) problem('provision.data reference is not a literal local or absolute reference; treated as undecidable');
-      if (d.meaning === 'authoredby') problem('provision.data meaning "authoredby" is not evaluated; treated as undecidable');
       return ref ? { meaning: d.meaning, ref } : { meaning: d.meaning };
     });
   }
@@ -544,13 +543,16 @@ function matchData(items: readonly DataItem[], req: Prepared): Tri {
   let result: Tri = NO;
   for (const item of items) {
     let t: Tri;
-    if (!item.ref || item.meaning === 'authoredby') t = MAYBE;
+    if (!item.ref) t = MAYBE;
     else if (!res) {
       // Without the instance: an `instance` of another type can never be this request.
       t = item.meaning === 'instance' && unversioned(item.ref).split('/')[0] !== req.request.resourceType ? NO : MAYBE;
     } else {
       const isSelf = item.ref.includes('/_history/') ? item.ref === res.versionedRef : item.ref === res.ref;
-      if (isSelf) t = YES;
+      // authoredby: data that names the author (a Practitioner, an Organization) anywhere, as actors
+      // with an author role are read (origins); the named author itself is not data it authored.
+      if (item.meaning === 'authoredby') t = res.outgoing().has(item.ref) ? YES : NO;
+      else if (isSelf) t = YES;
       else if (item.meaning === 'instance') t = NO;
       else if (item.meaning === 'related') t = res.referrers ? (res.referrers.has(unversioned(item.ref)) ? YES : NO) : MAYBE;
       else t = res.outgoing().has(item.ref) ? YES : NO; // dependents: this resource refers to the named one

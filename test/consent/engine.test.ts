@@ -235,9 +235,22 @@ const scenarios: Scenario[] = [
     expected: { decision: 'permit' },
   },
   {
-    name: 'data meaning authoredby is not evaluated: denied (fail closed)',
+    name: 'data meaning authoredby: data naming the author (here its performer) is denied',
     consents: [consent('auth', { type: 'permit', provision: [{ type: 'deny', data: [{ meaning: 'authoredby', reference: { reference: 'Practitioner/x' } }] }] })],
-    expected: { decision: 'deny' },
+    request: { resource: observation('o4', { performer: [{ reference: 'Practitioner/x' }] }) },
+    expected: { decision: 'deny', policyIds: ['Consent/auth'] },
+  },
+  {
+    name: 'data meaning authoredby: data by someone else is permitted',
+    consents: [consent('auth', { type: 'permit', provision: [{ type: 'deny', data: [{ meaning: 'authoredby', reference: { reference: 'Practitioner/x' } }] }] })],
+    request: { resource: observation('o4', { performer: [{ reference: 'Practitioner/y' }] }) },
+    expected: { decision: 'permit' },
+  },
+  {
+    name: 'data meaning authoredby without the resource: deny, resource-dependent',
+    consents: [consent('auth', { type: 'permit', provision: [{ type: 'deny', data: [{ meaning: 'authoredby', reference: { reference: 'Practitioner/x' } }] }] })],
+    request: { resource: undefined },
+    expected: { decision: 'deny', resourceDependent: true },
   },
 
   // dataPeriod and period
@@ -394,7 +407,7 @@ describe('decide: scenarios', () => {
 describe('compileConsents', () => {
   it('reports what it could not interpret', () => {
     const compiled = compileConsents([
-      consent('auth', { type: 'permit', provision: [{ type: 'deny', data: [{ meaning: 'authoredby', reference: { reference: 'Practitioner/x' } }] }] }),
+      consent('auth', { type: 'permit', provision: [{ type: 'deny', data: [{ meaning: 'instance', reference: { display: 'the March report' } }] }] }),
       consent('no-scope', { type: 'deny' }, { scope: { text: 'privacy' } }),
       consent('bad-purpose', { type: 'permit', provision: [{ type: 'deny', purpose: [{ system: 'http://example.org/local', code: 'X' }] }] }),
     ]);
