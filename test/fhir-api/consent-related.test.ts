@@ -2,7 +2,7 @@
  * `provision.data` with meaning `related` ("this report and what it refers to") through real reads.
  * The engine needs to know which named resources refer to the requested one (`request.referrers`);
  * the repository loads the named resources once per request. Without them the provision was
- * undecidable, and a deny then withheld every resource of the patient from everyone.
+ * undecidable, and a deny then withheld every resource of the patient from everyone. Also `authoredby`.
  */
 import { consent, observation, openFhirEnv, patient, type FhirEnv, type Json } from './env.js';
 
@@ -52,5 +52,25 @@ describe('Consent provision.data meaning related', () => {
     expect((await env.get('/Observation/rl-later', 'org-a')).status).toBe(200);
     await env.put({ resourceType: 'DiagnosticReport', id: 'rl-dr', status: 'amended', code: { text: 'panel' }, subject: { reference: 'Patient/rlP' }, result: [{ reference: 'Observation/rl-in' }, { reference: 'Observation/rl-later' }] } as never);
     expect((await env.get('/Observation/rl-later', 'org-a')).status).toBe(404);
+  });
+});
+
+describe('Consent provision.data meaning authoredby, through real reads', () => {
+  let env: FhirEnv;
+  beforeAll(async () => {
+    env = await openFhirEnv({ consentDefault: 'permit' });
+    env.as('org-a', { scope: 'user/*.rs' });
+    await env.put(patient('auP'));
+    await env.put(observation('au-x', 'auP', { performer: [{ reference: 'Practitioner/dr-x' }] }));
+    await env.put(observation('au-y', 'auP', { performer: [{ reference: 'Practitioner/dr-y' }] }));
+    await env.put(consent('au-c', 'auP', { type: 'permit', provision: [{ type: 'deny', data: [{ meaning: 'authoredby', reference: { reference: 'Practitioner/dr-x' } }] }] }));
+  });
+  afterAll(async () => env.close());
+
+  it("withholds what Dr X recorded, not the rest of the patient's record (before: everything)", async () => {
+    expect((await env.get('/Observation/au-x', 'org-a')).status).toBe(404);
+    expect((await env.get('/Observation/au-y', 'org-a')).status).toBe(200);
+    expect((await env.get('/Patient/auP', 'org-a')).status).toBe(200);
+    expect(ids((await env.get('/Observation?patient=auP', 'org-a')).body)).toEqual(['Observation/au-y']);
   });
 });
