@@ -208,6 +208,16 @@ export function createRelatedIndex(search: Pick<SearchStore, 'readCurrentMany'>,
   };
 }
 
+/**
+ * The clinically relevant date a Consent's `dataPeriod` is compared with: the resource's care date,
+ * and for a Patient (current demographics, not data from a period) the moment of the request, so
+ * "withhold my data from 2010–2012" does not withhold the Patient and "permit my data since 2020"
+ * covers it. Other resources without a care date stay undecidable (and a deny covers them).
+ */
+export function consentDate(resource: Resource, now: Date): string | { start?: string; end?: string } | undefined {
+  return clinicalDate(resource) ?? (resource.resourceType === 'Patient' ? now.toISOString() : undefined);
+}
+
 /** Resources resolved per call at most (a chunk of the store's many-read). */
 const RESOLVE_CHUNK = 1000;
 
@@ -408,7 +418,7 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
   const loadRelated = (patients: readonly string[]): Promise<void> => related.load(patients.flatMap((p) => consentCache.get(p)?.relatedReferences ?? []));
 
   const baseRequest = (resource: Resource, patient: string): AccessRequest => {
-    const date = clinicalDate(resource);
+    const date = consentDate(resource, now);
     const referrers = related.referrers(consentCache.get(patient)?.relatedReferences, resource);
     return {
       patient: `Patient/${patient}`,

@@ -12,8 +12,7 @@
 import type { Consent, Resource } from '@medplum/fhirtypes';
 import { compileConsents, release, type AccessRequest, type CompiledConsents, type ConsentDecision } from '../../consent/index.js';
 import type { AccessContext } from '../../fhir-api/access.js';
-import { createRelatedIndex, patientsOf } from '../../fhir-api/repository.js';
-import { clinicalDate } from '../../store/search-store.js';
+import { consentDate, createRelatedIndex, patientsOf } from '../../fhir-api/repository.js';
 import type { SearchStore } from '../../store/types.js';
 
 /** Policy URIs recorded when no research Consent decided. */
@@ -76,7 +75,7 @@ export function createResearchGate(options: {
   const none = compileConsents([]);
   const related = createRelatedIndex(options.search, options.localBases);
   const request = (resource: Resource, patient: string): AccessRequest => {
-    const date = clinicalDate(resource);
+    const date = consentDate(resource, now);
     const referrers = related.referrers(cache.get(patient)?.relatedReferences, resource);
     return {
       patient: `Patient/${patient}`,
