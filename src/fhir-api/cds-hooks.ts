@@ -33,6 +33,7 @@ import { jsonBodyParser } from '../platform/json-body.js';
 import { pushAll } from '../platform/arrays.js';
 import type { Store } from '../store/index.js';
 import { resolveActorIdentifiers, type AccessContext } from './access.js';
+import { consentDate } from './repository.js';
 import { requireScope } from './smart/authenticate.js';
 
 /** The hook and service id. */
@@ -234,6 +235,8 @@ function redactContent(bundle: Bundle, redact: ReadonlyMap<string, Coding>, perm
  *   REDACT obligation (as LEAP does), and so do denied security labels and clinical codes.
  * - Any deny (deny-overrides) is CONSENT_DENY; all decided by the default is NO_CONSENT.
  * - With `content` (a Bundle) and a permit, the card carries the content without what is withheld.
+ *   A deny that depends on the data (a dataPeriod, a named resource) is decided per content entry:
+ *   CONSENT_PERMIT with the entries it does not withhold, or CONSENT_DENY when it withholds them all.
  */
 export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooksDeps, 'authenticate'>): Promise<ConsultCard> {
   const ctx = request.context;
@@ -276,12 +279,17 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
     }
   };
   const checkers: Array<(resource: Resource) => boolean> = [];
+  // A content resource's care date, for dataPeriod provisions (as the FHIR API's reads compare it).
+  const dated = (resource: Resource): { resourceDate?: string | { start?: string; end?: string } } => {
+    const date = consentDate(resource, now);
+    return date !== undefined ? { resourceDate: date } : {};
+  };
   for (const patientId of patientIds) {
     const consents = await deps.consentsForPatient(patientId);
     const compiled = compileConsents(consents, { localBases: deps.localBases ?? [] });
     for (const scope of scopes) {
       const ask = (resourceType: string, resource?: Resource): ConsentDecision =>
-        compiled.decide({ patient: `Patient/${patientId}`, actor, purposeOfUse, scope, resourceType, ...(resource ? { resource } : {}) }, now, {
+        compiled.decide({ patient: `Patient/${patientId}`, actor, purposeOfUse, scope, resourceType, ...(resource ? { resource, ...dated(resource) } : {}) }, now, {
           defaultDecision: deps.defaultDecision,
           codeObligations: true,
         });
@@ -318,6 +326,26 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
   const basedOnAll = [...new Set(deciding.flatMap((d) => d.policy.map((p) => p.reference).filter((r): r is string => r !== undefined)))];
   const basedOn = basedOnAll[0] !== undefined ? { basedOn: consentUrl(basedOnAll[0], deps.localBases ?? []) } : {};
   const by = basedOnAll.length > 0 ? ` Decided by ${basedOnAll.join(', ')}.` : '';
+  // A deny that depends on the data (a withheld period, a named report) decided without any: with
+  // `context.content`, the entries themselves are decided, and what they do not withhold is permitted.
+  const dependsOnData = deny.length > 0 && deny.every((d) => d.resourceDependent) && ctx.content !== undefined;
+  if (dependsOnData) {
+    for (const d of decisions) redactAll(d);
+    const permittedOne = (resource: Resource): boolean => checkers.length > 0 && checkers.every((check) => check(resource));
+    const filtered = redactContent(ctx.content as unknown as Bundle, redactCodes, permittedOne, deps.sensitivity);
+    const given = (ctx.content as unknown as Bundle).entry?.length ?? 0;
+    const kept = filtered.entry?.length ?? 0;
+    if (kept > 0) {
+      return {
+        uuid: randomUUID(),
+        summary: 'CONSENT_PERMIT',
+        detail: `There is a patient consent permitting part of this data: ${given - kept} of ${given} content entries are withheld.${by}`,
+        indicator: 'warning',
+        source,
+        extension: { decision: 'CONSENT_PERMIT', obligations: [], ...basedOn, content: filtered },
+      };
+    }
+  }
   if (deny.length > 0) {
     return {
       uuid: randomUUID(),

@@ -85,6 +85,17 @@ const handBuilt: Consent[] = [
     provision: { provision: [{ type: 'deny', securityLabel: [{ system: 'http://terminology.hl7.org/CodeSystem/v3-ActCode', code: 'HIV' }] }] },
   },
   {
+    // Opt in, except data from 2010 to 2012 (R4 consent-example-notTime).
+    resourceType: 'Consent',
+    id: 'deny-time',
+    status: 'active',
+    scope: SCOPE,
+    category: [],
+    patient: { reference: 'Patient/p-7' },
+    policyRule: OPTIN,
+    provision: { provision: [{ type: 'deny', dataPeriod: { start: '2010-01-01', end: '2012-12-31' } }] },
+  },
+  {
     // Permit for treatment only (no policyRule: the root provision decides).
     resourceType: 'Consent',
     id: 'permit-treat',
@@ -129,7 +140,7 @@ describe('CDS Hooks consent decision service', () => {
     const org = (id: string, value: string): Organization => ({ resourceType: 'Organization', id, identifier: [{ system: ORG_IDS, value }] });
     await db.store.resources.putVersions([
       { resourceType: 'Patient', id: 'f001', resource: patient('f001', BSN, '738472983') },
-      ...['p-2', 'p-3', 'p-4', 'p-5', 'p-6'].map((id) => ({ resourceType: 'Patient', id, resource: patient(id, MRN, `mrn-${id}`) })),
+      ...['p-2', 'p-3', 'p-4', 'p-5', 'p-6', 'p-7'].map((id) => ({ resourceType: 'Patient', id, resource: patient(id, MRN, `mrn-${id}`) })),
       { resourceType: 'Organization', id: 'org-x', resource: org('org-x', 'X-1') },
       { resourceType: 'Organization', id: 'org-y', resource: org('org-y', 'Y-1') },
     ]);
@@ -339,6 +350,37 @@ describe('CDS Hooks consent decision service', () => {
       // lists label it HIV, so it goes.
       const hiv = await card({ patientId: p('p-6'), category: privacy, content });
       expect(hiv.extension.content.entry.map((e: { resource: { id: string } }) => e.resource.id)).toEqual(['psy-labelled', 'glucose']);
+    });
+
+    it('places content in time for dataPeriod provisions: a withheld period drops only what lies in it', async () => {
+      const obs = (id: string, effectiveDateTime?: string) => ({
+        resourceType: 'Observation',
+        id,
+        status: 'final',
+        code: { coding: [{ system: 'http://loinc.org', code: '2339-0' }] },
+        subject: { reference: 'Patient/p-7' },
+        ...(effectiveDateTime ? { effectiveDateTime } : {}),
+      });
+      const content = {
+        resourceType: 'Bundle',
+        type: 'collection',
+        entry: [
+          { resource: obs('in-2011', '2011-05-05') },
+          { resource: obs('in-2014', '2014-05-05') },
+          { resource: obs('undated') },
+          { resource: { resourceType: 'Patient', id: 'p-7' } },
+        ],
+      };
+      const c = await card({ patientId: p('p-7'), category: privacy, content });
+      // Before, the deny (which depends on the data) denied the whole consult, and no entry carried its date.
+      expect(c.extension.decision).toBe('CONSENT_PERMIT');
+      expect(c.extension.content.entry.map((e: { resource: { id: string } }) => e.resource.id)).toEqual(['in-2014', 'p-7']);
+      expect(c.detail).toContain('2 of 4 content entries are withheld');
+      // All of it withheld, or no content to decide on: a deny.
+      const all = await card({ patientId: p('p-7'), category: privacy, content: { ...content, entry: [content.entry[0]!] } });
+      expect(all.extension.decision).toBe('CONSENT_DENY');
+      expect(all.extension.content).toBeUndefined();
+      expect((await card({ patientId: p('p-7'), category: privacy })).extension.decision).toBe('CONSENT_DENY');
     });
 
     it('accepts the ASU SHARES request shape: literal references without a system, empty lists', async () => {
