@@ -30,6 +30,9 @@ const SYSTEM_ALIASES: Readonly<Record<string, string>> = {
   'urn:oid:2.16.840.1.113883.5.8': ACT_REASON,
   'http://terminology.hl7.org/ValueSet/v3-PurposeOfUse': ACT_REASON,
   'http://hl7.org/fhir/ValueSet/v3-PurposeOfUse': ACT_REASON,
+  // R5 names Consent.provision's resource types from fhir-types (R4: resource-types); the codes are the same.
+  'http://hl7.org/fhir/fhir-types': 'http://hl7.org/fhir/resource-types',
+  'http://hl7.org/fhir/ValueSet/resource-types': 'http://hl7.org/fhir/resource-types',
   'http://loinc.org/': 'http://loinc.org',
   'http://snomed.info/sct/': 'http://snomed.info/sct',
 };

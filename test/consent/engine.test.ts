@@ -524,6 +524,13 @@ describe('interoperability with consents written elsewhere (LEAP CDS, R5 style)'
   const HIV_OBS = observation('o-hiv', { meta: { security: [label('HIV'), conf('R')] } });
   const PLAIN_OBS = observation('o-plain');
 
+  it('reads a class coded with R5\'s fhir-types system as the R4 resource type', () => {
+    const c = consent('r5-class', { type: 'permit', provision: [{ type: 'deny', class: [{ system: 'http://hl7.org/fhir/fhir-types', code: 'MedicationStatement' }] }] });
+    expect(compileConsents([c]).problems).toEqual([]);
+    expect(decide([c], request({ resourceType: 'MedicationStatement', resource: { resourceType: 'MedicationStatement', id: 'm1', status: 'active', subject: { reference: 'Patient/p1' }, medicationCodeableConcept: { text: 'x' } } as never }), NOW, OPT_OUT).decision).toBe('deny');
+    expect(decide([c], request({}), NOW, OPT_OUT).decision).toBe('permit');
+  });
+
   it('takes the consent scope from a category when Consent.scope is absent', () => {
     const { scope: _scope, ...noScope } = consent('cat-scope', { type: 'deny' });
     const inCategory = { ...noScope, category: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/consentscope', code: 'patient-privacy' }] }] } as unknown as Consent;
