@@ -557,61 +557,53 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
   const chainClauses = async (query: ParsedSearch): Promise<SearchClause[] | undefined> => {
     const out: SearchClause[] = [];
     for (const chain of query.chains) {
-      requireType(chain.targetType, 'search');
-      const clauses = narrowed({ ...query, resourceType: chain.targetType, clauses: [chain.clause], chains: [], has: [] });
       const targets: Array<{ type: string; id: string }> = [];
-      let afterId: string | undefined;
-      let examined = 0;
-      for (;;) {
-        const rows = await store.search.search({ resourceType: chain.targetType, clauses, limit: 500, ...(afterId !== undefined ? { afterId } : {}) });
-        examined += rows.length;
-        await prefetchPatients(rows);
-        const permitted: Outcome[] = [];
-        for (const row of rows) {
-          const o = await evaluate(row, 'search');
-          if (o) {
-            permitted.push(o);
-            targets.push({ type: chain.targetType, id: row.id });
-          }
-          afterId = row.id;
-        }
-        disclose(permitted);
-        if (targets.length > MAX_CHAIN_TARGETS || (rows.length === 500 && examined >= MAX_EXAMINED)) {
-          throw httpError(400, 'too-costly', `The chained parameter on ${chain.param} matches more than ${MAX_CHAIN_TARGETS} ${chain.targetType} resources; narrow it`);
-        }
-        if (rows.length < 500) break;
-      }
+      await gatedMatches(query, chain.targetType, chain.clause, `The chained parameter on ${chain.param}`, () => targets.length, (o) => {
+        targets.push({ type: chain.targetType, id: o.released.resource.id! });
+      });
       if (targets.length === 0) return undefined;
       out.push({ kind: 'reference', param: chain.param, values: targets });
     }
     for (const spec of query.has) {
-      requireType(spec.sourceType, 'search');
-      const clauses = narrowed({ ...query, resourceType: spec.sourceType, clauses: [spec.clause], chains: [], has: [] });
       const targets = new Set<string>();
-      let afterId: string | undefined;
-      let examined = 0;
-      for (;;) {
-        const rows = await store.search.search({ resourceType: spec.sourceType, clauses, limit: 500, ...(afterId !== undefined ? { afterId } : {}) });
-        examined += rows.length;
-        await prefetchPatients(rows);
-        const permitted: Outcome[] = [];
-        for (const row of rows) {
-          afterId = row.id;
-          const o = await evaluate(row, 'search');
-          if (!o) continue;
-          permitted.push(o);
-          for (const ref of extractIndexRows(o.released.resource).references) if (ref.param === spec.param && ref.type === query.resourceType) targets.add(ref.id);
-        }
-        disclose(permitted);
-        if (targets.size > MAX_CHAIN_TARGETS || (rows.length === 500 && examined >= MAX_EXAMINED)) {
-          throw httpError(400, 'too-costly', `_has:${spec.sourceType}:${spec.param} matches more than ${MAX_CHAIN_TARGETS} ${query.resourceType} resources; narrow it`);
-        }
-        if (rows.length < 500) break;
-      }
+      await gatedMatches(query, spec.sourceType, spec.clause, `_has:${spec.sourceType}:${spec.param}`, () => targets.size, (o) => {
+        for (const ref of extractIndexRows(o.released.resource).references) if (ref.param === spec.param && ref.type === query.resourceType) targets.add(ref.id);
+      });
       if (targets.size === 0) return undefined;
       out.push({ kind: 'id', values: [...targets] });
     }
     return out;
+  };
+
+  /**
+   * For a chain or `_has`: the resources of `resourceType` matching `clause` that this request may
+   * search (a scope on the type, else 403; narrowed to the patient in patient context), each handed
+   * to `take` and recorded as disclosed. More than {@link MAX_CHAIN_TARGETS} collected (`size`), or
+   * too many rows examined, is a 400 asking to narrow it.
+   */
+  const gatedMatches = async (query: ParsedSearch, resourceType: string, clause: SearchClause, what: string, size: () => number, take: (o: Outcome) => void): Promise<void> => {
+    requireType(resourceType, 'search');
+    const clauses = narrowed({ ...query, resourceType, clauses: [clause], chains: [], has: [] });
+    let afterId: string | undefined;
+    let examined = 0;
+    for (;;) {
+      const rows = await store.search.search({ resourceType, clauses, limit: 500, ...(afterId !== undefined ? { afterId } : {}) });
+      examined += rows.length;
+      await prefetchPatients(rows);
+      const permitted: Outcome[] = [];
+      for (const row of rows) {
+        afterId = row.id;
+        const o = await evaluate(row, 'search');
+        if (!o) continue;
+        permitted.push(o);
+        take(o);
+      }
+      disclose(permitted);
+      if (size() > MAX_CHAIN_TARGETS || (rows.length === 500 && examined >= MAX_EXAMINED)) {
+        throw httpError(400, 'too-costly', `${what} matches more than ${MAX_CHAIN_TARGETS} resources; narrow it`);
+      }
+      if (rows.length < 500) return;
+    }
   };
 
   const narrowed = (query: ParsedSearch): SearchClause[] => {
