@@ -656,6 +656,8 @@ export interface components {
             }[];
         };
         AdminStats: {
+            /** @description Resource types whose stored resources are still being re-indexed in the background for search parameters an upgrade added (searches by those parameters miss their older resources until the list is empty). */
+            searchReindexPending: string[];
             deadLetters: {
                 sourceId: string;
                 reason: string;

@@ -164,13 +164,14 @@ export function createApp(deps: AppDeps): Express {
   admin.use(jsonBody(config.http.bodyLimitBytes));
   admin.use('/queues', createDashboardRouter(queues, '/admin/queues'));
   admin.get('/stats', async (_req, res) => {
-    const [resources, inbox, deadLetters, queueCounts] = await Promise.all([
+    const [resources, inbox, deadLetters, queueCounts, searchReindexPending] = await Promise.all([
       store.resources.countsByType(),
       store.inbox.countsByStageAndState(),
       store.deadLetters.countsByReason(),
       Promise.all(QUEUE_NAMES.map(async (q) => ({ queue: q, ...(await queues.counts(q)) }))),
+      store.search.reindexPendingTypes(),
     ]);
-    const body: components['schemas']['AdminStats'] = { resources, inbox, deadLetters, queues: queueCounts };
+    const body: components['schemas']['AdminStats'] = { resources, inbox, deadLetters, queues: queueCounts, searchReindexPending };
     res.json(body);
   });
   for (const r of deps.adminRoutes ?? []) admin.use(r.path, r.router);

@@ -822,6 +822,11 @@ export class PgSearchStore implements SearchStore {
     }
   }
 
+  async reindexPendingTypes(): Promise<string[]> {
+    const r = await this.pool.query<{ resource_type: string }>('SELECT resource_type FROM search_reindex_pending ORDER BY 1');
+    return r.rows.map((row) => row.resource_type);
+  }
+
   async reindex(batchSize = 500, types?: readonly string[]): Promise<number> {
     const client = await this.pool.connect();
     try {

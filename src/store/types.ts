@@ -382,6 +382,8 @@ export interface SearchStore {
    * `signal` stops it between batches; a type it did not finish stays pending for the next start.
    */
   reindexPending(options?: { readonly signal?: AbortSignal }): Promise<{ readonly types: readonly string[]; readonly resources: number }>;
+  /** The types still waiting for {@link reindexPending} (searches by their new parameters miss older resources until then). */
+  reindexPendingTypes(): Promise<string[]>;
 }
 
 /** One durable audit record: the id and `recorded` time of the AuditEvent it becomes, and its content. */

@@ -92,6 +92,7 @@ describe.each([['redis' as const], ['postgres' as const]])('HTTP app (queues on 
     expect(ok.status).toBe(200);
     const stats = await json(ok);
     expect(stats).toMatchObject({ resources: [], inbox: [] });
+    expect(Array.isArray(stats.searchReindexPending) && stats.searchReindexPending.every((t: unknown) => typeof t === 'string')).toBe(true);
     expect(stats.queues.map((q: { queue: string }) => q.queue)).toEqual(['ingest', 'integrity', 'export']);
     const basic = Buffer.from(`admin:${ADMIN}`).toString('base64');
     const board = await get('/admin/queues', { authorization: `Basic ${basic}` });
