@@ -326,13 +326,14 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
   const basedOnAll = [...new Set(deciding.flatMap((d) => d.policy.map((p) => p.reference).filter((r): r is string => r !== undefined)))];
   const basedOn = basedOnAll[0] !== undefined ? { basedOn: consentUrl(basedOnAll[0], deps.localBases ?? []) } : {};
   const by = basedOnAll.length > 0 ? ` Decided by ${basedOnAll.join(', ')}.` : '';
+  /** A content entry every consent check permits. */
+  const permitted = (resource: Resource): boolean => checkers.length > 0 && checkers.every((check) => check(resource));
   // A deny that depends on the data (a withheld period, a named report) decided without any: with
   // `context.content`, the entries themselves are decided, and what they do not withhold is permitted.
   const dependsOnData = deny.length > 0 && deny.every((d) => d.resourceDependent) && ctx.content !== undefined;
   if (dependsOnData) {
     for (const d of decisions) redactAll(d);
-    const permittedOne = (resource: Resource): boolean => checkers.length > 0 && checkers.every((check) => check(resource));
-    const filtered = redactContent(ctx.content as unknown as Bundle, redactCodes, permittedOne, deps.sensitivity);
+    const filtered = redactContent(ctx.content as unknown as Bundle, redactCodes, permitted, deps.sensitivity);
     const given = (ctx.content as unknown as Bundle).entry?.length ?? 0;
     const kept = filtered.entry?.length ?? 0;
     if (kept > 0) {
@@ -359,7 +360,6 @@ export async function decideConsult(request: ConsultRequest, deps: Omit<CdsHooks
   for (const d of decisions) redactAll(d);
   const obligations: ConsultObligation[] =
     redactCodes.size > 0 ? [{ id: { system: REDACT_OBLIGATION.system!, code: REDACT_OBLIGATION.code! }, parameters: { codes: [...redactCodes.values()] } }] : [];
-  const permitted = (resource: Resource): boolean => checkers.length > 0 && checkers.every((check) => check(resource));
   return {
     uuid: randomUUID(),
     summary: 'CONSENT_PERMIT',

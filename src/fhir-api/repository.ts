@@ -459,7 +459,8 @@ export function createScopedRepository(access: AccessContext, deps: FhirApiDeps)
       return undefined;
     }
     await loadConsents(patients);
-    await loadRelated(patients);
+    // Only where a Consent names something `related` (rare): no extra await on the read path otherwise.
+    if (patients.some((p) => consentCache.get(p)?.relatedReferences.length)) await loadRelated(patients);
     const decisions: ConsentDecision[] = [];
     const policy: string[] = [];
     let breakGlass = false;

@@ -423,15 +423,11 @@ export function parseSearch(
   };
 }
 
-/** `_since` of `$everything` (an instant; a date is read as its first moment), or undefined when malformed. */
-export function sinceInstant(value: string): Date | undefined {
-  return fhirDateRange(value)?.lo;
-}
-
-/** `start` / `end` of `$everything` (a date, or a dateTime): the interval it covers, or undefined when malformed. */
-export function careDateRange(value: string): { readonly lo: Date; readonly hi: Date } | undefined {
-  return fhirDateRange(value);
-}
+/**
+ * The interval a FHIR date, dateTime or instant covers (`$everything`'s `_since`, `start`, `end`), or
+ * undefined when malformed: the store's own parser, so operations need not import the store.
+ */
+export const dateRange: (value: string) => { readonly lo: Date; readonly hi: Date } | undefined = fhirDateRange;
 
 /** Name/value pairs of a URL-encoded string (a query string or a form body); 400 when undecodable. */
 export function formPairs(encoded: string): Array<[string, string]> {

@@ -5,14 +5,15 @@
  * the request may not see is a 404, like an absent one, whatever `_type` says. `start` / `end` keep the
  * resources whose care date (the clinical date consent's dataPeriod also reads: an Observation's
  * effective time, an Encounter's period, a Claim's billable period) overlaps them, and those with no
- * care date (an undated allergy is not dropped from a patient's record); the Patient is always kept. Each page also carries,
- * as `include` entries, the resources outside any compartment that its matches reference.
+ * care date (an undated allergy is not dropped from a patient's record); the Patient is always kept.
+ * Each page also carries, as `include` entries, the resources outside any compartment that its
+ * matches reference.
  *
  * @see http://hl7.org/fhir/R4/patient-operation-everything.html
  */
 import { httpError } from '../../platform/errors.js';
 import { searchsetBundle } from '../bundle.js';
-import { DEFAULT_COUNT, MAX_COUNT, TYPE_RE, careDateRange, sinceInstant } from '../search-params.js';
+import { DEFAULT_COUNT, MAX_COUNT, TYPE_RE, dateRange } from '../search-params.js';
 import { encodePairs, type OperationContext, type OperationResult } from './context.js';
 import { NOT_FOUND } from './read.js';
 
@@ -36,12 +37,12 @@ export async function everythingOperation(ctx: OperationContext): Promise<Operat
       types = [...new Set([...(types ?? []), ...list])].sort();
     } else if (k === '_since') {
       // An instant (R4); a date is read as its first moment.
-      const at = sinceInstant(v);
+      const at = dateRange(v)?.lo;
       if (!at || since) throw httpError(400, 'invalid', '_since must be one FHIR instant (or date)');
       since = { text: v, at };
     } else if (k === 'start' || k === 'end') {
       // Care dates (R4): from the start of `start` to the end of `end`, either open.
-      const range = careDateRange(v);
+      const range = dateRange(v);
       if (!range || care[k]) throw httpError(400, 'invalid', `${k} must be one FHIR date`);
       care[k] = { text: v, at: k === 'start' ? range.lo : range.hi };
     } else if (k !== '_format' && k !== '_pretty' && !ctx.lenient) throw httpError(400, 'not-supported', `Unsupported $everything parameter: ${k.slice(0, 64)}`);
@@ -56,7 +57,11 @@ export async function everythingOperation(ctx: OperationContext): Promise<Operat
   ];
   const binding = `everything|${id}|${encodePairs(kept)}|${ctx.cursorBinding}`;
   const after = cursor !== undefined ? ctx.cursors.decode(cursor, binding) : undefined;
-  const page = await ctx.repo.everything(id, { count, ...(after ? { after } : {}), ...(types ? { types } : {}), ...(since ? { since: since.at } : {}),
+  const page = await ctx.repo.everything(id, {
+    count,
+    ...(after ? { after } : {}),
+    ...(types ? { types } : {}),
+    ...(since ? { since: since.at } : {}),
     ...(care.start || care.end ? { care: { ...(care.start ? { from: care.start.at } : {}), ...(care.end ? { to: care.end.at } : {}) } } : {}),
   });
   if (!page) throw NOT_FOUND();
