@@ -224,6 +224,17 @@ function clauseOf(resourceType: string, name: string, base: string, modifier: st
 }
 
 /**
+ * The clause a chain or `_has` tests on `type`: one of its token, string or date parameters (no
+ * `:missing`, no further chain); otherwise why not, as a message.
+ */
+function linkedClause(what: 'chained' | '_has', type: string, name: string, param: string, modifier: string | undefined, value: string, baseUrl: string): SearchClause | string {
+  const kind = searchParamKind(type, param);
+  if (!kind || kind === 'reference' || COMMON_PARAMETERS[param] || param.includes('.')) return `Unsupported ${what} parameter (a token, string or date parameter of ${type})`;
+  const clause = clauseOf(type, name, param, modifier, value, baseUrl);
+  return clause === 'unsupported' || clause.kind === 'missing' ? 'Unsupported search modifier' : clause;
+}
+
+/**
  * Validates search parameters for `resourceType`.
  *
  * @param params - name/value pairs in request order (query string, or form body of `_search`)
@@ -336,14 +347,9 @@ export function parseSearch(
         unsupported(name, `_has needs a reference parameter of ${sourceType}`);
         continue;
       }
-      const tailKind = searchParamKind(sourceType, tail);
-      if (!tailKind || tailKind === 'reference' || tail.includes('.')) {
-        unsupported(name, `Unsupported _has parameter (a token, string or date parameter of ${sourceType})`);
-        continue;
-      }
-      const clause = clauseOf(sourceType, name, tail, undefined, value, options.baseUrl);
-      if (clause === 'unsupported') {
-        unsupported(name, 'Unsupported search modifier');
+      const clause = linkedClause('_has', sourceType, name, tail, undefined, value, options.baseUrl);
+      if (typeof clause === 'string') {
+        unsupported(name, clause);
         continue;
       }
       has.push({ sourceType, param, clause });
@@ -373,15 +379,9 @@ export function parseSearch(
         continue;
       }
       const tc = tail.indexOf(':');
-      const tailBase = tc < 0 ? tail : tail.slice(0, tc);
-      const tailKind = searchParamKind(targetType, tailBase);
-      if (!tailKind || tailKind === 'reference' || COMMON_PARAMETERS[tailBase]) {
-        unsupported(name, `Unsupported chained parameter (a token, string or date parameter of ${targetType})`);
-        continue;
-      }
-      const clause = clauseOf(targetType, name, tailBase, tc < 0 ? undefined : tail.slice(tc + 1), value, options.baseUrl);
-      if (clause === 'unsupported' || clause.kind === 'missing') {
-        unsupported(name, 'Unsupported search modifier');
+      const clause = linkedClause('chained', targetType, name, tc < 0 ? tail : tail.slice(0, tc), tc < 0 ? undefined : tail.slice(tc + 1), value, options.baseUrl);
+      if (typeof clause === 'string') {
+        unsupported(name, clause);
         continue;
       }
       chains.push({ param, targetType, clause });
