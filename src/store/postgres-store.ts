@@ -7,7 +7,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { Clock } from '../platform/clock.js';
 import { timeOrderedId } from '../platform/ids.js';
 import { PgBackfillStore, PgDeadLetterStore, PgSourceStore, PgSubscriptionStatusStore } from './ingest-store.js';
-import { PgSearchStore, indexArrays, indexInsertCtes, indexInsertValues, indexResources } from './search-store.js';
+import { INDEX_DELETE_CTES, PgSearchStore, indexArrays, indexInsertCtes, indexInsertValues } from './search-store.js';
 import { StoreConflictError, asStoreDataError } from './errors.js';
 import { BEGIN_INDEX_PLANS, INDEX_PLAN_MAX_BATCH, quoteIdent } from './sql.js';
 import type {
@@ -113,10 +113,11 @@ async function inTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Pr
  * commitment arrays) and the creation time `at`; a repeat of a version is ignored. One statement
  * text for every writer: the store's version writes (as a CTE) and `IntegrityStore.insertCommitments`.
  */
-export function commitmentInsertSql(n: number, at: string): string {
+export function commitmentInsertSql(n: number, at: string, guard?: string): string {
   return `INSERT INTO commitment (resource_type, id, version_id, salt, commitment, created_at)
           SELECT u.t, u.i, u.v, u.s, u.c, ${at}
-          FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::bigint[], $${n + 3}::bytea[], $${n + 4}::bytea[]) AS u(t, i, v, s, c)
+          FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::bigint[], $${n + 3}::bytea[], $${n + 4}::bytea[]) AS u(t, i, v, s, c)${guard ? `
+          WHERE ${guard}` : ''}
           ORDER BY 1, 2, 3
           ON CONFLICT (resource_type, id, version_id) DO NOTHING`;
 }
@@ -144,8 +145,8 @@ function commitmentArrays(versions: readonly StoredVersion[], committer: Version
 }
 
 /** {@link commitmentInsertSql} as the data-modifying CTE `c`. */
-function commitmentInsertCte(n: number, at: string): string {
-  return `c AS (${commitmentInsertSql(n, at)})`;
+function commitmentInsertCte(n: number, at: string, guard?: string): string {
+  return `c AS (${commitmentInsertSql(n, at, guard)})`;
 }
 
 /**
@@ -270,9 +271,63 @@ class PgResourceStore implements ResourceStore {
       if (done) await markInboxDone(this.pool, done.id, done.outcome([]), this.clock.now());
       return [];
     }
-    return this.putVersionsTx(inputs, options).catch((err: unknown) => {
+    return (async () => {
+      if (inputs.length === 1) {
+        const created = await this.createIfAbsent(inputs[0]!, done);
+        if (created) return [created];
+      }
+      return this.putVersionsTx(inputs, options);
+    })().catch((err: unknown) => {
       throw asStoreDataError(err);
     });
+  }
+
+  /**
+   * The first version of a resource not stored yet (a rest-hook notification's new Observation, the
+   * common case), in one statement: its head, history row, index rows, pending commitment and the
+   * inbox item's completion, each inserted only if the head insert did not conflict. One round trip
+   * and an implicit transaction instead of the five of {@link putVersionsTx} (begin, head insert,
+   * head lock, write, commit), which is what a resource that exists takes. Undefined when the head existed (nothing was written).
+   * Nothing here looks a row up through a join, so no plan choice depends on the tables' size
+   * (see BEGIN_INDEX_PLANS).
+   */
+  private async createIfAbsent(input: PutVersionInput, done: PutVersionsOptions['inboxDone']): Promise<PutVersionResult | undefined> {
+    if (input.deleted || !input.resource || input.ifMatch !== undefined) return undefined;
+    const lastUpdated = this.clock.now();
+    const content = { ...input.resource, resourceType: input.resourceType, id: input.id, meta: { ...input.resource.meta, versionId: '1', lastUpdated: lastUpdated.toISOString() } };
+    const text = JSON.stringify(content);
+    const version: StoredVersion = { resourceType: input.resourceType, id: input.id, versionId: '1', lastUpdated, deleted: false, resource: JSON.parse(text) as Resource };
+    const result: PutVersionResult = { status: 'created', version };
+    const committer = this.committer;
+    const values: unknown[] = [
+      input.resourceType,
+      input.id,
+      lastUpdated,
+      input.sourceTime ?? null,
+      text,
+      input.validation ? input.validation.valid : null,
+      input.dedupKey ?? null,
+      input.sourceId ?? null,
+      input.validation ? JSON.stringify(input.validation.outcome ?? null) : null,
+      ...indexInsertValues(indexArrays([{ resourceType: version.resourceType, id: version.id, content: version.resource }])),
+      ...(committer ? commitmentArrays([version], committer) : []),
+      ...(done ? [done.id, JSON.stringify(done.outcome([result]) ?? null)] : []),
+    ];
+    const guard = 'EXISTS (SELECT 1 FROM ins)';
+    const n = committer ? 30 : 25;
+    const r = await this.pool.query<{ n: number }>({
+      name: `fa_create_if_absent${committer ? '_c' : ''}${done ? '_d' : ''}`,
+      text: `WITH ins AS (INSERT INTO resource (resource_type, id, version_id, last_version, last_updated, source_time, deleted, content, valid)
+                          VALUES ($1, $2, 1, 1, $3, $4, false, $5::jsonb, $6) ON CONFLICT DO NOTHING RETURNING 1),
+                  h AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
+                        SELECT $1, $2, 1, $3, $4, false, $7, $8, $5::jsonb, $6, $9::jsonb FROM ins),
+                  ${indexInsertCtes(10, guard)}${committer ? `,
+                  ${commitmentInsertCte(25, '$3::timestamptz', guard)}` : ''}${done ? `,
+                  dn AS (UPDATE inbox SET stage = 'stored', state = 'done', outcome = $${n + 1}, updated_at = $3 WHERE id = $${n} AND ${guard})` : ''}
+             SELECT count(*)::int AS n FROM ins`,
+      values,
+    });
+    return r.rows[0]?.n === 1 ? result : undefined;
   }
 
   private async putVersionsTx(inputs: readonly PutVersionInput[], options: PutVersionsOptions): Promise<PutVersionResult[]> {
@@ -287,12 +342,18 @@ class PgResourceStore implements ResourceStore {
       const keys = [...new Set(inputs.map((i) => `${i.resourceType}\u0000${i.id}`))].sort();
       const types = keys.map((k) => k.split('\u0000')[0]!);
       const ids = keys.map((k) => k.split('\u0000')[1]!);
-      await client.query({
-        name: named('fa_put_heads_insert'),
-        text: `INSERT INTO resource (resource_type, id, last_version)
-               SELECT t, i, 0 FROM unnest($1::text[], $2::text[]) AS u(t, i) ORDER BY t, i ON CONFLICT DO NOTHING`,
-        values: [types, ids],
-      });
+      // Heads inserted here are new: no version of them can exist yet, so they need no dedup look-up.
+      const created = new Set(
+        (
+          await client.query<{ resource_type: string; id: string }>({
+            name: named('fa_put_heads_insert'),
+            text: `INSERT INTO resource (resource_type, id, last_version)
+                   SELECT t, i, 0 FROM unnest($1::text[], $2::text[]) AS u(t, i) ORDER BY t, i ON CONFLICT DO NOTHING
+                   RETURNING resource_type, id`,
+            values: [types, ids],
+          })
+        ).rows.map((h) => `${h.resource_type}\u0000${h.id}`),
+      );
       const heads = new Map<string, Head>();
       for (const h of (
         await client.query<{ resource_type: string; id: string; version_id: number | null; last_version: number; source_time: Date | null }>({
@@ -315,7 +376,7 @@ class PgResourceStore implements ResourceStore {
       }
 
       // Versions already stored under the dedup keys asked for: one query for the whole batch.
-      const withKey = inputs.filter((i) => i.dedupKey !== undefined);
+      const withKey = inputs.filter((i) => i.dedupKey !== undefined && !created.has(`${i.resourceType}\u0000${i.id}`));
       const existing = new Map<string, VersionRow>();
       if (withKey.length > 0) {
         for (const row of (
@@ -390,89 +451,83 @@ class PgResourceStore implements ResourceStore {
         results.push({ pending: rows.length - 1 });
       }
 
-      // One INSERT for every new version. The stored content is not sent back: each version's resource
-      // is `JSON.parse` of the text sent, which is what a read of the stored jsonb yields.
-      const inserted = rows.length
-        ? (
-            await client.query<Omit<VersionRow, 'content'>>({
-              name: named('fa_put_history'),
-              text: `INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
-               SELECT t, i, v, $4, st, d, k, src, NULLIF(c, 'null'::jsonb), ok, val
-               FROM ROWS FROM (unnest($1::text[], $2::text[], $3::bigint[], $5::timestamptz[], $6::boolean[], $7::text[], $8::text[]),
-                               jsonb_array_elements($9::jsonb), unnest($10::boolean[], $11::jsonb[]))
-                 AS u(t, i, v, st, d, k, src, c, ok, val)
-               RETURNING resource_type, id, version_id, last_updated, deleted`,
-              values: [
-                rows.map((r) => r.input.resourceType),
-                rows.map((r) => r.input.id),
-                rows.map((r) => r.versionId),
-                lastUpdated,
-                rows.map((r) => r.sourceTime),
-                rows.map((r) => r.deleted),
-                rows.map((r) => r.input.dedupKey ?? null),
-                rows.map((r) => r.input.sourceId ?? null),
-                jsonArrayParam(rows.map((r) => r.text)),
-                rows.map((r) => r.valid),
-                rows.map((r) => r.validation),
-              ],
-            })
-          ).rows
-        : [];
-      const texts = new Map(rows.map((r) => [`${r.input.resourceType}\u0000${r.input.id}\u0000${r.versionId}`, r.text]));
-      const insertedVersions = inserted.map((row): VersionRow => {
-        const text = texts.get(`${row.resource_type}\u0000${row.id}\u0000${row.version_id}`) ?? null;
-        return { ...row, content: text === null ? null : (JSON.parse(text) as Resource) };
-      });
-      const byKey = new Map(insertedVersions.map((r) => [`${r.resource_type}\u0000${r.id}\u0000${r.version_id}`, r]));
-
-      // One UPDATE for every touched head: its final current version (if it moved) and last version.
-      const touched = [...heads.entries()].filter(([, h]) => h.changed);
-      if (touched.length > 0) {
-        // With a committer, the new versions' pending commitments go in with the same statement.
-        const commit = this.committer && insertedVersions.length > 0 ? commitmentArrays(insertedVersions.map(toVersion), this.committer) : undefined;
-        await client.query({
-          name: named(commit ? 'fa_put_heads_update_c' : 'fa_put_heads_update'),
-          text: `${commit ? `WITH ${commitmentInsertCte(11, '$3::timestamptz')}\n` : ''}UPDATE resource r SET
-             last_version = u.lv,
-             version_id = CASE WHEN u.moved THEN u.v ELSE r.version_id END,
-             last_updated = CASE WHEN u.moved THEN $3 ELSE r.last_updated END,
-             source_time = CASE WHEN u.moved THEN u.st ELSE r.source_time END,
-             deleted = CASE WHEN u.moved THEN u.d ELSE r.deleted END,
-             content = CASE WHEN u.moved THEN NULLIF(u.c, 'null'::jsonb) ELSE r.content END,
-             valid = CASE WHEN u.moved THEN u.ok ELSE r.valid END
-           FROM ROWS FROM (unnest($1::text[], $2::text[], $4::bigint[], $5::boolean[], $6::bigint[], $7::timestamptz[], $8::boolean[]),
-                           jsonb_array_elements($9::jsonb), unnest($10::boolean[]))
-             AS u(t, i, lv, moved, v, st, d, c, ok)
-           WHERE r.resource_type = u.t AND r.id = u.i`,
-          values: [
-            touched.map(([k]) => k.split('\u0000')[0]!),
-            touched.map(([k]) => k.split('\u0000')[1]!),
-            lastUpdated,
-            touched.map(([, h]) => h.lastVersion),
-            touched.map(([, h]) => h.current !== undefined),
-            touched.map(([, h]) => h.current?.versionId ?? null),
-            touched.map(([, h]) => h.current?.sourceTime ?? null),
-            touched.map(([, h]) => h.current?.deleted ?? false),
-            jsonArrayParam(touched.map(([, h]) => h.current?.text ?? null)),
-            touched.map(([, h]) => h.current?.valid ?? null),
-            ...(commit ?? []),
-          ],
-        });
-        // The search index describes the current version; same transaction, so it never lags.
-        await indexResources(
-          client,
-          touched.flatMap(([k, h]) => (h.current ? [{ resourceType: k.split('\u0000')[0]!, id: k.split('\u0000')[1]!, content: h.current.content ?? undefined }] : [])),
-          small ? '_small' : '',
-        );
-      }
-
+      // Every version is returned as `JSON.parse` of the text sent, which is what a read of the stored
+      // jsonb yields.
+      const versionOf = (row: HistoryInsert): StoredVersion =>
+        toVersion({ resource_type: row.input.resourceType, id: row.input.id, version_id: row.versionId, last_updated: lastUpdated, deleted: row.deleted, content: row.text === null ? null : (JSON.parse(row.text) as Resource) });
+      const insertedVersions = rows.map(versionOf);
       const final = results.map((r): PutVersionResult => {
         if ('status' in r) return r;
-        const row = rows[r.pending < 0 ? -1 - r.pending : r.pending]!;
-        const version = toVersion(byKey.get(`${row.input.resourceType}\u0000${row.input.id}\u0000${row.versionId}`)!);
-        return r.pending < 0 ? { status: 'duplicate' as const, version } : { status: row.status, version };
+        const k = r.pending < 0 ? -1 - r.pending : r.pending;
+        return r.pending < 0 ? { status: 'duplicate' as const, version: insertedVersions[k]! } : { status: rows[k]!.status, version: insertedVersions[k]! };
       });
-      if (done) await markInboxDone(client, done.id, done.outcome(final), lastUpdated);
+      const touched = [...heads.entries()].filter(([, h]) => h.changed);
+      if (rows.length === 0) {
+        // Every input was a duplicate: nothing to write but the inbox item's completion.
+        if (done) await markInboxDone(client, done.id, done.outcome(final), lastUpdated);
+        return final;
+      }
+      // One statement writes the rest: every new version's history row, every touched head (its final
+      // current version, if it moved, and last version), the pending commitments (with a committer),
+      // the search index of the heads whose current version moved (same transaction, so it never lags)
+      // and the inbox item's completion.
+      const commit = this.committer ? commitmentArrays(insertedVersions, this.committer) : undefined;
+      const moved = touched.filter(([, h]) => h.current !== undefined);
+      const values: unknown[] = [
+        rows.map((r) => r.input.resourceType),
+        rows.map((r) => r.input.id),
+        rows.map((r) => r.versionId),
+        lastUpdated,
+        rows.map((r) => r.sourceTime),
+        rows.map((r) => r.deleted),
+        rows.map((r) => r.input.dedupKey ?? null),
+        rows.map((r) => r.input.sourceId ?? null),
+        jsonArrayParam(rows.map((r) => r.text)),
+        rows.map((r) => r.valid),
+        rows.map((r) => r.validation),
+        touched.map(([k]) => k.split('\u0000')[0]!),
+        touched.map(([k]) => k.split('\u0000')[1]!),
+        touched.map(([, h]) => h.lastVersion),
+        touched.map(([, h]) => h.current !== undefined),
+        touched.map(([, h]) => h.current?.versionId ?? null),
+        touched.map(([, h]) => h.current?.sourceTime ?? null),
+        touched.map(([, h]) => h.current?.deleted ?? false),
+        jsonArrayParam(touched.map(([, h]) => h.current?.text ?? null)),
+        touched.map(([, h]) => h.current?.valid ?? null),
+        moved.map(([k]) => k.split('\u0000')[0]!),
+        moved.map(([k]) => k.split('\u0000')[1]!),
+        ...indexInsertValues(indexArrays(moved.map(([k, h]) => ({ resourceType: k.split('\u0000')[0]!, id: k.split('\u0000')[1]!, content: h.current!.content ?? undefined })))),
+        ...(commit ?? []),
+        ...(done ? [done.id, JSON.stringify(done.outcome(final) ?? null)] : []),
+      ];
+      const n = commit ? 43 : 38;
+      await client.query({
+        name: named(`fa_put_write${commit ? '_c' : ''}${done ? '_d' : ''}`),
+        text: `WITH h AS (INSERT INTO resource_history (resource_type, id, version_id, last_updated, source_time, deleted, dedup_key, source_id, content, valid, validation)
+                 SELECT t, i, v, $4, st, d, dk, src, NULLIF(c, 'null'::jsonb), ok, val
+                 FROM ROWS FROM (unnest($1::text[], $2::text[], $3::bigint[], $5::timestamptz[], $6::boolean[], $7::text[], $8::text[]),
+                                 jsonb_array_elements($9::jsonb), unnest($10::boolean[], $11::jsonb[]))
+                   AS u(t, i, v, st, d, dk, src, c, ok, val)),
+               hd AS (UPDATE resource r SET
+                 last_version = u.lv,
+                 version_id = CASE WHEN u.moved THEN u.v ELSE r.version_id END,
+                 last_updated = CASE WHEN u.moved THEN $4 ELSE r.last_updated END,
+                 source_time = CASE WHEN u.moved THEN u.st ELSE r.source_time END,
+                 deleted = CASE WHEN u.moved THEN u.d ELSE r.deleted END,
+                 content = CASE WHEN u.moved THEN NULLIF(u.c, 'null'::jsonb) ELSE r.content END,
+                 valid = CASE WHEN u.moved THEN u.ok ELSE r.valid END
+               FROM ROWS FROM (unnest($12::text[], $13::text[], $14::bigint[], $15::boolean[], $16::bigint[], $17::timestamptz[], $18::boolean[]),
+                               jsonb_array_elements($19::jsonb), unnest($20::boolean[]))
+                 AS u(t, i, lv, moved, v, st, d, c, ok)
+               WHERE r.resource_type = u.t AND r.id = u.i),
+               k AS (SELECT * FROM unnest($21::text[], $22::text[]) AS k(t, i)),
+               ${INDEX_DELETE_CTES},
+               ${indexInsertCtes(23)}${commit ? `,
+               ${commitmentInsertCte(38, '$4::timestamptz')}` : ''}${done ? `,
+               dn AS (UPDATE inbox SET stage = 'stored', state = 'done', outcome = $${n + 1}, updated_at = $4 WHERE id = $${n})` : ''}
+             SELECT 1`,
+        values,
+      });
       return final;
     }, small ? BEGIN_INDEX_PLANS : 'BEGIN');
   }

@@ -497,17 +497,29 @@ export function indexArrays(items: ReadonlyArray<{ resourceType: string; id: str
 
 /**
  * The index INSERTs as data-modifying CTEs (`i1`, `i2`, `i3`) over parameters `$n`..`$n+14`, for
- * statements that write resources and their index rows at once.
+ * statements that write resources and their index rows at once; with `guard` (an SQL condition),
+ * only when it holds.
  */
-export function indexInsertCtes(n: number): string {
+export function indexInsertCtes(n: number, guard?: string): string {
   const $ = (k: number): string => `$${n + k}`;
+  const where = guard ? ` WHERE ${guard}` : '';
   return `i1 AS (INSERT INTO search_token (resource_type, id, param, system, code)
-                SELECT * FROM unnest(${$(0)}::text[], ${$(1)}::text[], ${$(2)}::text[], ${$(3)}::text[], ${$(4)}::text[])),
+                SELECT * FROM unnest(${$(0)}::text[], ${$(1)}::text[], ${$(2)}::text[], ${$(3)}::text[], ${$(4)}::text[])${where}),
           i2 AS (INSERT INTO search_reference (resource_type, id, param, target_type, target_id)
-                SELECT * FROM unnest(${$(5)}::text[], ${$(6)}::text[], ${$(7)}::text[], ${$(8)}::text[], ${$(9)}::text[])),
+                SELECT * FROM unnest(${$(5)}::text[], ${$(6)}::text[], ${$(7)}::text[], ${$(8)}::text[], ${$(9)}::text[])${where}),
           i3 AS (INSERT INTO search_date (resource_type, id, param, lo, hi)
-                SELECT * FROM unnest(${$(10)}::text[], ${$(11)}::text[], ${$(12)}::text[], ${$(13)}::timestamptz[], ${$(14)}::timestamptz[]))`;
+                SELECT * FROM unnest(${$(10)}::text[], ${$(11)}::text[], ${$(12)}::text[], ${$(13)}::timestamptz[], ${$(14)}::timestamptz[])${where})`;
 }
+
+/**
+ * The DELETEs of the index rows of the resources in CTE `k(t, i)`, as data-modifying CTEs (`d1`,
+ * `d2`, `d3`). With {@link indexInsertCtes} in the same statement they replace a resource's rows:
+ * the DELETEs see only the rows that were there before the statement (the search tables have no
+ * unique keys for the new rows to collide with).
+ */
+export const INDEX_DELETE_CTES = `d1 AS (DELETE FROM search_token s USING k WHERE s.resource_type = k.t AND s.id = k.i),
+                d2 AS (DELETE FROM search_reference s USING k WHERE s.resource_type = k.t AND s.id = k.i),
+                d3 AS (DELETE FROM search_date s USING k WHERE s.resource_type = k.t AND s.id = k.i)`;
 
 /** The 15 parameter values {@link indexInsertCtes} expects, in order. */
 export function indexInsertValues(a: IndexArrays): unknown[] {
@@ -529,9 +541,7 @@ export async function indexResources(
   await client.query({
     name: `fa_index_resources${nameSuffix}`,
     text: `WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(t, i)),
-                d1 AS (DELETE FROM search_token s USING k WHERE s.resource_type = k.t AND s.id = k.i),
-                d2 AS (DELETE FROM search_reference s USING k WHERE s.resource_type = k.t AND s.id = k.i),
-                d3 AS (DELETE FROM search_date s USING k WHERE s.resource_type = k.t AND s.id = k.i),
+                ${INDEX_DELETE_CTES},
                 ${indexInsertCtes(3)}
            SELECT 1`,
     values: [items.map((x) => x.resourceType), items.map((x) => x.id), ...indexInsertValues(indexArrays(items))],

@@ -56,6 +56,18 @@ export function storeConformance(name: string, setup: () => Promise<StoreHarness
       expect(await r.history('Observation', 'dup')).toHaveLength(1);
     });
 
+    it('stores a new resource once when the same version of it arrives several times at once', async () => {
+      // Duplicate deliveries racing to create the resource: one creates it, the others find it.
+      const r = h.store.resources;
+      const results = await Promise.all(
+        Array.from({ length: 8 }, () => r.putVersion({ resourceType: 'Observation', id: 'dup-race', resource: { resourceType: 'Observation', status: 'final' } as Resource, dedupKey: 'v1' })),
+      );
+      expect(results.filter((x) => x.status === 'created')).toHaveLength(1);
+      expect(results.filter((x) => x.status === 'duplicate')).toHaveLength(7);
+      expect(new Set(results.map((x) => x.version.versionId))).toEqual(new Set(['1']));
+      expect(await r.history('Observation', 'dup-race')).toHaveLength(1);
+    });
+
     it('never lets an older version arriving late replace a newer current one', async () => {
       const r = h.store.resources;
       const newer = await r.putVersion({ resourceType: 'Encounter', id: 'late', resource: { resourceType: 'Encounter', status: 'finished' } as Resource, dedupKey: '2', sourceTime: new Date('2026-02-02T00:00:00Z') });
