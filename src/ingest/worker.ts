@@ -537,13 +537,19 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
       }
 
       if (markStages) await store.inbox.update(inboxId, { stage: 'store', state: 'processing' }, { durable: false });
-      const count = (results: readonly PutVersionResult[]): IngestSummary => {
+      /**
+       * `summary` with `results` counted in, as a new object: the store may compute the inbox outcome
+       * more than once (a one-statement create it tries first, then the transaction), so this must not
+       * change `summary` itself.
+       */
+      const counted = (results: readonly PutVersionResult[]): IngestSummary => {
+        const s = { ...summary };
         for (const r of results) {
-          if (r.status === 'duplicate') summary.duplicates += 1;
-          else if (r.status === 'historical') summary.historical += 1;
-          else summary.stored += 1;
+          if (r.status === 'duplicate') s.duplicates += 1;
+          else if (r.status === 'historical') s.historical += 1;
+          else s.stored += 1;
         }
-        return summary;
+        return s;
       };
       // Nothing left to do after storing (no patient to link, commitments written by the store): the
       // item is marked done in the transaction that stores its versions.
@@ -561,12 +567,10 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
        * is marked done either way.
        */
       const putAll = async (options?: PutVersionsOptions): Promise<PutVersionResult[]> => {
-        const counted = { stored: summary.stored, duplicates: summary.duplicates, historical: summary.historical };
         try {
           return await store.resources.putVersions(inputs, options);
         } catch (err) {
           if (!(err instanceof StoreDataError)) throw err;
-          Object.assign(summary, counted); // the failed batch may have counted its results already
           const results: PutVersionResult[] = [];
           for (let k = 0; k < inputs.length; k++) {
             try {
@@ -582,13 +586,13 @@ export function createIngestProcessor(deps: IngestDeps): (job: JobContext<'inges
         }
       };
       if (finishesWithStore) {
-        await putAll({ inboxDone: { id: inboxId, outcome: (results) => ({ ...count(results), notes: notes.slice(0, 50) }) } });
+        Object.assign(summary, counted(await putAll({ inboxDone: { id: inboxId, outcome: (results) => ({ ...counted(results), notes: notes.slice(0, 50) }) } })));
         await recordEvents();
         logger.debug({ inboxId, sourceId: source.id, ...summary }, 'ingested');
         return;
       }
       const results = await putAll();
-      count(results);
+      Object.assign(summary, counted(results));
       const stored = results.filter((r) => r.status !== 'duplicate');
 
       // Patient linking across sources by configured identifier systems.

@@ -75,6 +75,8 @@ export interface PutVersionsOptions {
    * Marks an inbox item done (stage `stored`) in the same transaction as the versions, with the
    * outcome computed from the results: the versions and the item's completion commit together, so a
    * crash cannot leave the versions stored and the item unfinished (one commit instead of two).
+   * `outcome` may be called more than once (a one-statement create tried first, then the transaction),
+   * so it must not have side effects; the last call's value is the one stored.
    */
   readonly inboxDone?: { readonly id: string; readonly outcome: (results: readonly PutVersionResult[]) => unknown };
 }

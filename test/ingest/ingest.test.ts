@@ -175,6 +175,18 @@ describe('ingest (queues on Redis)', () => {
       expect(dup.status).toBe(200);
     });
 
+    it('counts a version it already holds as a duplicate, not as stored', async () => {
+      const body = { resourceType: 'Observation', id: 'dup-count-1', status: 'final', code: { text: 'x' } };
+      const first = await post('ehr-b', Buffer.from(JSON.stringify(body)));
+      expect((await settle(first.inboxId)).outcome).toMatchObject({ stored: 1, duplicates: 0 });
+      // The same resource in other bytes: a new inbox item, the same version (no versionId: its content).
+      const again = await post('ehr-b', Buffer.from(JSON.stringify(body, null, 2)));
+      expect(again.status).toBe(202);
+      expect(again.inboxId).not.toBe(first.inboxId);
+      expect((await settle(again.inboxId)).outcome).toMatchObject({ stored: 0, duplicates: 1 });
+      expect(await service.database.store.resources.history('Observation', anchorId('ehr-b', 'Observation', 'dup-count-1'))).toHaveLength(1);
+    });
+
     it('applies Medplum-style deletes (empty body + X-Medplum-Deleted-Resource) and DELETE hooks, idempotently', async () => {
       const created = await post('ehr-b', Buffer.from(JSON.stringify({ resourceType: 'Observation', id: 'del-1', status: 'final', code: { text: 'x' } })));
       await settle(created.inboxId);
