@@ -69,6 +69,11 @@ export function createPool(options: PoolOptions): pg.Pool {
 
 const VERSION_COLUMNS = 'resource_type, id, version_id, last_updated, deleted, content';
 
+/** A version's content as stored: the resource with its type, id, versionId and lastUpdated set. */
+function stamped(resourceType: string, id: string, resource: Resource, versionId: number, lastUpdated: Date): Resource {
+  return { ...resource, resourceType, id, meta: { ...resource.meta, versionId: String(versionId), lastUpdated: lastUpdated.toISOString() } } as Resource;
+}
+
 /** A resource's head row while a batch is applied (locked for the transaction). */
 interface Head {
   versionId: number | null;
@@ -230,11 +235,9 @@ class PgResourceStore implements ResourceStore {
   async createResourcesOn(db: pg.Pool | pg.PoolClient, inputs: readonly NewResourceInput[]): Promise<StoredVersion[]> {
     if (inputs.length === 0) return [];
     const lastUpdated = this.clock.now();
-    const stamp = lastUpdated.toISOString();
     const texts: string[] = [];
     const versions: StoredVersion[] = inputs.map((input) => {
-      const content = { ...input.resource, resourceType: input.resourceType, id: input.id, meta: { ...input.resource.meta, versionId: '1', lastUpdated: stamp } };
-      const text = JSON.stringify(content);
+      const text = JSON.stringify(stamped(input.resourceType, input.id, input.resource, 1, lastUpdated));
       texts.push(text);
       // What a read of the stored jsonb returns (JSON drops undefined members), so the commitment
       // computed here is the one a verifier recomputes from the stored version.
@@ -271,31 +274,31 @@ class PgResourceStore implements ResourceStore {
       if (done) await markInboxDone(this.pool, done.id, done.outcome([]), this.clock.now());
       return [];
     }
-    return (async () => {
+    try {
       if (inputs.length === 1) {
         const created = await this.createIfAbsent(inputs[0]!, done);
         if (created) return [created];
       }
-      return this.putVersionsTx(inputs, options);
-    })().catch((err: unknown) => {
+      return await this.putVersionsTx(inputs, options);
+    } catch (err) {
       throw asStoreDataError(err);
-    });
+    }
   }
 
   /**
    * The first version of a resource not stored yet (a rest-hook notification's new Observation, the
    * common case), in one statement: its head, history row, index rows, pending commitment and the
    * inbox item's completion, each inserted only if the head insert did not conflict. One round trip
-   * and an implicit transaction instead of the five of {@link putVersionsTx} (begin, head insert,
-   * head lock, write, commit), which is what a resource that exists takes. Undefined when the head existed (nothing was written).
+   * and an implicit transaction instead of the five or six of {@link putVersionsTx} (begin, head
+   * insert, head lock, dedup look-up, write, commit), which is what a resource that exists takes.
+   * Undefined when the head existed (nothing was written).
    * Nothing here looks a row up through a join, so no plan choice depends on the tables' size
    * (see BEGIN_INDEX_PLANS).
    */
   private async createIfAbsent(input: PutVersionInput, done: PutVersionsOptions['inboxDone']): Promise<PutVersionResult | undefined> {
     if (input.deleted || !input.resource || input.ifMatch !== undefined) return undefined;
     const lastUpdated = this.clock.now();
-    const content = { ...input.resource, resourceType: input.resourceType, id: input.id, meta: { ...input.resource.meta, versionId: '1', lastUpdated: lastUpdated.toISOString() } };
-    const text = JSON.stringify(content);
+    const text = JSON.stringify(stamped(input.resourceType, input.id, input.resource, 1, lastUpdated));
     const version: StoredVersion = { resourceType: input.resourceType, id: input.id, versionId: '1', lastUpdated, deleted: false, resource: JSON.parse(text) as Resource };
     const result: PutVersionResult = { status: 'created', version };
     const committer = this.committer;
@@ -323,7 +326,7 @@ class PgResourceStore implements ResourceStore {
                         SELECT $1, $2, 1, $3, $4, false, $7, $8, $5::jsonb, $6, $9::jsonb FROM ins),
                   ${indexInsertCtes(10, guard)}${committer ? `,
                   ${commitmentInsertCte(25, '$3::timestamptz', guard)}` : ''}${done ? `,
-                  dn AS (UPDATE inbox SET stage = 'stored', state = 'done', outcome = $${n + 1}, updated_at = $3 WHERE id = $${n} AND ${guard})` : ''}
+                  dn AS (${inboxDoneSql(`$${n}`, `$${n + 1}`, '$3', guard)})` : ''}
              SELECT count(*)::int AS n FROM ins`,
       values,
     });
@@ -416,14 +419,7 @@ class PgResourceStore implements ResourceStore {
         const deleted = input.deleted ?? false;
         const versionId = head.lastVersion + 1;
         head.lastVersion = versionId;
-        const content: Resource | null = deleted
-          ? null
-          : ({
-              ...input.resource,
-              resourceType: input.resourceType,
-              id: input.id,
-              meta: { ...input.resource!.meta, versionId: String(versionId), lastUpdated: lastUpdated.toISOString() },
-            } as Resource);
+        const content: Resource | null = deleted ? null : stamped(input.resourceType, input.id, input.resource!, versionId, lastUpdated);
         const text = content === null ? null : JSON.stringify(content);
         const sourceTime = input.sourceTime ?? null;
         // A late, older version goes to history only; without source times, arrival order decides.
@@ -524,7 +520,7 @@ class PgResourceStore implements ResourceStore {
                ${INDEX_DELETE_CTES},
                ${indexInsertCtes(23)}${commit ? `,
                ${commitmentInsertCte(38, '$4::timestamptz')}` : ''}${done ? `,
-               dn AS (UPDATE inbox SET stage = 'stored', state = 'done', outcome = $${n + 1}, updated_at = $4 WHERE id = $${n})` : ''}
+               dn AS (${inboxDoneSql(`$${n}`, `$${n + 1}`, '$4')})` : ''}
              SELECT 1`,
         values,
       });
@@ -631,10 +627,19 @@ function inboxItemOf(row: InboxRow): InboxItem {
 }
 
 /** The inbox item's completion (stage `stored`, state `done`), on a pool or inside a transaction. */
+/**
+ * The UPDATE that marks an inbox item done (stage `stored`): item id, outcome and time as SQL
+ * expressions; with `guard`, only when it holds. Alone ({@link markInboxDone}) or as a CTE of the
+ * statement that stores the item's versions.
+ */
+function inboxDoneSql(id: string, outcome: string, at: string, guard?: string): string {
+  return `UPDATE inbox SET stage = 'stored', state = 'done', outcome = ${outcome}, updated_at = ${at} WHERE id = ${id}${guard ? ` AND ${guard}` : ''}`;
+}
+
 async function markInboxDone(db: pg.Pool | pg.PoolClient, id: string, outcome: unknown, at: Date): Promise<void> {
   await db.query({
     name: 'fa_inbox_done',
-    text: `UPDATE inbox SET stage = 'stored', state = 'done', outcome = $2, updated_at = $3 WHERE id = $1`,
+    text: inboxDoneSql('$1', '$2', '$3'),
     values: [id, JSON.stringify(outcome ?? null), at],
   });
 }
